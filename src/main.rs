@@ -1,1 +1,240 @@
-fn main() {}
+//! coregate: a sharded, thread-per-core WebSocket gateway.
+//!
+//! This binary reads the configuration, sets up logging and authentication, and
+//! starts the parts: the shards (`coregate-shards`), the ingestor (`ingest`) and the
+//! admin API (`admin`). `coregate token` mints development tokens.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+mod admin;
+mod auth;
+mod config;
+mod ingest;
+
+use config::{Config, ConfigArgs, LogFormat};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Capacity of the shards → ingestor queue, in commands.
+const INGESTOR_QUEUE: usize = 65_536;
+
+#[derive(Parser)]
+#[command(
+    name = "coregate",
+    version,
+    about = "A sharded, thread-per-core WebSocket gateway"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ConfigArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ConfigArgs),
+    /// Print an HS256 token signed with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Allowed topic patterns, comma separated, e.g. `channel:*,server:1`.
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Lifetime, e.g. `1h`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    args.load().map_err(|e| {
+        eprintln!("coregate: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let config = match load(&args.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(secret) = config.jwt_secret.as_deref() else {
+        eprintln!("coregate: invalid setting `jwt_secret`: `coregate token` needs the HS256 secret (--jwt-secret, COREGATE_JWT_SECRET or the config file)");
+        return ExitCode::from(2);
+    };
+    let request = auth::TokenRequest {
+        sub: args.sub,
+        name: args.name,
+        topics: args.topics,
+        ttl: args.ttl,
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+    };
+    match auth::mint_hs256(secret.as_bytes(), &request) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coregate: could not sign the token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The verifier in force. With no key configured: development mode, loudly.
+fn verifier(
+    config: &Config,
+) -> Result<Arc<dyn coregate_shards::TokenVerifier>, config::ConfigError> {
+    if let Some(path) = &config.jwt_public_key {
+        let pem = std::fs::read(path).map_err(|e| config::ConfigError {
+            name: "jwt_public_key",
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        return Ok(Arc::new(auth::JwtVerifier::from_public_key(&pem, config)?));
+    }
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(Arc::new(auth::JwtVerifier::hs256(
+            secret.as_bytes(),
+            config,
+        )));
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let sample = auth::mint_hs256(
+        secret.as_bytes(),
+        &auth::TokenRequest {
+            sub: "dev".into(),
+            name: Some("Developer".into()),
+            topics: vec!["channel:*".into(), "server:*".into(), "presence:*".into()],
+            ttl: Duration::from_secs(24 * 3600),
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        },
+    )
+    .unwrap_or_default();
+    tracing::warn!("DEVELOPMENT MODE: no --jwt-secret or --jwt-public-key configured; tokens are checked against a secret generated for this run only");
+    eprintln!("\n  coregate development mode — sample token (sub=dev, 24h):\n  {sample}\n");
+    Ok(Arc::new(auth::JwtVerifier::hs256(
+        secret.as_bytes(),
+        config,
+    )))
+}
+
+fn serve(args: ConfigArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_tracing(config.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coregate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let verifier = verifier(&config).map_err(|e| anyhow::anyhow!(e))?;
+    if config.redis_url.is_some() {
+        tracing::warn!("redis_url is set, but the Redis ingestor is not built yet: this node runs on its embedded bus");
+    }
+    let (ingestor_tx, ingestor_rx) = flume::bounded(INGESTOR_QUEUE);
+    let placement = coregate_shards::ShardPlacement {
+        nr_shards: config.shard_count(),
+        cpus: config.cpu_list()?,
+    };
+    let shards = coregate_shards::start_shards(
+        config.listen,
+        &placement,
+        Arc::new(config.shard_config()),
+        verifier,
+        ingestor_tx.clone(),
+    )?;
+    let ingestor_stats = Arc::new(ingest::IngestorStats::default());
+    ingest::spawn(
+        ingestor_rx,
+        ingest::Ingestor::new(shards.senders.clone(), ingestor_stats.clone()),
+    )?;
+    let (admin_addr, _admin) = admin::spawn(
+        config.admin,
+        admin::AdminState {
+            ingestor: ingestor_tx,
+            shard_stats: shards.stats.clone(),
+            ingestor_stats,
+            ready: Arc::new(AtomicBool::new(true)),
+            max_message_size: config.max_message_size,
+        },
+    )?;
+    tracing::info!(
+        listen = %shards.local_addr,
+        path = %config.path,
+        shards = placement.nr_shards,
+        admin = %admin_addr,
+        "coregate listening"
+    );
+    // Machine-readable for tests and scripts that start on port 0.
+    println!("listening ws={} admin={}", shards.local_addr, admin_addr);
+    wait_for_signal()?;
+    tracing::info!("signal received, exiting");
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
+}

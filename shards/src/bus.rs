@@ -1,0 +1,252 @@
+//! Cross-thread plumbing between the shards and the node's ingestor.
+//!
+//! Direction ingestor → shard: one bounded crossbeam queue per shard carrying
+//! [`SharedDelivery`]s (an event already encoded once per encoding in use), plus an
+//! [`AtomicWaker`] so that an idle shard sleeps instead of spinning and a busy one is
+//! not woken once per event. Direction shard → ingestor: a bounded flume channel of
+//! [`IngestorCommand`]s (interest changes and node-born publications).
+
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use coregate_protocol::{Encoding, Publication, Topic};
+
+use crate::ws;
+
+/// The most shards a node may run; [`ShardSet`] is a bitmask of this width.
+pub const MAX_SHARDS: usize = 128;
+
+/// A set of shard ids, as a bitmask: the ingestor keeps one per topic and encoding.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Debug)]
+pub struct ShardSet(u128);
+
+impl ShardSet {
+    pub fn insert(&mut self, shard_id: usize) {
+        self.0 |= 1 << shard_id;
+    }
+    pub fn remove(&mut self, shard_id: usize) {
+        self.0 &= !(1 << shard_id);
+    }
+    pub fn contains(&self, shard_id: usize) -> bool {
+        self.0 & (1 << shard_id) != 0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+    pub fn union(self, other: ShardSet) -> ShardSet {
+        ShardSet(self.0 | other.0)
+    }
+    /// The shard ids in the set, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let shard_id = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(shard_id)
+        })
+    }
+}
+
+/// One message ready to be written to a WebSocket: a complete frame (header and
+/// payload), whose payload alone can also be joined into a batch.
+#[derive(Clone, Debug)]
+pub struct WireMessage {
+    framed: Bytes,
+    header_len: usize,
+}
+
+impl WireMessage {
+    /// Frames an encoded message as one WebSocket data frame.
+    pub fn new(encoding: Encoding, message: &[u8]) -> WireMessage {
+        let framed = ws::data_frame(encoding, message);
+        WireMessage {
+            header_len: framed.len() - message.len(),
+            framed,
+        }
+    }
+    /// The whole frame, to be written as it is when the message goes out alone.
+    pub fn framed(&self) -> &Bytes {
+        &self.framed
+    }
+    /// The encoded message without its frame header, for joining into a batch.
+    pub fn message(&self) -> &[u8] {
+        &self.framed[self.header_len..]
+    }
+}
+
+/// A publication on its way to every local subscriber of its topic, shared by all
+/// shards. Encodings are filled once: the ingestor fills those it knows are in use,
+/// and a shard that finds one missing (its interest raced the publication) fills it
+/// itself, still once per node.
+#[derive(Debug)]
+pub struct SharedDelivery {
+    publication: Publication,
+    wire: [OnceLock<WireMessage>; 2],
+    /// When the node received the publication; the publish→write latency starts here.
+    pub received_at: Instant,
+}
+
+impl SharedDelivery {
+    pub fn new(publication: Publication, received_at: Instant) -> SharedDelivery {
+        SharedDelivery {
+            publication,
+            wire: [OnceLock::new(), OnceLock::new()],
+            received_at,
+        }
+    }
+    pub fn publication(&self) -> &Publication {
+        &self.publication
+    }
+    pub fn topic(&self) -> &Topic {
+        self.publication.topic()
+    }
+    /// The message in `encoding`, encoded on first use.
+    pub fn wire(&self, encoding: Encoding) -> &WireMessage {
+        self.wire[encoding.index()].get_or_init(|| {
+            let mut encoded = Vec::with_capacity(256);
+            self.publication.encode_into(encoding, &mut encoded);
+            WireMessage::new(encoding, &encoded)
+        })
+    }
+    /// Whether `user_id`'s connections must not receive this event.
+    pub fn excludes(&self, user_id: &str) -> bool {
+        self.publication.exclude_user() == Some(user_id)
+    }
+    pub fn is_ephemeral(&self) -> bool {
+        self.publication.is_ephemeral()
+    }
+}
+
+/// What a shard receives from outside its core.
+#[derive(Debug)]
+pub enum ShardMessage {
+    Deliver(Arc<SharedDelivery>),
+}
+
+/// Why a message could not be handed to a shard.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOffError {
+    #[error("shard {shard_id} queue is full")]
+    Full { shard_id: usize },
+    #[error("shard {shard_id} has stopped")]
+    Stopped { shard_id: usize },
+}
+
+/// The sending side of a shard's inbox; held by the ingestor (any thread).
+#[derive(Clone)]
+pub struct ShardSender {
+    shard_id: usize,
+    queue: crossbeam_channel::Sender<ShardMessage>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl ShardSender {
+    /// Queues without blocking; a full queue is the caller's to count and log.
+    pub fn try_send(&self, message: ShardMessage) -> Result<(), HandOffError> {
+        let shard_id = self.shard_id;
+        self.queue.try_send(message).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => HandOffError::Full { shard_id },
+            crossbeam_channel::TrySendError::Disconnected(_) => HandOffError::Stopped { shard_id },
+        })?;
+        // Wakes the shard only if it registered (it is idle); otherwise an atomic swap.
+        self.waker.wake();
+        Ok(())
+    }
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
+    }
+}
+
+/// The receiving side of a shard's inbox; owned by the shard.
+pub struct LocalInbox {
+    queue: crossbeam_channel::Receiver<ShardMessage>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl LocalInbox {
+    /// Waits for the next message; `None` once every sender is gone.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<ShardMessage>> {
+        match self.queue.try_recv() {
+            Ok(message) => return Poll::Ready(Some(message)),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        self.waker.register(cx.waker());
+        // A message sent between the first check and the registration must not be missed.
+        match self.queue.try_recv() {
+            Ok(message) => Poll::Ready(Some(message)),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(crossbeam_channel::TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+    /// The next message if one is already queued.
+    pub fn try_recv(&self) -> Option<ShardMessage> {
+        self.queue.try_recv().ok()
+    }
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// A shard's inbox: the sender for the ingestor, the receiver for the shard.
+pub fn shard_inbox(shard_id: usize, capacity: usize) -> (ShardSender, LocalInbox) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let waker = Arc::new(AtomicWaker::new());
+    (
+        ShardSender {
+            shard_id,
+            queue: tx,
+            waker: waker.clone(),
+        },
+        LocalInbox { queue: rx, waker },
+    )
+}
+
+/// Whether a topic gained its first or lost its last local subscriber of one encoding.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum InterestChange {
+    Gained,
+    Lost,
+}
+
+/// What shards (and the admin API) tell the ingestor.
+#[derive(Debug)]
+pub enum IngestorCommand {
+    Interest {
+        shard_id: usize,
+        topic: Topic,
+        encoding: Encoding,
+        change: InterestChange,
+    },
+    /// A publication to deliver on every node (through Redis when configured).
+    Publish(Publication),
+}
+
+/// The shard's handle on the ingestor.
+pub type IngestorSender = flume::Sender<IngestorCommand>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_set_iterates_members_in_order() {
+        let mut set = ShardSet::default();
+        assert!(set.is_empty());
+        for id in [0, 5, 64, 127] {
+            set.insert(id);
+        }
+        set.remove(5);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 64, 127]);
+        assert!(set.contains(64) && !set.contains(5));
+    }
+}

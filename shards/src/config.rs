@@ -1,0 +1,57 @@
+//! Settings every shard reads; built by the binary from its configuration.
+
+use std::time::Duration;
+
+/// What a shard needs to know to serve connections. Defaults are PROTOCOL.md's.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// The WebSocket endpoint path (default `/ws`).
+    pub path: String,
+    /// How often clients should ping; silence for twice this closes 4009 (default 30 s).
+    pub heartbeat_interval: Duration,
+    /// How long an unauthenticated connection may take to `identify` (default 5 s).
+    pub identify_timeout: Duration,
+    /// Topics one connection may hold, the automatic ones included (default 128).
+    pub max_subscriptions: usize,
+    /// Largest client message; larger closes 1009 (default 64 KiB).
+    pub max_message_size: usize,
+    /// Largest outgoing frame when batching events (default 64 KiB).
+    pub max_frame_size: usize,
+    /// Bytes of queued output a connection may hold before events are shed (default 1 MiB).
+    pub outbound_budget: usize,
+    /// How long a connection may stay over its budget before it is closed 4010 (default 5 s).
+    pub slow_client_grace: Duration,
+    /// Capacity of each shard's inbox from the ingestor, in events (default 65,536).
+    pub inbox_capacity: usize,
+    /// How long the HTTP upgrade request may take to arrive (default 10 s).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            path: "/ws".to_owned(),
+            heartbeat_interval: Duration::from_secs(30),
+            identify_timeout: Duration::from_secs(5),
+            max_subscriptions: 128,
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            outbound_budget: 1024 * 1024,
+            slow_client_grace: Duration::from_secs(5),
+            inbox_capacity: 65_536,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ShardConfig {
+    /// How often the shard's sweeper checks deadlines: fine enough for the shortest
+    /// timeout configured, never busier than every 50 ms.
+    pub fn sweep_interval(&self) -> Duration {
+        let finest = self
+            .heartbeat_interval
+            .min(self.identify_timeout)
+            .min(self.slow_client_grace);
+        (finest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}

@@ -1,0 +1,120 @@
+//! A connection's outbound queue: a priority lane and a normal lane.
+//!
+//! The priority lane holds complete WebSocket frames (control replies, voice
+//! signaling, close) and is always written first and never shed. The normal lane
+//! holds shared deliveries; events queued in the same shard tick are joined into one
+//! frame when the connection next writes. Queued bytes are counted so that a reader
+//! that cannot keep up is noticed (see `LocalConn`).
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use crate::bus::SharedDelivery;
+
+/// A delivery as a shard holds it: one atomic reference per shard, then cheap
+/// non-atomic clones per subscriber (no cross-core cache-line traffic per subscriber).
+pub type LocalDelivery = Rc<Arc<SharedDelivery>>;
+
+#[derive(Default)]
+pub struct Outbox {
+    priority: VecDeque<Bytes>,
+    normal: VecDeque<LocalDelivery>,
+    /// Bytes queued in both lanes.
+    queued_bytes: usize,
+    /// The connection task, woken when something is queued.
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    pub fn push_priority(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
+        self.priority.push_back(frame);
+        self.wake();
+    }
+
+    /// Queues an event whose encoded size is `len`.
+    pub fn push_normal(&mut self, delivery: LocalDelivery, len: usize) {
+        self.queued_bytes += len;
+        self.normal.push_back(delivery);
+        self.wake();
+    }
+
+    pub fn pop_priority(&mut self) -> Option<Bytes> {
+        let frame = self.priority.pop_front()?;
+        self.queued_bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Takes the next normal event; `len` is its size as counted when queued.
+    pub fn pop_normal(
+        &mut self,
+        len_of: impl Fn(&LocalDelivery) -> usize,
+    ) -> Option<LocalDelivery> {
+        let delivery = self.normal.pop_front()?;
+        self.queued_bytes -= len_of(&delivery);
+        Some(delivery)
+    }
+
+    pub fn peek_normal(&self) -> Option<&LocalDelivery> {
+        self.normal.front()
+    }
+
+    /// Drops queued ephemeral events (typing), oldest first, until the queue holds at
+    /// most `target` bytes. Returns how many were shed.
+    pub fn shed_ephemeral(
+        &mut self,
+        target: usize,
+        len_of: impl Fn(&LocalDelivery) -> usize,
+    ) -> usize {
+        let before = self.normal.len();
+        let mut queued = self.queued_bytes;
+        self.normal.retain(|delivery| {
+            if queued > target && delivery.is_ephemeral() {
+                queued -= len_of(delivery);
+                false
+            } else {
+                true
+            }
+        });
+        self.queued_bytes = queued;
+        before - self.normal.len()
+    }
+
+    /// Drops every normal event (the connection is closing).
+    pub fn clear_normal(&mut self, len_of: impl Fn(&LocalDelivery) -> usize) {
+        for delivery in self.normal.drain(..) {
+            self.queued_bytes -= len_of(&delivery);
+        }
+    }
+
+    pub fn has_priority(&self) -> bool {
+        !self.priority.is_empty()
+    }
+    pub fn normal_len(&self) -> usize {
+        self.normal.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_empty() && self.normal.is_empty()
+    }
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Remembers the task to wake; cheap when it is the same task as before.
+    pub fn register(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(current) if current.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+    }
+
+    pub fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}

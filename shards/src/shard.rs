@@ -1,0 +1,467 @@
+//! One shard: a glommio executor pinned to a core, with its own SO_REUSEPORT
+//! listener, connections, topic table, inbox router and deadline sweeper. Nothing
+//! here is touched from another thread except through the inbox and the stats.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use coregate_protocol::{CloseCode, Encoding, Publication, ServerEnvelope, Topic};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use slab::Slab;
+
+use crate::auth::TokenVerifier;
+use crate::bus::{
+    shard_inbox, IngestorCommand, IngestorSender, LocalInbox, ShardMessage, ShardSender,
+    SharedDelivery, MAX_SHARDS,
+};
+use crate::config::ShardConfig;
+use crate::conn::{self, ConnDriver, LocalConn};
+use crate::outbox::LocalDelivery;
+use crate::stats::ShardStats;
+use crate::topic_table::LocalTopicTable;
+use crate::upgrade::{self, Refusal, UpgradeRequest};
+use crate::ws;
+
+/// Size of the shard's read buffer, shared by all its connections: a read never
+/// needs more, and idle connections then hold no read buffer of their own.
+const READ_BUF_SIZE: usize = 64 * 1024;
+/// Events routed per inbox drain before the shard lets connections write.
+const ROUTE_BATCH: usize = 256;
+/// glommio's storage I/O memory per executor; coregate does no file I/O.
+const IO_MEMORY: usize = 128 * 1024;
+
+/// A shard's state, shared by its tasks (all on one thread).
+pub struct LocalShard {
+    pub shard_id: usize,
+    pub config: Arc<ShardConfig>,
+    pub verifier: Arc<dyn TokenVerifier>,
+    pub stats: Arc<ShardStats>,
+    conns: RefCell<Slab<Rc<LocalConn>>>,
+    topics: RefCell<LocalTopicTable>,
+    ingestor: IngestorSender,
+    /// Commands the ingestor's queue could not take yet, retried by the sweeper.
+    pending_commands: RefCell<VecDeque<IngestorCommand>>,
+    pub(crate) read_buf: RefCell<Vec<u8>>,
+    pub(crate) decode_buf: RefCell<Vec<u8>>,
+    encode_buf: RefCell<Vec<u8>>,
+    pub(crate) batch_buf: RefCell<Vec<u8>>,
+}
+
+impl LocalShard {
+    fn new(
+        shard_id: usize,
+        config: Arc<ShardConfig>,
+        verifier: Arc<dyn TokenVerifier>,
+        stats: Arc<ShardStats>,
+        ingestor: IngestorSender,
+    ) -> LocalShard {
+        LocalShard {
+            shard_id,
+            config,
+            verifier,
+            stats,
+            conns: RefCell::new(Slab::new()),
+            topics: RefCell::new(LocalTopicTable::default()),
+            ingestor,
+            pending_commands: RefCell::new(VecDeque::new()),
+            read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
+            decode_buf: RefCell::new(Vec::new()),
+            encode_buf: RefCell::new(Vec::new()),
+            batch_buf: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Encodes a server message and frames it.
+    pub(crate) fn encode_frame(&self, encoding: Encoding, envelope: &ServerEnvelope<'_>) -> Bytes {
+        let mut buf = self.encode_buf.borrow_mut();
+        buf.clear();
+        coregate_protocol::encode_server(encoding, envelope, &mut buf);
+        ws::data_frame(encoding, &buf)
+    }
+
+    pub(crate) fn subscribe(&self, conn: &LocalConn, topic: &Topic) {
+        let change = self
+            .topics
+            .borrow_mut()
+            .subscribe(topic, conn.key, conn.encoding);
+        conn::subscriptions_mut(conn).push(topic.clone());
+        if let Some(change) = change {
+            self.queue_command(IngestorCommand::Interest {
+                shard_id: self.shard_id,
+                topic: topic.clone(),
+                encoding: conn.encoding,
+                change,
+            });
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, conn: &LocalConn, topic: &Topic) {
+        let change = self
+            .topics
+            .borrow_mut()
+            .unsubscribe(topic, conn.key, conn.encoding);
+        conn::subscriptions_mut(conn).retain(|t| t != topic);
+        if let Some(change) = change {
+            self.queue_command(IngestorCommand::Interest {
+                shard_id: self.shard_id,
+                topic: topic.clone(),
+                encoding: conn.encoding,
+                change,
+            });
+        }
+    }
+
+    /// Publishes an event born on this shard (typing) to every node.
+    pub(crate) fn publish(&self, publication: Publication) {
+        self.queue_command(IngestorCommand::Publish(publication));
+        self.flush_interest();
+    }
+
+    fn queue_command(&self, command: IngestorCommand) {
+        self.pending_commands.borrow_mut().push_back(command);
+    }
+
+    /// Hands queued commands to the ingestor without blocking; what its queue cannot
+    /// take now stays queued, in order, for the sweeper to retry.
+    pub(crate) fn flush_interest(&self) {
+        let mut pending = self.pending_commands.borrow_mut();
+        while let Some(command) = pending.pop_front() {
+            match self.ingestor.try_send(command) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(command)) => {
+                    pending.push_front(command);
+                    ShardStats::add(&self.stats.interest_backlog, 1);
+                    break;
+                }
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    pending.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery for every local subscriber of its topic.
+    fn route(&self, delivery: Arc<SharedDelivery>, now: Instant) {
+        let topics = self.topics.borrow();
+        let conns = self.conns.borrow();
+        let delivery: LocalDelivery = Rc::new(delivery);
+        let budget = self.config.outbound_budget;
+        let mut routed = false;
+        for key in topics.subscribers(delivery.topic()) {
+            let Some(conn) = conns.get(key) else { continue };
+            routed = true;
+            if conn.is_closing() {
+                continue;
+            }
+            if let Some(user) = delivery.publication().exclude_user() {
+                if conn.user_id_is(user) {
+                    continue;
+                }
+            }
+            conn.enqueue(&delivery, budget, &self.stats, now);
+        }
+        if !routed {
+            ShardStats::add(&self.stats.unrouted_events, 1);
+        }
+    }
+
+    /// Checks every connection's deadlines (see the module docs of `conn`).
+    fn sweep(&self, now: Instant) {
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let config = &self.config;
+        let silence_limit = config.heartbeat_interval * 2;
+        for (_, conn) in self.conns.borrow().iter() {
+            if let Some(since) = conn.closing_since() {
+                if now.duration_since(since) > conn::close_flush_limit() {
+                    conn.abort();
+                }
+                continue;
+            }
+            let code = match conn.expires_at() {
+                None if now.duration_since(conn.connected_at) > config.identify_timeout => {
+                    Some(CloseCode::SessionTimedOut)
+                }
+                Some(exp) if exp <= unix_now => Some(CloseCode::TokenExpired),
+                _ if now.duration_since(conn.last_seen()) > silence_limit => {
+                    Some(CloseCode::SessionTimedOut)
+                }
+                _ => conn
+                    .over_budget_since()
+                    .filter(|since| now.duration_since(*since) > config.slow_client_grace)
+                    .map(|_| CloseCode::SlowConsumer),
+            };
+            if let Some(code) = code {
+                conn.request_close(code);
+            }
+        }
+        self.flush_interest();
+    }
+
+    fn register(&self, encoding: Encoding) -> Rc<LocalConn> {
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let conn = Rc::new(LocalConn::new(entry.key(), encoding, Instant::now()));
+        entry.insert(conn.clone());
+        ShardStats::add(&self.stats.connections, 1);
+        conn
+    }
+
+    fn unregister(&self, conn: &LocalConn) {
+        let topics: Vec<Topic> = conn.subscriptions().clone();
+        for topic in &topics {
+            self.unsubscribe(conn, topic);
+        }
+        self.flush_interest();
+        self.conns.borrow_mut().try_remove(conn.key);
+        ShardStats::sub(&self.stats.connections, 1);
+    }
+
+    /// Connections open on this shard now.
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}
+
+/// Serves one accepted TCP connection: the upgrade, then the WebSocket session.
+async fn serve_connection(shard: Rc<LocalShard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let handshake = read_upgrade(&mut stream, &shard.config.path);
+    let timeout = async {
+        glommio::timer::sleep(shard.config.handshake_timeout).await;
+        Err(None)
+    };
+    let request = match futures_lite::future::or(handshake, timeout).await {
+        Ok(request) => request,
+        Err(refusal) => {
+            if let Some(refusal) = refusal {
+                ShardStats::add(&shard.stats.upgrades_refused, 1);
+                conn::write_and_close(&mut stream, &refusal.response()).await;
+            }
+            return;
+        }
+    };
+    let identity = match request.token.as_deref().map(|t| shard.verifier.verify(t)) {
+        None => None,
+        Some(Ok(identity)) => Some(identity),
+        Some(Err(e)) => {
+            ShardStats::add(&shard.stats.upgrades_refused, 1);
+            let refusal = Refusal::Unauthorized(e.to_string());
+            conn::write_and_close(&mut stream, &refusal.response()).await;
+            return;
+        }
+    };
+    if futures_lite::AsyncWriteExt::write_all(&mut stream, &upgrade::accept_response(&request))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    ShardStats::add(&shard.stats.upgrades_accepted, 1);
+    let conn = shard.register(request.encoding);
+    drop(request);
+    let mut driver = ConnDriver::new(shard.clone(), conn.clone(), stream);
+    driver.reply(
+        &coregate_protocol::ServerMessage::Hello {
+            session_id: conn.session_id.to_string(),
+            heartbeat_interval_ms: shard.config.heartbeat_interval.as_millis() as u64,
+        },
+        None,
+    );
+    let authenticated = match identity {
+        Some(identity) => matches!(driver.become_ready(identity), conn::Flow::Continue),
+        None => true,
+    };
+    if authenticated {
+        driver.run().await;
+    }
+    shard.unregister(&conn);
+}
+
+/// Reads the HTTP upgrade request. `Err(None)`: the peer went away.
+async fn read_upgrade(
+    stream: &mut TcpStream,
+    path: &str,
+) -> Result<UpgradeRequest, Option<Refusal>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = vec![0u8; 1024];
+    loop {
+        let n = futures_lite::AsyncReadExt::read(stream, &mut chunk)
+            .await
+            .map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(request) = upgrade::parse_request(&buf, path).map_err(Some)? {
+            return Ok(request);
+        }
+    }
+}
+
+/// Moves events from the inbox to connections, in batches, waking only when
+/// something arrives.
+async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
+    while let Some(first) = poll_fn(|cx| inbox.poll_recv(cx)).await {
+        let now = Instant::now();
+        let mut next = Some(first);
+        let mut routed = 0;
+        while let Some(ShardMessage::Deliver(delivery)) = next {
+            shard.route(delivery, now);
+            routed += 1;
+            next = if routed < ROUTE_BATCH {
+                inbox.try_recv()
+            } else {
+                None
+            };
+        }
+        // Connections write what this batch queued before the next batch is routed.
+        futures_lite::future::yield_now().await;
+    }
+}
+
+async fn run_sweeper(shard: Rc<LocalShard>) {
+    let interval = shard.config.sweep_interval();
+    loop {
+        glommio::timer::sleep(interval).await;
+        shard.sweep(Instant::now());
+    }
+}
+
+/// Where each shard runs.
+#[derive(Clone, Debug)]
+pub struct ShardPlacement {
+    pub nr_shards: usize,
+    /// CPUs to pin shards to, round-robin; `None`: shard i on CPU i when there are
+    /// enough CPUs, unpinned otherwise.
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl ShardPlacement {
+    fn placement(&self, shard_id: usize) -> Placement {
+        match &self.cpus {
+            Some(cpus) if !cpus.is_empty() => Placement::Fixed(cpus[shard_id % cpus.len()]),
+            _ => {
+                let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if self.nr_shards <= available {
+                    Placement::Fixed(shard_id)
+                } else {
+                    Placement::Unbound
+                }
+            }
+        }
+    }
+}
+
+/// Everything another thread holds of the running shards.
+pub struct RunningShards {
+    pub local_addr: SocketAddr,
+    pub senders: Vec<ShardSender>,
+    pub stats: Vec<Arc<ShardStats>>,
+    pub handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// Why the shards could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("shard count must be between 1 and {MAX_SHARDS}, not {0}")]
+    ShardCount(usize),
+    #[error("shard {shard_id} could not start: {message}")]
+    Shard { shard_id: usize, message: String },
+}
+
+/// Starts `placement.nr_shards` shards listening on `listen`. Shards bind one after
+/// the other so that port 0 resolves once and every shard shares the port.
+pub fn start_shards(
+    listen: SocketAddr,
+    placement: &ShardPlacement,
+    config: Arc<ShardConfig>,
+    verifier: Arc<dyn TokenVerifier>,
+    ingestor: IngestorSender,
+) -> Result<RunningShards, StartError> {
+    let nr_shards = placement.nr_shards;
+    if nr_shards == 0 || nr_shards > MAX_SHARDS {
+        return Err(StartError::ShardCount(nr_shards));
+    }
+    let mut addr = listen;
+    let mut running = RunningShards {
+        local_addr: listen,
+        senders: Vec::new(),
+        stats: Vec::new(),
+        handles: Vec::new(),
+    };
+    for shard_id in 0..nr_shards {
+        let (sender, inbox) = shard_inbox(shard_id, config.inbox_capacity);
+        let stats = Arc::new(ShardStats::default());
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let shard_error = |message: String| StartError::Shard { shard_id, message };
+        let spawn = {
+            let config = config.clone();
+            let verifier = verifier.clone();
+            let stats = stats.clone();
+            let ingestor = ingestor.clone();
+            LocalExecutorBuilder::new(placement.placement(shard_id))
+                .name(&format!("shard-{shard_id}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || async move {
+                    let listener = match TcpListener::bind(addr) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                    let shard =
+                        Rc::new(LocalShard::new(shard_id, config, verifier, stats, ingestor));
+                    serve_shard(shard, listener, inbox).await;
+                })
+        };
+        let handle = spawn.map_err(|e| shard_error(e.to_string()))?;
+        let bound = bound_rx
+            .recv()
+            .map_err(|_| shard_error("it stopped before binding".into()))?
+            .map_err(shard_error)?;
+        addr = bound;
+        running.local_addr = bound;
+        running.senders.push(sender);
+        running.stats.push(stats);
+        running.handles.push(handle);
+    }
+    Ok(running)
+}
+
+async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalInbox) {
+    let executor = glommio::executor();
+    // Deliveries arrive from another thread: a latency-sensitive queue makes the
+    // executor react to the cross-thread wake-up promptly.
+    let router_queue = executor.create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_micros(200)),
+        "router",
+    );
+    let _ = glommio::spawn_local_into(run_router(shard.clone(), inbox), router_queue)
+        .map(|t| t.detach());
+    glommio::spawn_local(run_sweeper(shard.clone())).detach();
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve_connection(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.shard_id, error = %e, "accept failed");
+                // Out of descriptors or similar: back off instead of spinning.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The admin HTTP API: `/health`, `/ready`, `/publish`, `/metrics`. It runs on its
+//! own thread and never touches shard state: it reads the shards' counters and
+//! hands publications to the ingestor.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use coregate_protocol::Publication;
+use coregate_shards::{IngestorCommand, ShardStats, StatsSnapshot};
+
+use crate::ingest::IngestorStats;
+
+/// What the admin side can see of the node.
+#[derive(Clone)]
+pub struct AdminState {
+    pub ingestor: flume::Sender<IngestorCommand>,
+    pub shard_stats: Vec<Arc<ShardStats>>,
+    pub ingestor_stats: Arc<IngestorStats>,
+    /// False while the node cannot serve (draining; Redis down once it is used).
+    pub ready: Arc<AtomicBool>,
+    pub max_message_size: usize,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/publish", post(publish))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// `POST /publish {topic, op, d, exclude_user?}` → 202 once handed to the ingestor.
+async fn publish(State(state): State<AdminState>, body: Bytes) -> Response {
+    let mut body = body.to_vec();
+    let publication = match Publication::from_admin_body(&mut body, state.max_message_size) {
+        Ok(publication) => publication,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match state
+        .ingestor
+        .send_async(IngestorCommand::Publish(publication))
+        .await
+    {
+        Ok(()) => (StatusCode::ACCEPTED, "{\"accepted\":true}\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "ingestor stopped\n").into_response(),
+    }
+}
+
+/// Prometheus text format; per-shard counters are summed here, at scrape time.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut out = String::new();
+    let mut total = StatsSnapshot::default();
+    let per_shard: Vec<StatsSnapshot> = state.shard_stats.iter().map(|s| s.snapshot()).collect();
+    for snapshot in &per_shard {
+        total += *snapshot;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coregate_connections Open WebSocket connections per shard."
+    );
+    let _ = writeln!(out, "# TYPE coregate_connections gauge");
+    for (shard, snapshot) in per_shard.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "coregate_connections{{shard=\"{shard}\"}} {}",
+            snapshot.connections
+        );
+    }
+    for (name, value) in total.fields() {
+        if name == "connections" {
+            continue;
+        }
+        let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
+        let _ = writeln!(out, "coregate_{name}_total {value}");
+    }
+    let ingestor = &state.ingestor_stats;
+    let counters = [
+        ("ingestor_publications", &ingestor.publications),
+        (
+            "ingestor_publications_without_subscribers",
+            &ingestor.publications_without_subscribers,
+        ),
+        ("ingestor_shard_queue_full", &ingestor.shard_queue_full),
+    ];
+    for (name, value) in counters {
+        let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
+        let _ = writeln!(
+            out,
+            "coregate_{name}_total {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# TYPE coregate_ingestor_topics gauge");
+    let _ = writeln!(
+        out,
+        "coregate_ingestor_topics {}",
+        ingestor.topics_of_interest.load(Ordering::Relaxed)
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Serves the admin API on its own thread (a current-thread tokio runtime).
+pub fn spawn(
+    addr: SocketAddr,
+    state: AdminState,
+) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let handle = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin runtime failed to start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router(state)).await {
+                    tracing::error!(error = %e, "admin server stopped");
+                }
+            });
+        })?;
+    Ok((local, handle))
+}

@@ -1,0 +1,366 @@
+//! The gateway's configuration: one serde struct with a documented default per
+//! field, read from a TOML file, then overridden by `COREGATE_<NAME>` environment
+//! variables and CLI flags (clap merges those two; flags win), then validated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Every setting, with its default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect (default `0.0.0.0:8080`).
+    pub listen: SocketAddr,
+    /// The WebSocket endpoint path (default `/ws`).
+    pub path: String,
+    /// Shard (executor) count; default one per available core.
+    pub shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. `0-3,8`; default shard i on CPU i.
+    pub cpus: Option<String>,
+    /// HS256 shared secret. With neither this nor a public key, the gateway starts
+    /// in development mode with a generated secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 or ES256 tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss`, if set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub jwt_audience: Option<String>,
+    /// Client ping interval; silence for twice this closes 4009 (default 30 s).
+    #[serde(with = "duration_text")]
+    pub heartbeat_interval: Duration,
+    /// Time allowed for in-band `identify` (default 5 s).
+    #[serde(with = "duration_text")]
+    pub identify_timeout: Duration,
+    /// Topics per connection, automatic ones included (default 128).
+    pub max_subscriptions: usize,
+    /// Largest client message in bytes; larger closes 1009 (default 64 KiB).
+    pub max_message_size: usize,
+    /// Largest batched outgoing frame in bytes (default 64 KiB).
+    pub max_frame_size: usize,
+    /// Queued output per connection before shedding, in bytes (default 1 MiB).
+    pub outbound_budget: usize,
+    /// Time over budget before a slow client is closed 4010 (default 5 s).
+    #[serde(with = "duration_text")]
+    pub slow_client_grace: Duration,
+    /// Redis for multi-node pub/sub; not used yet (the embedded bus serves one node).
+    pub redis_url: Option<String>,
+    /// Admin HTTP address: /health, /ready, /publish, /metrics (default 127.0.0.1:9090).
+    pub admin: SocketAddr,
+    /// `text` or `json` log lines (default text).
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/ws".into(),
+            shards: None,
+            cpus: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            heartbeat_interval: Duration::from_secs(30),
+            identify_timeout: Duration::from_secs(5),
+            max_subscriptions: 128,
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            outbound_budget: 1024 * 1024,
+            slow_client_grace: Duration::from_secs(5),
+            redis_url: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A setting that cannot be used; the message names it. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{name}`: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// The settings that can come from flags or the environment (`COREGATE_<NAME>`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "COREGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "COREGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "COREGATE_PATH")]
+    pub path: Option<String>,
+    #[arg(long, env = "COREGATE_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    #[arg(long, env = "COREGATE_CPUS", value_name = "LIST")]
+    pub cpus: Option<String>,
+    #[arg(long, env = "COREGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "COREGATE_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    #[arg(long, env = "COREGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "COREGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    #[arg(long, env = "COREGATE_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    #[arg(long, env = "COREGATE_IDENTIFY_TIMEOUT", value_parser = parse_duration)]
+    pub identify_timeout: Option<Duration>,
+    #[arg(long, env = "COREGATE_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    #[arg(long, env = "COREGATE_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+    #[arg(long, env = "COREGATE_MAX_FRAME_SIZE", value_name = "BYTES")]
+    pub max_frame_size: Option<usize>,
+    #[arg(long, env = "COREGATE_OUTBOUND_BUDGET", value_name = "BYTES")]
+    pub outbound_budget: Option<usize>,
+    #[arg(long, env = "COREGATE_SLOW_CLIENT_GRACE", value_parser = parse_duration)]
+    pub slow_client_grace: Option<Duration>,
+    #[arg(long, env = "COREGATE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "COREGATE_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    #[arg(long, env = "COREGATE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s: {e}"))
+}
+
+impl ConfigArgs {
+    /// The file (if any), then these flags and environment variables over it, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        self.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&self, c: &mut Config) {
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
+        }
+        macro_rules! set_opt {
+            ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = Some(v.clone()); })* };
+        }
+        set!(
+            listen,
+            path,
+            heartbeat_interval,
+            identify_timeout,
+            max_subscriptions
+        );
+        set!(
+            max_message_size,
+            max_frame_size,
+            outbound_budget,
+            slow_client_grace,
+            admin,
+            log_format
+        );
+        set_opt!(
+            shards,
+            cpus,
+            jwt_secret,
+            jwt_public_key,
+            jwt_issuer,
+            jwt_audience,
+            redis_url
+        );
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(invalid("path", "must start with `/`"));
+        }
+        if let Some(n) = self.shards {
+            if n == 0 || n > coregate_shards::MAX_SHARDS {
+                return Err(invalid(
+                    "shards",
+                    format!("must be between 1 and {}", coregate_shards::MAX_SHARDS),
+                ));
+            }
+        }
+        self.cpu_list()?;
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err(invalid(
+                "jwt_secret",
+                "give a secret or a public key, not both",
+            ));
+        }
+        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("jwt_secret", "must be at least 16 bytes"));
+        }
+        let positive = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("identify_timeout", self.identify_timeout),
+            ("slow_client_grace", self.slow_client_grace),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(invalid(name, "must be more than zero"));
+            }
+        }
+        if self.max_subscriptions < 2 {
+            return Err(invalid(
+                "max_subscriptions",
+                "must be at least 2 (the automatic topics)",
+            ));
+        }
+        if self.max_message_size < 256 {
+            return Err(invalid("max_message_size", "must be at least 256 bytes"));
+        }
+        if self.max_frame_size < 1024 {
+            return Err(invalid("max_frame_size", "must be at least 1024 bytes"));
+        }
+        if self.outbound_budget < self.max_frame_size {
+            return Err(invalid(
+                "outbound_budget",
+                "must be at least max_frame_size",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `--cpus` as a list: `0-3,8` → [0, 1, 2, 3, 8].
+    pub fn cpu_list(&self) -> Result<Option<Vec<usize>>, ConfigError> {
+        let Some(text) = &self.cpus else {
+            return Ok(None);
+        };
+        let bad = || invalid("cpus", format!("`{text}` is not a CPU list like 0-3,8"));
+        let mut cpus = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b): (usize, usize) =
+                        (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                    if a > b {
+                        return Err(bad());
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(part.parse().map_err(|_| bad())?),
+            }
+        }
+        if cpus.is_empty() {
+            return Err(bad());
+        }
+        Ok(Some(cpus))
+    }
+
+    /// The shard count in force: configured, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn shard_config(&self) -> coregate_shards::ShardConfig {
+        coregate_shards::ShardConfig {
+            path: self.path.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            identify_timeout: self.identify_timeout,
+            max_subscriptions: self.max_subscriptions,
+            max_message_size: self.max_message_size,
+            max_frame_size: self.max_frame_size,
+            outbound_budget: self.outbound_budget,
+            slow_client_grace: self.slow_client_grace,
+            ..coregate_shards::ShardConfig::default()
+        }
+    }
+}
+
+/// Durations written as text (`30s`, `1m 30s`) in the TOML file.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("coregate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "path = \"/file\"\nheartbeat_interval = \"10s\"\nmax_subscriptions = 50\n",
+        )
+        .expect("write");
+        let args = ConfigArgs {
+            config: Some(file),
+            max_subscriptions: Some(7),
+            ..ConfigArgs::default()
+        };
+        let config = args.load().expect("valid");
+        assert_eq!(config.path, "/file");
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let args = ConfigArgs {
+            shards: Some(0),
+            ..ConfigArgs::default()
+        };
+        assert_eq!(args.load().expect_err("invalid").name, "shards");
+        let config = Config {
+            cpus: Some("3-1".into()),
+            ..Config::default()
+        };
+        assert_eq!(config.validate().expect_err("invalid").name, "cpus");
+        let config = Config {
+            cpus: Some("0-2, 5".into()),
+            ..Config::default()
+        };
+        assert_eq!(config.cpu_list().expect("valid"), Some(vec![0, 1, 2, 5]));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<Config>("lissten = \"x\"").expect_err("unknown key");
+        assert!(err.to_string().contains("lissten"));
+    }
+}

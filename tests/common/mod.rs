@@ -1,0 +1,391 @@
+//! Shared test support: a real gateway process on free ports, real WebSocket
+//! clients (tokio-tungstenite), tokens signed like the backend would.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coregate_protocol::{
+    decode_server, encode_client, split_server_frame, ClientEnvelope, ClientMessage,
+    DecodedServerMessage, Encoding,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts `coregate` with 2 shards, the test secret and `extra` flags.
+    pub fn start(extra: &[&str]) -> Gateway {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--jwt-secret",
+            SECRET,
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_coregate"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("coregate starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("readiness line");
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        Gateway {
+            ws: addr("ws="),
+            admin: addr("admin="),
+            child,
+        }
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.ws)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `POST /publish`.
+    pub async fn publish(&self, body: Value) -> u16 {
+        http(self.admin, "POST", "/publish", &body.to_string())
+            .await
+            .0
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path, "").await
+    }
+
+    /// Sum of a metric's samples in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        metric_samples(&text, name).iter().map(|(_, v)| v).sum()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `(labels, value)` of each sample of `name` in Prometheus text.
+pub fn metric_samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}').to_owned()),
+                None => (series, String::new()),
+            };
+            if metric != name {
+                return None;
+            }
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 request over a real socket: `(status, body)`.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("admin reachable");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signs claims with `secret` (HS256).
+pub fn sign(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid token for `sub`, allowed `topics`, expiring in an hour.
+pub fn token(sub: &str, topics: &[&str]) -> String {
+    sign(
+        json!({"sub": sub, "exp": now() + 3600, "name": sub.to_uppercase(), "topics": topics}),
+        SECRET,
+    )
+}
+
+/// How a client presents its token.
+#[derive(Clone, Copy, Debug)]
+pub enum TokenIn {
+    Query,
+    Header,
+}
+
+/// A WebSocket client speaking one encoding.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub encoding: Encoding,
+    pending: VecDeque<DecodedServerMessage>,
+    /// Data frames received so far (to observe batching).
+    pub frames: usize,
+    next_ref: u64,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    Http(u16),
+    Other(String),
+}
+
+impl Client {
+    /// Connects with no token (identify in-band).
+    pub async fn connect_anonymous(gw: &Gateway, encoding: Encoding) -> Client {
+        Self::try_connect(gw, None, TokenIn::Query, encoding)
+            .await
+            .unwrap()
+    }
+
+    /// Connects with `token`; panics on failure.
+    pub async fn connect(gw: &Gateway, token: &str, encoding: Encoding) -> Client {
+        Self::try_connect(gw, Some(token), TokenIn::Query, encoding)
+            .await
+            .unwrap()
+    }
+
+    /// Connects and waits for `hello` and `ready`.
+    pub async fn ready(gw: &Gateway, token: &str, encoding: Encoding) -> Client {
+        let mut client = Self::connect(gw, token, encoding).await;
+        client.expect_op("hello").await;
+        client.expect_op("ready").await;
+        client
+    }
+
+    pub async fn try_connect(
+        gw: &Gateway,
+        token: Option<&str>,
+        how: TokenIn,
+        encoding: Encoding,
+    ) -> Result<Client, ConnectError> {
+        let query = match (token, how) {
+            (Some(t), TokenIn::Query) => format!("?token={t}"),
+            _ => String::new(),
+        };
+        let mut request = gw.url(&query).into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            encoding.subprotocol().parse().unwrap(),
+        );
+        if let (Some(t), TokenIn::Header) = (token, how) {
+            headers.insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Self::connect_request(request, encoding).await
+    }
+
+    pub async fn connect_request(
+        request: tungstenite::handshake::client::Request,
+        encoding: Encoding,
+    ) -> Result<Client, ConnectError> {
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Client {
+                ws,
+                encoding,
+                pending: VecDeque::new(),
+                frames: 0,
+                next_ref: 1,
+            }),
+            Err(tungstenite::Error::Http(response)) => {
+                Err(ConnectError::Http(response.status().as_u16()))
+            }
+            Err(e) => Err(ConnectError::Other(e.to_string())),
+        }
+    }
+
+    /// Sends one message with a fresh `ref`, returned.
+    pub async fn send(&mut self, message: ClientMessage) -> u64 {
+        let r#ref = self.next_ref;
+        self.next_ref += 1;
+        let mut out = Vec::new();
+        encode_client(
+            self.encoding,
+            &ClientEnvelope {
+                r#ref: Some(r#ref),
+                message,
+            },
+            &mut out,
+        );
+        self.send_raw(out).await;
+        r#ref
+    }
+
+    /// Sends raw bytes as a frame of the connection's type.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        let message = match self.encoding {
+            Encoding::Json => Message::Text(String::from_utf8_lossy(&bytes).into_owned().into()),
+            Encoding::MsgPack => Message::Binary(bytes.into()),
+        };
+        futures_util_send(&mut self.ws, message).await;
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        futures_util_send(&mut self.ws, message).await;
+    }
+
+    /// The next server message, or `None` if the connection closed.
+    pub async fn next(&mut self) -> Option<DecodedServerMessage> {
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                return Some(message);
+            }
+            let frame = match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(_) => return None,
+                Err(_) => panic!("no message within {WAIT:?}"),
+            };
+            let bytes: Vec<u8> = match frame {
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => return None,
+                _ => continue,
+            };
+            self.frames += 1;
+            for part in split_server_frame(self.encoding, &bytes).expect("well-framed") {
+                self.pending
+                    .push_back(decode_server(self.encoding, part).expect("decodable"));
+            }
+        }
+    }
+
+    /// The next message, which must have `op`.
+    pub async fn expect_op(&mut self, op: &str) -> DecodedServerMessage {
+        let message = self
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("closed while waiting for {op}"));
+        assert_eq!(message.op, op, "expected {op}, got {message:?}");
+        message
+    }
+
+    /// Skips messages until one with `op`.
+    pub async fn wait_op(&mut self, op: &str) -> DecodedServerMessage {
+        loop {
+            let message = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for {op}"));
+            if message.op == op {
+                return message;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code (skipping messages).
+    pub async fn expect_close(&mut self) -> u16 {
+        self.expect_close_within(WAIT).await
+    }
+
+    pub async fn expect_close_within(&mut self, limit: Duration) -> u16 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map_or(1005, |f| u16::from(f.code));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => panic!("connection failed instead of closing: {e}"),
+                Ok(None) => panic!("connection ended without a close frame"),
+                Err(_) => panic!("no close within {limit:?}"),
+            }
+        }
+    }
+
+    /// Subscribes and returns the `subscribed` reply plus any error replies.
+    pub async fn subscribe(&mut self, topics: &[&str]) -> DecodedServerMessage {
+        let r#ref = self
+            .send(ClientMessage::Subscribe {
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                since: None,
+            })
+            .await;
+        let reply = self.wait_op("subscribed").await;
+        assert_eq!(reply.r#ref, Some(r#ref));
+        reply
+    }
+
+    /// Asserts that nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(message) = self.pending.pop_front() {
+            panic!("unexpected {message:?}");
+        }
+        if let Ok(Some(Ok(frame))) = tokio::time::timeout(quiet, self.ws.next()).await {
+            panic!("unexpected frame {frame:?}");
+        }
+    }
+
+    pub fn close_code(code: CloseCode) -> u16 {
+        u16::from(code)
+    }
+}
+
+async fn futures_util_send(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>, message: Message) {
+    ws.send(message).await.expect("send");
+}
