@@ -47,6 +47,16 @@ pub struct Config {
     /// Time over budget before a slow client is closed 4010 (default 5 s).
     #[serde(with = "duration_text")]
     pub slow_client_grace: Duration,
+    /// Client events allowed per connection per `rate_limit_window` (default 120).
+    pub rate_limit_events: u32,
+    /// The window of `rate_limit_events` (default 60 s).
+    #[serde(with = "duration_text")]
+    pub rate_limit_window: Duration,
+    /// Events a connection may send at once (default 20).
+    pub rate_limit_burst: u32,
+    /// On SIGTERM, connections are closed 1012 spread over this window (default 10 s).
+    #[serde(with = "duration_text")]
+    pub drain_window: Duration,
     /// Redis for multi-node pub/sub; not used yet (the embedded bus serves one node).
     pub redis_url: Option<String>,
     /// Admin HTTP address: /health, /ready, /publish, /metrics (default 127.0.0.1:9090).
@@ -80,6 +90,10 @@ impl Default for Config {
             max_frame_size: 64 * 1024,
             outbound_budget: 1024 * 1024,
             slow_client_grace: Duration::from_secs(5),
+            rate_limit_events: 120,
+            rate_limit_window: Duration::from_secs(60),
+            rate_limit_burst: 20,
+            drain_window: Duration::from_secs(10),
             redis_url: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             log_format: LogFormat::Text,
@@ -138,6 +152,14 @@ pub struct ConfigArgs {
     pub outbound_budget: Option<usize>,
     #[arg(long, env = "COREGATE_SLOW_CLIENT_GRACE", value_parser = parse_duration)]
     pub slow_client_grace: Option<Duration>,
+    #[arg(long, env = "COREGATE_RATE_LIMIT_EVENTS")]
+    pub rate_limit_events: Option<u32>,
+    #[arg(long, env = "COREGATE_RATE_LIMIT_WINDOW", value_parser = parse_duration)]
+    pub rate_limit_window: Option<Duration>,
+    #[arg(long, env = "COREGATE_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    #[arg(long, env = "COREGATE_DRAIN_WINDOW", value_parser = parse_duration)]
+    pub drain_window: Option<Duration>,
     #[arg(long, env = "COREGATE_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     #[arg(long, env = "COREGATE_ADMIN", value_name = "ADDR")]
@@ -189,6 +211,12 @@ impl ConfigArgs {
             admin,
             log_format
         );
+        set!(
+            rate_limit_events,
+            rate_limit_window,
+            rate_limit_burst,
+            drain_window
+        );
         set_opt!(
             shards,
             cpus,
@@ -228,6 +256,7 @@ impl Config {
             ("heartbeat_interval", self.heartbeat_interval),
             ("identify_timeout", self.identify_timeout),
             ("slow_client_grace", self.slow_client_grace),
+            ("rate_limit_window", self.rate_limit_window),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -297,6 +326,9 @@ impl Config {
             max_frame_size: self.max_frame_size,
             outbound_budget: self.outbound_budget,
             slow_client_grace: self.slow_client_grace,
+            rate_limit_events: self.rate_limit_events,
+            rate_limit_window: self.rate_limit_window,
+            rate_limit_burst: self.rate_limit_burst,
             ..coregate_shards::ShardConfig::default()
         }
     }

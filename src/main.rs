@@ -200,13 +200,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         ingestor_rx,
         ingest::Ingestor::new(shards.senders.clone(), ingestor_stats.clone()),
     )?;
+    let ready = Arc::new(AtomicBool::new(true));
     let (admin_addr, _admin) = admin::spawn(
         config.admin,
         admin::AdminState {
             ingestor: ingestor_tx,
             shard_stats: shards.stats.clone(),
             ingestor_stats,
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: ready.clone(),
             max_message_size: config.max_message_size,
         },
     )?;
@@ -219,22 +220,60 @@ fn run(config: Config) -> anyhow::Result<()> {
     );
     // Machine-readable for tests and scripts that start on port 0.
     println!("listening ws={} admin={}", shards.local_addr, admin_addr);
-    wait_for_signal()?;
-    tracing::info!("signal received, exiting");
-    Ok(())
-}
-
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_signal() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+    runtime.block_on(drain_on_signal(&shards, &ready, config.drain_window))
+}
+
+/// Waits for SIGINT or SIGTERM, then drains: `/ready` turns 503, shards stop
+/// accepting and close their connections (1012) spread over `window`. Returns once
+/// every connection is gone (or the window and a margin have passed); a second
+/// signal exits at once.
+async fn drain_on_signal(
+    shards: &coregate_shards::RunningShards,
+    ready: &AtomicBool,
+    window: Duration,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(?window, "signal received: draining");
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    for shard in &shards.senders {
+        // The inbox may be momentarily full of events: retry briefly.
+        for _ in 0..100 {
+            match shard.try_send(coregate_shards::ShardMessage::Drain { window }) {
+                Err(coregate_shards::HandOffError::Full { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
         }
-    })?;
+    }
+    let deadline = tokio::time::sleep(window + Duration::from_secs(3));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = term.recv() => std::process::exit(1),
+            _ = int.recv() => std::process::exit(1),
+            _ = &mut deadline => {
+                tracing::warn!("drain window passed with connections still open");
+                break;
+            }
+            _ = tick.tick() => {
+                let open: u64 = shards.stats.iter().map(|s| s.snapshot().connections).sum();
+                if open == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("drained, exiting");
     Ok(())
 }

@@ -127,6 +127,11 @@ impl SharedDelivery {
 #[derive(Debug)]
 pub enum ShardMessage {
     Deliver(Arc<SharedDelivery>),
+    /// Stop accepting and close every connection with `reconnect` + 1012, spread
+    /// over `window` so that clients do not all come back in the same instant.
+    Drain {
+        window: std::time::Duration,
+    },
 }
 
 /// Why a message could not be handed to a shard.

@@ -25,6 +25,15 @@ pub struct ShardConfig {
     pub inbox_capacity: usize,
     /// How long the HTTP upgrade request may take to arrive (default 10 s).
     pub handshake_timeout: Duration,
+    /// Client events allowed per `rate_limit_window` on one connection (default 120).
+    pub rate_limit_events: u32,
+    /// The window of `rate_limit_events` (default 60 s).
+    pub rate_limit_window: Duration,
+    /// Events a connection may send at once before the rate applies (default 20).
+    pub rate_limit_burst: u32,
+    /// Refused events in a row after which a flooding connection is closed 4008
+    /// (default 20).
+    pub flood_close_after: u32,
 }
 
 impl Default for ShardConfig {
@@ -40,6 +49,10 @@ impl Default for ShardConfig {
             slow_client_grace: Duration::from_secs(5),
             inbox_capacity: 65_536,
             handshake_timeout: Duration::from_secs(10),
+            rate_limit_events: 120,
+            rate_limit_window: Duration::from_secs(60),
+            rate_limit_burst: 20,
+            flood_close_after: 20,
         }
     }
 }

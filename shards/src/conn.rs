@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::auth::Identity;
 use crate::outbox::{LocalDelivery, Outbox};
+use crate::rate_limit::TokenBucket;
 use crate::shard::LocalShard;
 use crate::stats::ShardStats;
 use crate::topic_table::ConnKey;
@@ -200,11 +201,22 @@ pub(crate) struct ConnDriver {
     writing: Option<WriteChunk>,
     /// The peer sent its close frame (or EOF): no linger needed after ours.
     peer_closed: bool,
+    /// Client events allowed (ping is not counted; bad input is).
+    rate: TokenBucket,
+    /// Events refused in a row; past the configured limit the connection is closed 4008.
+    refused_in_a_row: u32,
 }
 
 impl ConnDriver {
     pub(crate) fn new(shard: Rc<LocalShard>, conn: Rc<LocalConn>, stream: TcpStream) -> Self {
         let ws = ws::server_context(shard.config.max_message_size);
+        let config = &shard.config;
+        let rate = TokenBucket::new(
+            config.rate_limit_events,
+            config.rate_limit_window,
+            config.rate_limit_burst,
+            Instant::now(),
+        );
         ConnDriver {
             shard,
             conn,
@@ -212,6 +224,8 @@ impl ConnDriver {
             ws,
             writing: None,
             peer_closed: false,
+            rate,
+            refused_in_a_row: 0,
         }
     }
 
@@ -419,7 +433,18 @@ impl ConnDriver {
         buf.clear();
         buf.extend_from_slice(data);
         let max = shard.config.max_message_size;
+        let now = Instant::now();
         for decoded in decode_client_frame(self.conn.encoding, &mut buf[..], max) {
+            let is_ping = matches!(&decoded, Ok(e) if matches!(e.message, coregate_protocol::ClientMessage::Ping));
+            if !is_ping {
+                if let Some(flow) = self.charge_rate(now, &decoded) {
+                    return flow;
+                }
+                let refused = self.refused_in_a_row > 0;
+                if refused {
+                    continue;
+                }
+            }
             let flow = match decoded {
                 Ok(envelope) => {
                     ShardStats::add(&shard.stats.messages_in, 1);
@@ -436,6 +461,36 @@ impl ConnDriver {
             }
         }
         Flow::Continue
+    }
+
+    /// Takes one event from the rate bucket. Over the rate, the event is refused with
+    /// `rate_limited` (and skipped by the caller, which sees `refused_in_a_row > 0`);
+    /// too many refusals in a row close the connection 4008.
+    fn charge_rate<T>(
+        &mut self,
+        now: Instant,
+        decoded: &Result<coregate_protocol::ClientEnvelope, T>,
+    ) -> Option<Flow> {
+        if self.rate.try_take(now) {
+            self.refused_in_a_row = 0;
+            return None;
+        }
+        self.refused_in_a_row += 1;
+        if self.refused_in_a_row > self.shard.config.flood_close_after {
+            return Some(Flow::Close(CloseCode::RateLimited));
+        }
+        let retry_after_ms = self.rate.retry_after(now).as_millis() as u64;
+        let r#ref = decoded.as_ref().ok().and_then(|e| e.r#ref);
+        self.reply(
+            &ServerMessage::Error {
+                code: coregate_protocol::ErrorCode::RateLimited,
+                message: "too many events; slow down".to_owned(),
+                topics: None,
+                retry_after_ms: Some(retry_after_ms.max(1)),
+            },
+            r#ref,
+        );
+        None
     }
 
     /// Queues a server message on the priority lane.
@@ -508,7 +563,11 @@ impl ConnDriver {
         };
         let _ = self.ws.close(&mut io, Some(frame));
         let _ = self.ws.flush(&mut io);
-        ShardStats::add(&self.shard.stats.server_closes, 1);
+        let stats = &self.shard.stats;
+        ShardStats::add(&stats.server_closes, 1);
+        if let Some(counter) = stats.close_counter(code) {
+            ShardStats::add(counter, 1);
+        }
     }
 
     fn mark_closing(&mut self) {

@@ -10,6 +10,7 @@
 //! - [`ws`]: WebSocket framing over tungstenite without tungstenite owning the socket;
 //! - [`bus`]: the queues between shards and the node's ingestor;
 //! - [`auth`]: the verifier trait the binary implements with JWTs;
+//! - [`rate_limit`]: the token bucket behind per-connection event limits;
 //! - [`stats`]: per-shard counters summed at scrape time.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod outbox;
+pub mod rate_limit;
 mod session;
 pub mod shard;
 pub mod stats;

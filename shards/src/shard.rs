@@ -2,7 +2,7 @@
 //! listener, connections, topic table, inbox router and deadline sweeper. Nothing
 //! here is touched from another thread except through the inbox and the stats.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -52,6 +52,9 @@ pub struct LocalShard {
     pub(crate) decode_buf: RefCell<Vec<u8>>,
     encode_buf: RefCell<Vec<u8>>,
     pub(crate) batch_buf: RefCell<Vec<u8>>,
+    /// Set when the node drains; wakes the accept loop so it stops listening.
+    draining: Cell<bool>,
+    drain_waker: RefCell<Option<std::task::Waker>>,
 }
 
 impl LocalShard {
@@ -75,6 +78,8 @@ impl LocalShard {
             decode_buf: RefCell::new(Vec::new()),
             encode_buf: RefCell::new(Vec::new()),
             batch_buf: RefCell::new(Vec::new()),
+            draining: Cell::new(false),
+            drain_waker: RefCell::new(None),
         }
     }
 
@@ -226,6 +231,28 @@ impl LocalShard {
         ShardStats::sub(&self.stats.connections, 1);
     }
 
+    fn start_drain(self: &Rc<Self>, window: Duration) {
+        if self.draining.replace(true) {
+            return;
+        }
+        if let Some(waker) = self.drain_waker.borrow_mut().take() {
+            waker.wake();
+        }
+        glommio::spawn_local(drain(self.clone(), window)).detach();
+    }
+
+    /// Resolves once the node starts draining.
+    async fn drain_started(&self) {
+        poll_fn(|cx| {
+            if self.draining.get() {
+                return std::task::Poll::Ready(());
+            }
+            *self.drain_waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
     /// Connections open on this shard now.
     pub fn connection_count(&self) -> usize {
         self.conns.borrow().len()
@@ -315,8 +342,11 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
         let now = Instant::now();
         let mut next = Some(first);
         let mut routed = 0;
-        while let Some(ShardMessage::Deliver(delivery)) = next {
-            shard.route(delivery, now);
+        while let Some(message) = next {
+            match message {
+                ShardMessage::Deliver(delivery) => shard.route(delivery, now),
+                ShardMessage::Drain { window } => shard.start_drain(window),
+            }
             routed += 1;
             next = if routed < ROUTE_BATCH {
                 inbox.try_recv()
@@ -326,6 +356,28 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
         }
         // Connections write what this batch queued before the next batch is routed.
         futures_lite::future::yield_now().await;
+    }
+}
+
+/// Closes every connection with 1012 in batches spread over `window`.
+async fn drain(shard: Rc<LocalShard>, window: Duration) {
+    const STEP: Duration = Duration::from_millis(100);
+    let keys: Vec<usize> = shard.conns.borrow().iter().map(|(key, _)| key).collect();
+    let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;
+    let per_step = keys.len().div_ceil(steps).max(1);
+    tracing::info!(
+        shard = shard.shard_id,
+        connections = keys.len(),
+        ?window,
+        "draining"
+    );
+    for batch in keys.chunks(per_step) {
+        for key in batch {
+            if let Some(conn) = shard.conns.borrow().get(*key) {
+                conn.request_close(CloseCode::ServiceRestart);
+            }
+        }
+        glommio::timer::sleep(STEP).await;
     }
 }
 
@@ -453,7 +505,20 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
         .map(|t| t.detach());
     glommio::spawn_local(run_sweeper(shard.clone())).detach();
     loop {
-        match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.drain_started().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            // Draining: the listener is dropped, so the kernel stops routing here. The
+            // shard's other tasks live on until the process exits (returning would
+            // stop the executor and drop them).
+            drop(listener);
+            futures_lite::future::pending::<()>().await;
+            return;
+        };
+        match accepted {
             Ok(stream) => {
                 glommio::spawn_local(serve_connection(shard.clone(), stream)).detach();
             }

@@ -56,6 +56,27 @@ shard_stats! {
     shed_events,
     /// Connections closed by the server, any code.
     server_closes,
+    /// Server closes by reason (close code in the docs of each).
+    /// 1009: a client message over the size limit.
+    closes_message_too_big,
+    /// 1012: drain.
+    closes_service_restart,
+    /// 4003: an op before `ready`.
+    closes_not_authenticated,
+    /// 4004: `identify` with a bad token.
+    closes_authentication_failed,
+    /// 4005: `identify` twice.
+    closes_already_authenticated,
+    /// 4006: the token expired.
+    closes_token_expired,
+    /// 4008: flooding.
+    closes_rate_limited,
+    /// 4009: no identify or no heartbeat.
+    closes_session_timed_out,
+    /// 4010: the outbound queue stayed over budget.
+    closes_slow_consumer,
+    /// 1002/1007: WebSocket protocol violations.
+    closes_protocol_error,
     /// Events that arrived for a topic with no local subscriber left.
     unrouted_events,
     /// Interest changes that could not be handed to the ingestor at once (retried).
@@ -63,6 +84,23 @@ shard_stats! {
 }
 
 impl ShardStats {
+    /// The per-reason counter of a server close.
+    pub fn close_counter(&self, code: u16) -> Option<&AtomicU64> {
+        Some(match code {
+            1009 => &self.closes_message_too_big,
+            1012 => &self.closes_service_restart,
+            4003 => &self.closes_not_authenticated,
+            4004 => &self.closes_authentication_failed,
+            4005 => &self.closes_already_authenticated,
+            4006 => &self.closes_token_expired,
+            4008 => &self.closes_rate_limited,
+            4009 => &self.closes_session_timed_out,
+            4010 => &self.closes_slow_consumer,
+            1002 | 1007 => &self.closes_protocol_error,
+            _ => return None,
+        })
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

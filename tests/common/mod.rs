@@ -32,7 +32,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `coregate` with 2 shards, the test secret and `extra` flags.
+    /// Starts `coregate` with the test secret, `extra` flags, and 2 shards unless
+    /// `extra` says otherwise.
     pub fn start(extra: &[&str]) -> Gateway {
         let mut args = vec![
             "serve",
@@ -40,11 +41,12 @@ impl Gateway {
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
-            "--shards",
-            "2",
             "--jwt-secret",
             SECRET,
         ];
+        if !extra.contains(&"--shards") {
+            args.extend_from_slice(&["--shards", "2"]);
+        }
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_coregate"))
             .args(&args)
@@ -95,6 +97,59 @@ impl Gateway {
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
         metric_samples(&text, name).iter().map(|(_, v)| v).sum()
+    }
+}
+
+impl Gateway {
+    /// Sends SIGTERM.
+    pub fn signal_term(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// Checks every line of a Prometheus text exposition: comments are `# HELP`/`# TYPE`,
+/// samples are `name{labels} value` with a valid name and a numeric value.
+pub fn assert_prometheus_text(text: &str) {
+    assert!(!text.is_empty());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "name of {line}"
+        );
+        if let Some(labels) = series.split_once('{').map(|(_, l)| l) {
+            assert!(labels.ends_with('}'), "labels of {line}");
+        }
     }
 }
 
@@ -214,6 +269,39 @@ impl Client {
     /// Connects and waits for `hello` and `ready`.
     pub async fn ready(gw: &Gateway, token: &str, encoding: Encoding) -> Client {
         let mut client = Self::connect(gw, token, encoding).await;
+        client.expect_op("hello").await;
+        client.expect_op("ready").await;
+        client
+    }
+
+    /// Like `ready`, with a 4 KiB socket receive buffer, so that a client that stops
+    /// reading backs up the server quickly.
+    pub async fn ready_with_small_receive_buffer(
+        gw: &Gateway,
+        token: &str,
+        encoding: Encoding,
+    ) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(gw.ws).await.unwrap();
+        let mut request = gw
+            .url(&format!("?token={token}"))
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            encoding.subprotocol().parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        let mut client = Client {
+            ws,
+            encoding,
+            pending: VecDeque::new(),
+            frames: 0,
+            next_ref: 1,
+        };
         client.expect_op("hello").await;
         client.expect_op("ready").await;
         client
