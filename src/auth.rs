@@ -51,7 +51,11 @@ impl JwtVerifier {
     fn new(key: DecodingKey, algorithm: Algorithm, config: &Config) -> JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not only right when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(config.jwt_issuer.as_ref().map(|_| "iss"));
+        required.extend(config.jwt_audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         validation.validate_nbf = true;
         // The sweeper closes at `exp` exactly; accepting later would contradict it.
         validation.leeway = 0;

@@ -1,0 +1,301 @@
+//! Property tests: every message variant round-trips through both encodings, and arbitrary
+//! bytes never panic any decoder.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use coregate_protocol::*;
+use proptest::collection::{btree_map, vec};
+use proptest::option;
+use proptest::prelude::*;
+
+fn text() -> impl Strategy<Value = String> {
+    // Any Unicode, including quotes, backslashes, control characters and newlines.
+    prop_oneof![".{0,24}", "[a-z:0-9_]{0,12}"]
+}
+
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    vec(text(), 0..6)
+}
+
+fn settable_status() -> impl Strategy<Value = PresenceStatus> {
+    prop_oneof![
+        Just(PresenceStatus::Online),
+        Just(PresenceStatus::Away),
+        Just(PresenceStatus::Busy),
+        Just(PresenceStatus::Invisible),
+    ]
+}
+
+fn any_status() -> impl Strategy<Value = PresenceStatus> {
+    prop_oneof![settable_status(), Just(PresenceStatus::Offline)]
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::BadRequest),
+        Just(ErrorCode::UnknownOp),
+        Just(ErrorCode::Forbidden),
+        Just(ErrorCode::Limit),
+        Just(ErrorCode::RateLimited),
+        Just(ErrorCode::InvalidToken),
+        Just(ErrorCode::InvalidTopic),
+        Just(ErrorCode::NotReady),
+        Just(ErrorCode::Internal),
+    ]
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    use ClientMessage as M;
+    prop_oneof![
+        text().prop_map(|token| M::Identify { token }),
+        text().prop_map(|token| M::Refresh { token }),
+        Just(M::Ping),
+        (texts(), option::of(btree_map(text(), any::<u64>(), 0..4)))
+            .prop_map(|(topics, since)| M::Subscribe { topics, since }),
+        texts().prop_map(|topics| M::Unsubscribe { topics }),
+        text().prop_map(|topic| M::TypingStart { topic }),
+        text().prop_map(|topic| M::TypingStop { topic }),
+        settable_status().prop_map(|status| M::PresenceSet { status }),
+        texts().prop_map(|user_ids| M::PresenceQuery { user_ids }),
+        text().prop_map(|channel| M::VoiceJoin { channel }),
+        text().prop_map(|channel| M::VoiceLeave { channel }),
+        (text(), text()).prop_map(|(channel, sdp)| M::VoiceAnswer { channel, sdp }),
+        (text(), text())
+            .prop_map(|(channel, candidate)| M::VoiceIceCandidate { channel, candidate }),
+        text().prop_map(|channel| M::VoiceMute { channel }),
+        text().prop_map(|channel| M::VoiceUnmute { channel }),
+    ]
+}
+
+fn server_message() -> impl Strategy<Value = ServerMessage> {
+    use ServerMessage as M;
+    prop_oneof![
+        (text(), any::<u64>()).prop_map(|(session_id, heartbeat_interval_ms)| M::Hello {
+            session_id,
+            heartbeat_interval_ms
+        }),
+        (text(), text(), texts()).prop_map(|(user_id, session_id, topics)| M::Ready {
+            user_id,
+            session_id,
+            topics
+        }),
+        Just(M::Pong),
+        any::<u64>().prop_map(|exp| M::Refreshed { exp }),
+        (texts(), option::of(btree_map(text(), any::<bool>(), 0..4)))
+            .prop_map(|(topics, recovered)| M::Subscribed { topics, recovered }),
+        texts().prop_map(|topics| M::Unsubscribed { topics }),
+        (
+            error_code(),
+            text(),
+            option::of(texts()),
+            option::of(any::<u64>())
+        )
+            .prop_map(|(code, message, topics, retry_after_ms)| M::Error {
+                code,
+                message,
+                topics,
+                retry_after_ms
+            }),
+        (text(), option::of(text())).prop_map(|(user_id, name)| M::TypingStart { user_id, name }),
+        (text(), option::of(text())).prop_map(|(user_id, name)| M::TypingStop { user_id, name }),
+        (text(), any_status(), any::<u64>()).prop_map(|(user_id, status, since)| {
+            M::PresenceUpdate {
+                user_id,
+                status,
+                since,
+            }
+        }),
+        vec((text(), any_status(), any::<u64>()), 0..4).prop_map(|users| M::PresenceState {
+            users: users
+                .into_iter()
+                .map(|(user_id, status, since)| PresenceEntry {
+                    user_id,
+                    status,
+                    since
+                })
+                .collect()
+        }),
+        (text(), text()).prop_map(|(channel, sdp)| M::VoiceOffer { channel, sdp }),
+        (text(), text())
+            .prop_map(|(channel, candidate)| M::VoiceIceCandidate { channel, candidate }),
+        (text(), text(), option::of(text())).prop_map(|(channel, user_id, name)| {
+            M::VoiceUserJoined {
+                channel,
+                user_id,
+                name,
+            }
+        }),
+        (text(), text(), option::of(text())).prop_map(|(channel, user_id, name)| {
+            M::VoiceUserLeft {
+                channel,
+                user_id,
+                name,
+            }
+        }),
+        (text(), text()).prop_map(|(channel, user_id)| M::VoiceUserMuted { channel, user_id }),
+        (text(), text()).prop_map(|(channel, user_id)| M::VoiceUserUnmuted { channel, user_id }),
+        (
+            text(),
+            vec((text(), option::of(text()), any::<bool>()), 0..4)
+        )
+            .prop_map(|(channel, ps)| M::VoiceRoomState {
+                channel,
+                participants: ps
+                    .into_iter()
+                    .map(|(user_id, name, muted)| VoiceParticipant {
+                        user_id,
+                        name,
+                        muted
+                    })
+                    .collect()
+            }),
+        (text(), text()).prop_map(|(code, message)| M::VoiceError { code, message }),
+        (text(), any::<u64>()).prop_map(|(reason, retry_after_ms)| M::Reconnect {
+            reason,
+            retry_after_ms
+        }),
+    ]
+}
+
+fn encoding() -> impl Strategy<Value = Encoding> {
+    prop_oneof![Just(Encoding::Json), Just(Encoding::MsgPack)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn client_messages_round_trip(
+        encoding in encoding(),
+        message in client_message(),
+        r#ref in option::of(any::<u64>()),
+    ) {
+        let envelope = ClientEnvelope { r#ref, message };
+        let mut bytes = Vec::new();
+        encode_client(encoding, &envelope, &mut bytes);
+        if encoding == Encoding::Json {
+            prop_assert!(!bytes.contains(&b'\n'));
+        }
+        let decoded = decode_client(encoding, &mut bytes, usize::MAX);
+        prop_assert_eq!(decoded, Ok(envelope));
+    }
+
+    #[test]
+    fn server_messages_round_trip(
+        encoding in encoding(),
+        message in server_message(),
+        r#ref in option::of(any::<u64>()),
+        topic in option::of(text()),
+        offset in option::of(any::<u64>()),
+    ) {
+        let envelope = ServerEnvelope { message: &message, r#ref, topic: topic.as_deref(), offset };
+        let mut bytes = Vec::new();
+        encode_server(encoding, &envelope, &mut bytes);
+        if encoding == Encoding::Json {
+            prop_assert!(!bytes.contains(&b'\n'));
+        }
+        let decoded = decode_server(encoding, &bytes).unwrap();
+        prop_assert_eq!(decoded.op.as_str(), message.op());
+        prop_assert_eq!(decoded.r#ref, r#ref);
+        prop_assert_eq!(decoded.offset, offset);
+        prop_assert_eq!(decoded.to_message(), Ok(message));
+        prop_assert_eq!(decoded.topic, topic);
+    }
+
+    #[test]
+    fn frames_of_many_messages_round_trip(
+        encoding in encoding(),
+        messages in vec((client_message(), option::of(any::<u64>())), 1..8),
+    ) {
+        let mut fb = FrameBuilder::new(encoding, usize::MAX);
+        let mut expected = Vec::new();
+        for (message, r#ref) in messages {
+            let envelope = ClientEnvelope { r#ref, message };
+            let mut bytes = Vec::new();
+            encode_client(encoding, &envelope, &mut bytes);
+            fb.push(&bytes).unwrap();
+            expected.push(Ok(envelope));
+        }
+        let mut frame = fb.into_inner();
+        let decoded: Vec<_> = decode_client_frame(encoding, &mut frame, usize::MAX).collect();
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(encoding in encoding(), bytes in vec(any::<u8>(), 0..256)) {
+        let _ = decode_client(encoding, &mut bytes.clone(), 1024);
+        let _ = decode_client_frame(encoding, &mut bytes.clone(), 1024).count();
+        let _ = decode_server(encoding, &bytes);
+        let _ = split_server_frame(encoding, &bytes);
+        let topic = Topic::parse("channel:1").unwrap();
+        let _ = Publication::from_backend_payload(topic, &mut bytes.clone(), 1024);
+        let _ = Publication::from_admin_body(&mut bytes.clone(), 1024);
+    }
+
+    /// Mutations of valid messages reach deeper into the decoders than random bytes do.
+    #[test]
+    fn mutated_messages_never_panic(
+        encoding in encoding(),
+        message in client_message(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = Vec::new();
+        encode_client(encoding, &ClientEnvelope { r#ref: Some(1), message }, &mut bytes);
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        let cut = cut.index(bytes.len() + 1);
+        let _ = decode_client(encoding, &mut bytes.clone(), 1 << 16);
+        let _ = decode_client(encoding, &mut bytes[..cut].to_vec(), 1 << 16);
+        let _ = decode_client_frame(encoding, &mut bytes.clone(), 1 << 16).count();
+        let _ = decode_server(encoding, &bytes);
+    }
+
+    #[test]
+    fn publications_encode_valid_messages(
+        d in prop_oneof![
+            Just(serde_json::json!(null)),
+            text().prop_map(serde_json::Value::from),
+            btree_map(text(), any::<i64>(), 0..4).prop_map(|m| serde_json::json!(m)),
+        ],
+        offset in option::of(any::<u64>()),
+    ) {
+        let topic = Topic::parse("channel:1").unwrap();
+        let mut payload = serde_json::to_vec(&serde_json::json!({"op": "message_new", "d": d})).unwrap();
+        let mut p = Publication::from_backend_payload(topic, &mut payload, 1 << 16).unwrap();
+        if let Some(o) = offset {
+            p = p.with_offset(o);
+        }
+        for encoding in Encoding::ALL {
+            let bytes = p.encode(encoding);
+            let decoded = decode_server(encoding, &bytes).unwrap();
+            prop_assert_eq!(decoded.op.as_str(), "message_new");
+            prop_assert_eq!(decoded.topic.as_deref(), Some("channel:1"));
+            prop_assert_eq!(decoded.offset, offset);
+            prop_assert_eq!(&decoded.d, &d);
+        }
+    }
+}
+
+#[test]
+fn since_map_keeps_u64_max() {
+    let envelope = ClientEnvelope {
+        r#ref: Some(u64::MAX),
+        message: ClientMessage::Subscribe {
+            topics: vec![],
+            since: Some(BTreeMap::from([("t".to_string(), u64::MAX)])),
+        },
+    };
+    for encoding in Encoding::ALL {
+        let mut bytes = Vec::new();
+        encode_client(encoding, &envelope, &mut bytes);
+        assert_eq!(
+            decode_client(encoding, &mut bytes, 1024),
+            Ok(envelope.clone())
+        );
+    }
+}
