@@ -1,0 +1,203 @@
+//! Command-line arguments of every subcommand.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use coregate_protocol::Encoding;
+
+/// Load harness for the coregate gateway.
+#[derive(Parser, Debug)]
+#[command(name = "loadtest", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Hold N authenticated, heartbeating connections; report connect rate and the
+    /// gateway's memory per connection and idle CPU.
+    Idle(IdleArgs),
+    /// S subscribers over T topics, publications at R/s via the admin API; report
+    /// deliveries/s, latency percentiles, losses and duplicates.
+    Fanout(FanoutArgs),
+    /// Like fanout, but a fraction of subscribers stop reading; report the healthy ones'
+    /// latency and how the slow ones were closed.
+    Slow(SlowArgs),
+    /// (internal) run a fleet of connections described on stdin; report on stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// The wire encoding to speak.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EncodingArg {
+    Json,
+    Msgpack,
+}
+
+impl From<EncodingArg> for Encoding {
+    fn from(arg: EncodingArg) -> Encoding {
+        match arg {
+            EncodingArg::Json => Encoding::Json,
+            EncodingArg::Msgpack => Encoding::MsgPack,
+        }
+    }
+}
+
+/// Options shared by every load run.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// WebSocket endpoint of the gateway.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// HS256 secret used to mint one token per connection (sub = lt-<i>).
+    #[arg(long, env = "LOADTEST_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// File of tokens, one per line (used instead of --secret; reused round-robin).
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Lifetime of minted tokens.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+    /// Encoding (subprotocol coregate.v1.<encoding>).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: EncodingArg,
+    /// Client source addresses, used round-robin (e.g. 127.0.0.1,127.0.0.2).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    pub source_addrs: Vec<IpAddr>,
+    /// Most connections one process holds; above it, worker processes are started.
+    #[arg(long, default_value_t = 15_000)]
+    pub max_per_process: u64,
+    /// Number of worker processes (default: as few as --max-per-process allows; 1 runs
+    /// everything in this process).
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// Connection attempts in flight at once (split across processes).
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Limit for one connection to reach `ready` (and `subscribed`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Limit for the whole connect phase.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub connect_phase_timeout: Duration,
+    /// Length of the measured phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Ping interval (default: the gateway's heartbeat_interval_ms from `hello`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// The gateway's pid, to read its RSS and CPU from /proc.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+    /// Write every figure as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Allow non-loopback targets and source addresses.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// WebSocket read buffer per connection, bytes (small keeps the harness lean).
+    #[arg(long, default_value_t = 8192)]
+    pub read_buffer: usize,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to hold.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Wait after the last connection is ready before measuring RSS and idle CPU.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Admin API of the gateway (POST /publish).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub admin: String,
+    /// Subscribers (subscriber i subscribes to channel:<i mod topics>).
+    #[arg(short = 's', long, default_value_t = 1000)]
+    pub subscribers: u64,
+    /// Topics channel:0 .. channel:<T-1>.
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub topics: u32,
+    /// Publications per second, round-robin over topics.
+    #[arg(short = 'r', long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Approximate size of each publication's `d`, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// The event op.
+    #[arg(long, default_value = "message_new")]
+    pub op: String,
+    /// Keep-alive HTTP connections publishing (a topic always uses the same one).
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// After publishing stops, wait at most this long for in-flight deliveries.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SlowArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    #[command(flatten)]
+    pub slow: SlowOptions,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SlowOptions {
+    /// Fraction of subscribers that stop reading after subscribing.
+    #[arg(long, default_value_t = 0.1)]
+    pub slow_fraction: f64,
+    /// At the end, how long slow subscribers read to find their close frame.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slow_drain: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_slow() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "slow",
+            "--subscribers",
+            "10",
+            "--slow-fraction",
+            "0.5",
+            "--source-addrs",
+            "127.0.0.1,127.0.0.2",
+            "--duration",
+            "3s",
+        ])
+        .expect("parses");
+        let Command::Slow(args) = cli.command else {
+            panic!("not slow");
+        };
+        assert_eq!(args.fanout.subscribers, 10);
+        assert_eq!(args.fanout.common.source_addrs.len(), 2);
+        assert_eq!(args.fanout.common.duration, Duration::from_secs(3));
+        assert!((args.slow.slow_fraction - 0.5).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,177 @@
+//! Reading server frames on the hot path: each frame is split into messages
+//! (`split_server_frame`) and each message is probed for just the fields the harness needs
+//! (op, ref, topic, `d.ts`, `d.seq`, `d.heartbeat_interval_ms`) with a borrowing serde
+//! struct; anything the probe cannot read falls back to the generic `decode_server`.
+
+use std::borrow::Cow;
+
+use coregate_protocol::{decode_server, split_server_frame, DecodedServerMessage, Encoding};
+use serde::Deserialize;
+
+/// What the harness needs of one server message.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Seen<'a> {
+    pub op: Cow<'a, str>,
+    pub r#ref: Option<u64>,
+    pub topic: Option<Cow<'a, str>>,
+    /// Publisher's send time (unix ns), for fanout events.
+    pub ts: Option<u64>,
+    /// Per-topic sequence number, for fanout events.
+    pub seq: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl Seen<'_> {
+    /// The `N` of a `channel:N` topic.
+    pub fn topic_index(&self) -> Option<u32> {
+        self.topic
+            .as_deref()?
+            .strip_prefix("channel:")?
+            .parse()
+            .ok()
+    }
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(default, rename = "ref")]
+    r#ref: Option<u64>,
+    #[serde(default, borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default)]
+    d: Option<ProbeD>,
+}
+
+#[derive(Deserialize)]
+struct ProbeD {
+    #[serde(default)]
+    ts: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    heartbeat_interval_ms: Option<u64>,
+}
+
+/// Calls `f` with each message of `frame`; returns how many messages could not be decoded.
+pub fn for_each<'a>(encoding: Encoding, frame: &'a [u8], mut f: impl FnMut(Seen<'a>)) -> u64 {
+    let parts = match split_server_frame(encoding, frame) {
+        Ok(parts) => parts,
+        Err(_) => return 1,
+    };
+    let mut bad = 0;
+    for part in parts {
+        match probe(encoding, part) {
+            Some(seen) => f(seen),
+            None => match decode_server(encoding, part) {
+                Ok(message) => f(from_decoded(&message).into_owned()),
+                Err(_) => bad += 1,
+            },
+        }
+    }
+    bad
+}
+
+fn probe(encoding: Encoding, part: &[u8]) -> Option<Seen<'_>> {
+    let p: Probe<'_> = match encoding {
+        Encoding::Json => serde_json::from_slice(part).ok()?,
+        Encoding::MsgPack => rmp_serde::from_slice(part).ok()?,
+    };
+    let (ts, seq, heartbeat_ms) = p.d.map_or((None, None, None), |d| {
+        (d.ts, d.seq, d.heartbeat_interval_ms)
+    });
+    Some(Seen {
+        op: p.op,
+        r#ref: p.r#ref,
+        topic: p.topic,
+        ts,
+        seq,
+        heartbeat_ms,
+    })
+}
+
+/// The same view of a generically decoded message.
+pub fn from_decoded(m: &DecodedServerMessage) -> Seen<'_> {
+    let field = |k: &str| m.d.get(k).and_then(serde_json::Value::as_u64);
+    Seen {
+        op: Cow::Borrowed(&m.op),
+        r#ref: m.r#ref,
+        topic: m.topic.as_deref().map(Cow::Borrowed),
+        ts: field("ts"),
+        seq: field("seq"),
+        heartbeat_ms: field("heartbeat_interval_ms"),
+    }
+}
+
+impl Seen<'_> {
+    pub fn into_owned(self) -> Seen<'static> {
+        Seen {
+            op: Cow::Owned(self.op.into_owned()),
+            r#ref: self.r#ref,
+            topic: self.topic.map(|t| Cow::Owned(t.into_owned())),
+            ts: self.ts,
+            seq: self.seq,
+            heartbeat_ms: self.heartbeat_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(encoding: Encoding, frame: &[u8]) -> (Vec<Seen<'static>>, u64) {
+        let mut out = Vec::new();
+        let bad = for_each(encoding, frame, |s| out.push(s.into_owned()));
+        (out, bad)
+    }
+
+    #[test]
+    fn json_batched_frame() {
+        let frame = br#"{"op":"hello","d":{"session_id":"x","heartbeat_interval_ms":30000}}
+{"op":"message_new","topic":"channel:3","d":{"ts":5,"seq":7,"pad":"xx"}}
+{"op":"pong"}
+{"op":"weird","d":"a string payload"}"#;
+        let (seen, bad) = collect(Encoding::Json, frame);
+        assert_eq!(bad, 0);
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[0].heartbeat_ms, Some(30000));
+        assert_eq!(seen[1].topic_index(), Some(3));
+        assert_eq!((seen[1].ts, seen[1].seq), (Some(5), Some(7)));
+        assert_eq!(seen[2].op, "pong");
+        assert_eq!(seen[3].op, "weird");
+        let (_, bad) = collect(Encoding::Json, b"{\"nope\":1}");
+        assert_eq!(bad, 1);
+    }
+
+    #[test]
+    fn msgpack_concatenated_frame() {
+        #[derive(serde::Serialize)]
+        struct D {
+            ts: u64,
+            seq: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct M {
+            op: &'static str,
+            topic: &'static str,
+            d: D,
+        }
+        let mut frame = Vec::new();
+        for seq in 0..3 {
+            let m = M {
+                op: "message_new",
+                topic: "channel:0",
+                d: D { ts: 9, seq },
+            };
+            frame.extend(rmp_serde::to_vec_named(&m).expect("encode"));
+        }
+        let (seen, bad) = collect(Encoding::MsgPack, &frame);
+        assert_eq!(bad, 0);
+        assert_eq!(
+            seen.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            vec![Some(0), Some(1), Some(2)]
+        );
+    }
+}
