@@ -126,8 +126,14 @@ async fn issuer_and_audience_are_checked_when_configured() {
         SECRET,
     );
     Client::ready(&gw, &good, Encoding::Json).await;
-    let missing_iss = sign(json!({"sub": "a", "exp": now() + 60, "aud": "chat"}), SECRET);
-    let missing_aud = sign(json!({"sub": "a", "exp": now() + 60, "iss": "https://auth.example"}), SECRET);
+    let missing_iss = sign(
+        json!({"sub": "a", "exp": now() + 60, "aud": "chat"}),
+        SECRET,
+    );
+    let missing_aud = sign(
+        json!({"sub": "a", "exp": now() + 60, "iss": "https://auth.example"}),
+        SECRET,
+    );
     for bad in [wrong_iss, wrong_aud, missing_iss, missing_aud] {
         assert!(matches!(
             Client::try_connect(&gw, Some(&bad), TokenIn::Query, Encoding::Json).await,
