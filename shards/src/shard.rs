@@ -18,8 +18,8 @@ use slab::Slab;
 
 use crate::auth::TokenVerifier;
 use crate::bus::{
-    shard_inbox, IngestorCommand, IngestorSender, LocalInbox, ShardMessage, ShardSender,
-    SharedDelivery, MAX_SHARDS,
+    shard_inbox, IngestorCommand, IngestorSender, InterestChange, LocalInbox, ShardMessage,
+    ShardSender, SharedDelivery, MAX_SHARDS,
 };
 use crate::config::ShardConfig;
 use crate::conn::{self, ConnDriver, LocalConn};
@@ -97,14 +97,7 @@ impl LocalShard {
             .borrow_mut()
             .subscribe(topic, conn.key, conn.encoding);
         conn::subscriptions_mut(conn).push(topic.clone());
-        if let Some(change) = change {
-            self.queue_command(IngestorCommand::Interest {
-                shard_id: self.shard_id,
-                topic: topic.clone(),
-                encoding: conn.encoding,
-                change,
-            });
-        }
+        self.queue_interest(conn, topic, change);
     }
 
     pub(crate) fn unsubscribe(&self, conn: &LocalConn, topic: &Topic) {
@@ -113,6 +106,12 @@ impl LocalShard {
             .borrow_mut()
             .unsubscribe(topic, conn.key, conn.encoding);
         conn::subscriptions_mut(conn).retain(|t| t != topic);
+        self.queue_interest(conn, topic, change);
+    }
+
+    /// Tells the ingestor when a (topic, encoding) gained its first or lost its last
+    /// local subscriber.
+    fn queue_interest(&self, conn: &LocalConn, topic: &Topic, change: Option<InterestChange>) {
         if let Some(change) = change {
             self.queue_command(IngestorCommand::Interest {
                 shard_id: self.shard_id,
