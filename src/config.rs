@@ -74,25 +74,27 @@ pub enum LogFormat {
 
 impl Default for Config {
     fn default() -> Self {
+        let shard = coregate_shards::ShardConfig::default();
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            path: "/ws".into(),
             shards: None,
             cpus: None,
             jwt_secret: None,
             jwt_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
-            heartbeat_interval: Duration::from_secs(30),
-            identify_timeout: Duration::from_secs(5),
-            max_subscriptions: 128,
-            max_message_size: 64 * 1024,
-            max_frame_size: 64 * 1024,
-            outbound_budget: 1024 * 1024,
-            slow_client_grace: Duration::from_secs(5),
-            rate_limit_events: 120,
-            rate_limit_window: Duration::from_secs(60),
-            rate_limit_burst: 20,
+            // The per-connection defaults are the shards' own, stated once there.
+            path: shard.path,
+            heartbeat_interval: shard.heartbeat_interval,
+            identify_timeout: shard.identify_timeout,
+            max_subscriptions: shard.max_subscriptions,
+            max_message_size: shard.max_message_size,
+            max_frame_size: shard.max_frame_size,
+            outbound_budget: shard.outbound_budget,
+            slow_client_grace: shard.slow_client_grace,
+            rate_limit_events: shard.rate_limit_events,
+            rate_limit_window: shard.rate_limit_window,
+            rate_limit_burst: shard.rate_limit_burst,
             drain_window: Duration::from_secs(10),
             redis_url: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
