@@ -2,7 +2,6 @@
 //! own thread and never touches shard state: it reads the shards' counters and
 //! hands publications to the ingestor.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use coregate_protocol::Publication;
-use coregate_shards::{IngestorCommand, ShardStats, StatsSnapshot};
+use coregate_shards::{IngestorCommand, ShardStats};
 
 use crate::ingest::IngestorStats;
 
@@ -63,56 +62,9 @@ async fn publish(State(state): State<AdminState>, body: Bytes) -> Response {
     }
 }
 
-/// Prometheus text format; per-shard counters are summed here, at scrape time.
+/// Prometheus text format, rendered by [`crate::metrics`].
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let mut out = String::new();
-    let mut total = StatsSnapshot::default();
-    let per_shard: Vec<StatsSnapshot> = state.shard_stats.iter().map(|s| s.snapshot()).collect();
-    for snapshot in &per_shard {
-        total += *snapshot;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP coregate_connections Open WebSocket connections per shard."
-    );
-    let _ = writeln!(out, "# TYPE coregate_connections gauge");
-    for (shard, snapshot) in per_shard.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "coregate_connections{{shard=\"{shard}\"}} {}",
-            snapshot.connections
-        );
-    }
-    for (name, value) in total.fields() {
-        if name == "connections" {
-            continue;
-        }
-        let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
-        let _ = writeln!(out, "coregate_{name}_total {value}");
-    }
-    let ingestor = &state.ingestor_stats;
-    let counters = [
-        ("ingestor_publications", &ingestor.publications),
-        (
-            "ingestor_publications_without_subscribers",
-            &ingestor.publications_without_subscribers,
-        ),
-        ("ingestor_shard_queue_full", &ingestor.shard_queue_full),
-    ];
-    for (name, value) in counters {
-        let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
-        let _ = writeln!(
-            out,
-            "coregate_{name}_total {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(out, "# TYPE coregate_ingestor_topics gauge");
-    let _ = writeln!(
-        out,
-        "coregate_ingestor_topics {}",
-        ingestor.topics_of_interest.load(Ordering::Relaxed)
-    );
+    let out = crate::metrics::render(&state.shard_stats, &state.ingestor_stats);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -15,6 +15,7 @@ mod admin;
 mod auth;
 mod config;
 mod ingest;
+mod metrics;
 
 use config::{Config, ConfigArgs, LogFormat};
 
