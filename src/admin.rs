@@ -23,9 +23,23 @@ pub struct AdminState {
     pub ingestor: flume::Sender<IngestorCommand>,
     pub shard_stats: Vec<Arc<ShardStats>>,
     pub ingestor_stats: Arc<IngestorStats>,
-    /// False while the node cannot serve (draining; Redis down once it is used).
-    pub ready: Arc<AtomicBool>,
+    /// Set on SIGTERM: the node is going away.
+    pub draining: Arc<AtomicBool>,
+    /// Whether the node is fed through Redis (then it is ready only while connected).
+    pub redis_configured: bool,
     pub max_message_size: usize,
+}
+
+impl AdminState {
+    /// Whether Redis is needed and not connected: publications cannot reach anyone.
+    fn redis_down(&self) -> bool {
+        self.redis_configured && !self.ingestor_stats.redis_connected.load(Ordering::Relaxed)
+    }
+
+    /// Ready: not draining, and connected to Redis when it is configured.
+    fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && !self.redis_down()
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -38,15 +52,26 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if state.redis_down() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: Redis unavailable\n",
+        )
+            .into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 
-/// `POST /publish {topic, op, d, exclude_user?}` → 202 once handed to the ingestor.
+/// `POST /publish {topic, op, d, exclude_user?}` → 202 once handed to the ingestor
+/// (which publishes it through Redis when configured, so that every node delivers it);
+/// 503 while Redis is configured but down, since the publication would reach no one.
 async fn publish(State(state): State<AdminState>, body: Bytes) -> Response {
+    if state.redis_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n").into_response();
+    }
     let mut body = body.to_vec();
     let publication = match Publication::from_admin_body(&mut body, state.max_message_size) {
         Ok(publication) => publication,

@@ -57,12 +57,42 @@ pub struct Config {
     /// On SIGTERM, connections are closed 1012 spread over this window (default 10 s).
     #[serde(with = "duration_text")]
     pub drain_window: Duration,
-    /// Redis for multi-node pub/sub; not used yet (the embedded bus serves one node).
+    /// Redis for multi-node pub/sub, e.g. `redis://127.0.0.1:6379`. Without it the
+    /// node runs its embedded bus, fed by `/publish` alone (default none).
     pub redis_url: Option<String>,
+    /// Prefix of every topic's Redis channel, `<prefix><topic>` (default empty, as
+    /// PROTOCOL.md §6 says, so that a backend can `PUBLISH channel:1 …` as it is).
+    pub redis_prefix: String,
+    /// How long connecting to Redis, or any one Redis reply, may take before the link
+    /// counts as down (default 1 s).
+    #[serde(with = "duration_text")]
+    pub redis_timeout: Duration,
+    /// Who decides `subscribe` to `channel:`, `server:` and `presence:` topics beyond the
+    /// token's `topics` claim: `claims` (the claim alone, the default) or `redis`
+    /// (the claim and `SISMEMBER <members_prefix><topic> <sub>`; needs `redis_url`).
+    pub authorizer: AuthorizerKind,
+    /// Prefix of the member sets of the `redis` authorizer (default `members:`).
+    pub members_prefix: String,
+    /// How long a shard reuses a membership verdict (default 5 s): long enough to
+    /// absorb reconnect storms, short enough that a removal takes effect promptly.
+    #[serde(with = "duration_text")]
+    pub authorizer_cache_ttl: Duration,
+    /// How long a shard waits for a membership check before refusing the topic with
+    /// `not_ready` (default 100 ms; Redis on the same network answers in well under 1 ms).
+    #[serde(with = "duration_text")]
+    pub authorizer_timeout: Duration,
     /// Admin HTTP address: /health, /ready, /publish, /metrics (default 127.0.0.1:9090).
     pub admin: SocketAddr,
     /// `text` or `json` log lines (default text).
     pub log_format: LogFormat,
+}
+
+/// See [`Config::authorizer`].
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorizerKind {
+    Claims,
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +127,12 @@ impl Default for Config {
             rate_limit_burst: shard.rate_limit_burst,
             drain_window: Duration::from_secs(10),
             redis_url: None,
+            redis_prefix: String::new(),
+            redis_timeout: Duration::from_secs(1),
+            authorizer: AuthorizerKind::Claims,
+            members_prefix: "members:".to_owned(),
+            authorizer_cache_ttl: Duration::from_secs(5),
+            authorizer_timeout: Duration::from_millis(100),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             log_format: LogFormat::Text,
         }
@@ -162,8 +198,25 @@ pub struct ConfigArgs {
     pub rate_limit_burst: Option<u32>,
     #[arg(long, env = "COREGATE_DRAIN_WINDOW", value_parser = parse_duration)]
     pub drain_window: Option<Duration>,
-    #[arg(long, env = "COREGATE_REDIS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "COREGATE_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
+    #[arg(long, env = "COREGATE_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    #[arg(long, env = "COREGATE_REDIS_TIMEOUT", value_parser = parse_duration)]
+    pub redis_timeout: Option<Duration>,
+    #[arg(long, env = "COREGATE_AUTHORIZER")]
+    pub authorizer: Option<AuthorizerKind>,
+    #[arg(long, env = "COREGATE_MEMBERS_PREFIX")]
+    pub members_prefix: Option<String>,
+    #[arg(long, env = "COREGATE_AUTHORIZER_CACHE_TTL", value_parser = parse_duration)]
+    pub authorizer_cache_ttl: Option<Duration>,
+    #[arg(long, env = "COREGATE_AUTHORIZER_TIMEOUT", value_parser = parse_duration)]
+    pub authorizer_timeout: Option<Duration>,
     #[arg(long, env = "COREGATE_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
     #[arg(long, env = "COREGATE_LOG_FORMAT")]
@@ -219,6 +272,14 @@ impl ConfigArgs {
             rate_limit_burst,
             drain_window
         );
+        set!(
+            redis_prefix,
+            redis_timeout,
+            authorizer,
+            members_prefix,
+            authorizer_cache_ttl,
+            authorizer_timeout
+        );
         set_opt!(
             shards,
             cpus,
@@ -259,11 +320,24 @@ impl Config {
             ("identify_timeout", self.identify_timeout),
             ("slow_client_grace", self.slow_client_grace),
             ("rate_limit_window", self.rate_limit_window),
+            ("redis_timeout", self.redis_timeout),
+            ("authorizer_timeout", self.authorizer_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
                 return Err(invalid(name, "must be more than zero"));
             }
+        }
+        if let Some(url) = &self.redis_url {
+            // The reason names the problem, never the URL (it may hold a password).
+            redis::Client::open(url.as_str())
+                .map_err(|e| invalid("redis_url", format!("not a Redis URL ({:?})", e.kind())))?;
+        }
+        if self.authorizer == AuthorizerKind::Redis && self.redis_url.is_none() {
+            return Err(invalid(
+                "authorizer",
+                "`redis` needs redis_url (--redis-url)",
+            ));
         }
         if self.max_subscriptions < 2 {
             return Err(invalid(
@@ -390,6 +464,30 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.cpu_list().expect("valid"), Some(vec![0, 1, 2, 5]));
+    }
+
+    #[test]
+    fn redis_settings() {
+        let config = Config::default();
+        assert_eq!(config.redis_prefix, "", "PROTOCOL.md §6: default empty");
+        assert_eq!(config.authorizer, AuthorizerKind::Claims);
+        let args = ConfigArgs {
+            authorizer: Some(AuthorizerKind::Redis),
+            ..ConfigArgs::default()
+        };
+        assert_eq!(args.load().expect_err("no redis").name, "authorizer");
+        let args = ConfigArgs {
+            redis_url: Some("not a url".into()),
+            ..ConfigArgs::default()
+        };
+        assert_eq!(args.load().expect_err("bad url").name, "redis_url");
+        let config: Config = toml::from_str(
+            "redis_url = \"redis://127.0.0.1:1\"\nredis_prefix = \"cg:\"\nauthorizer = \"redis\"\nauthorizer_cache_ttl = \"2s\"\n",
+        )
+        .expect("valid file");
+        config.validate().expect("valid");
+        assert_eq!(config.redis_prefix, "cg:");
+        assert_eq!(config.authorizer_cache_ttl, Duration::from_secs(2));
     }
 
     #[test]

@@ -24,6 +24,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Capacity of the shards → ingestor queue, in commands.
 const INGESTOR_QUEUE: usize = 65_536;
+/// Membership checks waiting for the ingestor; past this a subscribe is refused
+/// `not_ready` rather than queued without bound.
+const MEMBERSHIP_QUEUE: usize = 4096;
 
 #[derive(Parser)]
 #[command(
@@ -181,10 +184,8 @@ fn serve(args: ConfigArgs) -> ExitCode {
 
 fn run(config: Config) -> anyhow::Result<()> {
     let verifier = verifier(&config).map_err(|e| anyhow::anyhow!(e))?;
-    if config.redis_url.is_some() {
-        tracing::warn!("redis_url is set, but the Redis ingestor is not built yet: this node runs on its embedded bus");
-    }
     let (ingestor_tx, ingestor_rx) = flume::bounded(INGESTOR_QUEUE);
+    let membership = install_authorizer(&config)?;
     let placement = coregate_shards::ShardPlacement {
         nr_shards: config.shard_count(),
         cpus: config.cpu_list()?,
@@ -197,18 +198,29 @@ fn run(config: Config) -> anyhow::Result<()> {
         ingestor_tx.clone(),
     )?;
     let ingestor_stats = Arc::new(ingest::IngestorStats::default());
+    let redis = config.redis_url.as_ref().map(|url| ingest::RedisSettings {
+        url: url.clone(),
+        prefix: config.redis_prefix.clone(),
+        max_payload: config.max_message_size,
+        members_prefix: config.members_prefix.clone(),
+        timeout: config.redis_timeout,
+    });
+    let redis_configured = redis.is_some();
     ingest::spawn(
         ingestor_rx,
-        ingest::Ingestor::new(shards.senders.clone(), ingestor_stats.clone()),
+        ingest::Router::new(shards.senders.clone(), ingestor_stats.clone()),
+        redis,
+        membership,
     )?;
-    let ready = Arc::new(AtomicBool::new(true));
+    let draining = Arc::new(AtomicBool::new(false));
     let (admin_addr, _admin) = admin::spawn(
         config.admin,
         admin::AdminState {
             ingestor: ingestor_tx,
             shard_stats: shards.stats.clone(),
             ingestor_stats,
-            ready: ready.clone(),
+            draining: draining.clone(),
+            redis_configured,
             max_message_size: config.max_message_size,
         },
     )?;
@@ -217,6 +229,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         path = %config.path,
         shards = placement.nr_shards,
         admin = %admin_addr,
+        redis = redis_configured,
         "coregate listening"
     );
     // Machine-readable for tests and scripts that start on port 0.
@@ -224,16 +237,33 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(drain_on_signal(&shards, &ready, config.drain_window))
+    runtime.block_on(drain_on_signal(&shards, &draining, config.drain_window))
 }
 
-/// Waits for SIGINT or SIGTERM, then drains: `/ready` turns 503, shards stop
+/// With `authorizer = "redis"`: installs the shards' membership gate and returns the
+/// receiving side of its checks, which the ingestor answers.
+fn install_authorizer(
+    config: &Config,
+) -> anyhow::Result<Option<flume::Receiver<coregate_shards::MembershipCheck>>> {
+    if config.authorizer != config::AuthorizerKind::Redis {
+        return Ok(None);
+    }
+    let (checks_tx, checks_rx) = flume::bounded(MEMBERSHIP_QUEUE);
+    coregate_shards::authorizer::install(coregate_shards::SharedAuthorizer::new(
+        checks_tx,
+        config.authorizer_cache_ttl,
+        config.authorizer_timeout,
+    ))?;
+    Ok(Some(checks_rx))
+}
+
+/// Waits for SIGINT or SIGTERM, then drains: `/ready` turns 503 (`draining`), shards stop
 /// accepting and close their connections (1012) spread over `window`. Returns once
 /// every connection is gone (or the window and a margin have passed); a second
 /// signal exits at once.
 async fn drain_on_signal(
     shards: &coregate_shards::RunningShards,
-    ready: &AtomicBool,
+    draining: &AtomicBool,
     window: Duration,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -244,7 +274,7 @@ async fn drain_on_signal(
         _ = int.recv() => {}
     }
     tracing::info!(?window, "signal received: draining");
-    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
     for shard in &shards.senders {
         // The inbox may be momentarily full of events: retry briefly.
         for _ in 0..100 {

@@ -43,6 +43,27 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
             &ingestor.publications_without_subscribers,
         ),
         ("ingestor_shard_queue_full", &ingestor.shard_queue_full),
+        (
+            "ingestor_malformed_publications",
+            &ingestor.malformed_publications,
+        ),
+        (
+            "ingestor_oversize_publications",
+            &ingestor.oversize_publications,
+        ),
+        ("redis_outages", &ingestor.redis_outages),
+        ("redis_resubscriptions", &ingestor.redis_resubscriptions),
+        (
+            "redis_subscription_commands",
+            &ingestor.redis_subscription_commands,
+        ),
+        ("redis_published", &ingestor.redis_published),
+        ("redis_publish_errors", &ingestor.redis_publish_errors),
+        ("redis_membership_checks", &ingestor.membership_checks),
+        (
+            "redis_membership_check_errors",
+            &ingestor.membership_check_errors,
+        ),
     ];
     for (name, value) in counters {
         let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
@@ -52,11 +73,27 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
             value.load(Ordering::Relaxed)
         );
     }
-    let _ = writeln!(out, "# TYPE coregate_ingestor_topics gauge");
-    let _ = writeln!(
-        out,
-        "coregate_ingestor_topics {}",
-        ingestor.topics_of_interest.load(Ordering::Relaxed)
-    );
+    let gauges = [
+        (
+            "ingestor_topics",
+            "Topics with at least one local subscriber.",
+            ingestor.topics_of_interest.load(Ordering::Relaxed),
+        ),
+        (
+            "redis_connected",
+            "1 while both Redis connections are up.",
+            u64::from(ingestor.redis_connected.load(Ordering::Relaxed)),
+        ),
+        (
+            "redis_subscribed_topics",
+            "Topics subscribed in Redis.",
+            ingestor.redis_subscribed_topics.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP coregate_{name} {help}");
+        let _ = writeln!(out, "# TYPE coregate_{name} gauge");
+        let _ = writeln!(out, "coregate_{name} {value}");
+    }
     out
 }

@@ -62,9 +62,24 @@ pub enum PublicationError {
         /// What it should have been.
         expected: &'static str,
     },
-    /// The admin body's topic does not parse.
+    /// The admin body's topic, or the topic named by a Redis channel, does not parse.
     #[error("bad topic: {0}")]
     BadTopic(#[from] TopicError),
+    /// A Redis message on a channel outside the configured prefix (or not UTF-8): not
+    /// one of ours, so it names no topic.
+    #[error("channel is not under the prefix `{prefix}`")]
+    ForeignChannel {
+        /// The configured channel prefix.
+        prefix: String,
+    },
+}
+
+impl PublicationError {
+    /// Whether the payload was refused for its size alone (counted apart from
+    /// malformed payloads: an oversize one is a backend sizing problem, not a bug).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, PublicationError::TooLarge { .. })
+    }
 }
 
 impl From<DecodeError> for PublicationError {
@@ -147,6 +162,39 @@ impl Publication {
     ) -> Result<Publication, PublicationError> {
         let root = parse(payload, max_size)?;
         Self::from_root(topic, &root)
+    }
+
+    /// Decodes a message received from Redis on `channel`, which must be
+    /// `<prefix><topic>` (PROTOCOL.md §6). The size limit is checked before anything
+    /// else, so an oversize payload costs no parsing.
+    pub fn from_redis_message(
+        channel: &[u8],
+        prefix: &str,
+        payload: &mut [u8],
+        max_size: usize,
+    ) -> Result<Publication, PublicationError> {
+        if payload.len() > max_size {
+            return Err(PublicationError::TooLarge {
+                size: payload.len(),
+                max: max_size,
+            });
+        }
+        let topic = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| c.strip_prefix(prefix))
+            .ok_or_else(|| PublicationError::ForeignChannel {
+                prefix: prefix.to_owned(),
+            })?;
+        let topic = Topic::parse(topic)?;
+        Self::from_backend_payload(topic, payload, max_size)
+    }
+
+    /// The Redis channel a publication on `topic` goes to: `<prefix><topic>`.
+    pub fn redis_channel(prefix: &str, topic: &Topic) -> String {
+        let mut channel = String::with_capacity(prefix.len() + topic.as_str().len());
+        channel.push_str(prefix);
+        channel.push_str(topic.as_str());
+        channel
     }
 
     /// Decodes an admin `POST /publish` body `{"topic", "op", "d", "exclude_user"?}`.
@@ -495,6 +543,44 @@ mod tests {
                 max: MAX_NESTING_DEPTH
             }
         );
+    }
+
+    #[test]
+    fn redis_messages() {
+        let mut payload = br#"{"op":"message_new","d":{"id":1},"exclude_user":"bob"}"#.to_vec();
+        let p = Publication::from_redis_message(b"cg:channel:7", "cg:", &mut payload, 1024)
+            .expect("decode");
+        assert_eq!(p.topic().as_str(), "channel:7");
+        assert_eq!(p.exclude_user(), Some("bob"));
+        assert_eq!(Publication::redis_channel("cg:", p.topic()), "cg:channel:7");
+        let mut round_trip = p.to_backend_payload();
+        let q = Publication::from_redis_message(b"channel:7", "", &mut round_trip, 1024)
+            .expect("own payload decodes");
+        assert_eq!(p, q);
+        let bad = |channel: &[u8], payload: &[u8], max: usize| {
+            Publication::from_redis_message(channel, "cg:", &mut payload.to_vec(), max)
+                .expect_err("bad")
+        };
+        assert_eq!(
+            bad(b"other:channel:7", br#"{"op":"x"}"#, 100),
+            PublicationError::ForeignChannel {
+                prefix: "cg:".into()
+            }
+        );
+        assert_eq!(
+            bad(b"cg:\xff", br#"{"op":"x"}"#, 100),
+            PublicationError::ForeignChannel {
+                prefix: "cg:".into()
+            }
+        );
+        assert!(matches!(
+            bad(b"cg:nope:1", br#"{"op":"x"}"#, 100),
+            PublicationError::BadTopic(_)
+        ));
+        let too_large = bad(b"cg:channel:7", br#"{"op":"x"}"#, 5);
+        assert!(too_large.is_too_large());
+        assert_eq!(too_large, PublicationError::TooLarge { size: 10, max: 5 });
+        assert!(!bad(b"cg:channel:7", b"not json", 100).is_too_large());
     }
 
     #[test]

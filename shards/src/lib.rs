@@ -10,10 +10,12 @@
 //! - [`ws`]: WebSocket framing over tungstenite without tungstenite owning the socket;
 //! - [`bus`]: the queues between shards and the node's ingestor;
 //! - [`auth`]: the verifier trait the binary implements with JWTs;
+//! - [`authorizer`]: the optional Redis membership gate on `subscribe`, cached per shard;
 //! - [`rate_limit`]: the token bucket behind per-connection event limits;
 //! - [`stats`]: per-shard counters summed at scrape time.
 
 pub mod auth;
+pub mod authorizer;
 pub mod bus;
 pub mod config;
 pub mod conn;
@@ -27,6 +29,7 @@ pub mod upgrade;
 pub mod ws;
 
 pub use auth::{AuthError, Identity, TokenVerifier};
+pub use authorizer::{MembershipCheck, MembershipError, SharedAuthorizer};
 pub use bus::{
     shard_inbox, HandOffError, IngestorCommand, IngestorSender, InterestChange, ShardMessage,
     ShardSender, ShardSet, SharedDelivery, WireMessage, MAX_SHARDS,

@@ -2,6 +2,7 @@
 //! refresh, ping, subscribe, unsubscribe, typing. Replies go to the priority lane.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use coregate_protocol::{
     ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Namespace, Publication, ServerMessage,
@@ -9,6 +10,7 @@ use coregate_protocol::{
 };
 
 use crate::auth::Identity;
+use crate::authorizer::{self, Verdict};
 use crate::conn::{self, ConnDriver, Flow};
 
 impl ConnDriver {
@@ -133,6 +135,8 @@ impl ConnDriver {
         let mut forbidden = Vec::new();
         let mut invalid = Vec::new();
         let mut over_limit = Vec::new();
+        let mut unavailable = Vec::new();
+        let mut allowed = Vec::new();
         for raw in dedup(requested) {
             let Ok(topic) = Topic::parse(raw) else {
                 invalid.push(raw.to_owned());
@@ -141,6 +145,20 @@ impl ConnDriver {
             if !self.may_subscribe(&topic) {
                 forbidden.push(raw.to_owned());
                 continue;
+            }
+            allowed.push((raw, topic));
+        }
+        for ((raw, topic), verdict) in self.check_membership(allowed) {
+            match verdict {
+                Verdict::Allowed => {}
+                Verdict::Denied => {
+                    forbidden.push(raw.to_owned());
+                    continue;
+                }
+                Verdict::Unavailable => {
+                    unavailable.push(raw.to_owned());
+                    continue;
+                }
             }
             let already = self.conn.subscriptions().contains(&topic);
             if !already && self.conn.subscriptions().len() >= max {
@@ -153,7 +171,10 @@ impl ConnDriver {
             granted.push(raw.to_owned());
         }
         self.shard.flush_interest();
-        let nothing_refused = forbidden.is_empty() && invalid.is_empty() && over_limit.is_empty();
+        let nothing_refused = forbidden.is_empty()
+            && invalid.is_empty()
+            && over_limit.is_empty()
+            && unavailable.is_empty();
         if !granted.is_empty() || nothing_refused {
             // No history is kept yet, so nothing missed can be recovered.
             let recovered = since.map(|since| {
@@ -183,6 +204,11 @@ impl ConnDriver {
                 "these are not valid topics",
             ),
             (ErrorCode::Limit, over_limit, "subscription limit reached"),
+            (
+                ErrorCode::NotReady,
+                unavailable,
+                "membership could not be checked now; try again",
+            ),
         ];
         for (code, topics, message) in refusals {
             if !topics.is_empty() {
@@ -202,6 +228,44 @@ impl ConnDriver {
                 );
             }
         }
+    }
+
+    /// The configured authorizer's verdict on each topic the namespace and claims rules
+    /// allowed (PROTOCOL.md §3). Topics already subscribed, and namespaces it does not
+    /// gate, are not asked about.
+    fn check_membership<'r>(
+        &self,
+        allowed: Vec<(&'r str, Topic)>,
+    ) -> impl Iterator<Item = ((&'r str, Topic), Verdict)> {
+        let asked: Vec<Topic> = allowed
+            .iter()
+            .map(|(_, topic)| topic)
+            .filter(|topic| {
+                authorizer::is_gated(topic) && !self.conn.subscriptions().contains(topic)
+            })
+            .cloned()
+            .collect();
+        let verdicts = if asked.is_empty() {
+            Vec::new()
+        } else {
+            let user_id = conn::with_identity(&self.conn, |identity| {
+                identity.map(|i| i.user_id.clone()).unwrap_or_default()
+            });
+            authorizer::check(&user_id, &asked, Instant::now())
+        };
+        let mut verdicts = asked.into_iter().zip(verdicts);
+        let mut next_asked = verdicts.next();
+        allowed.into_iter().map(move |(raw, topic)| {
+            let verdict = match &next_asked {
+                Some((asked, verdict)) if *asked == topic => {
+                    let verdict = *verdict;
+                    next_asked = verdicts.next();
+                    verdict
+                }
+                _ => Verdict::Allowed,
+            };
+            ((raw, topic), verdict)
+        })
     }
 
     fn unsubscribe(&mut self, requested: &[String], r#ref: Option<u64>) {

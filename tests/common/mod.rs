@@ -2,6 +2,8 @@
 //! clients (tokio-tungstenite), tokens signed like the backend would.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod redis;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -91,6 +93,22 @@ impl Gateway {
 
     pub async fn get(&self, path: &str) -> (u16, String) {
         http(self.admin, "GET", path, "").await
+    }
+
+    /// Waits until `/ready` answers `status`.
+    pub async fn wait_ready_status(&self, status: u16, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (now, _) = self.get("/ready").await;
+            if now == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/ready is {now}, not {status}, after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sum of a metric's samples in `/metrics`.

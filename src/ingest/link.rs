@@ -1,0 +1,369 @@
+//! The ingestor's Redis side (PROTOCOL.md §6): one subscriber connection and one
+//! publisher connection, kept up with capped, jittered exponential backoff.
+//!
+//! One loop owns the routing table and the subscriber connection. It takes, in turn:
+//! shard commands (interest changes, which become batched SUBSCRIBE/UNSUBSCRIBE, and
+//! publications, which go to the publisher task), messages from Redis (decoded once,
+//! then routed), reconnection deadlines and health pings. While Redis is down the loop
+//! keeps taking commands, so shards never block on it and local interest stays exact;
+//! on reconnection every topic of interest is subscribed again.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coregate_protocol::{Publication, Topic};
+use coregate_shards::{IngestorCommand, MembershipCheck};
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::backoff::Backoff;
+use super::log_limit::LogLimit;
+use super::router::Router;
+use super::subscriptions::{RedisSubscriptions, MAX_TOPICS_PER_COMMAND};
+use super::{IngestorStats, RedisSettings};
+
+/// First reconnection delay.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Longest reconnection delay: short enough that a node is back within about a
+/// second of Redis (PROTOCOL's recovery target is 2 s), long enough not to hammer it.
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// How often an idle subscriber connection is checked with PING.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Publications waiting for the publisher task; past this they are dropped, counted.
+const PUBLISH_QUEUE: usize = 65_536;
+/// Commands or messages handled in one go before the loop looks at the other sources.
+const DRAIN_BATCH: usize = 1024;
+
+/// The subscriber connection, split so that (un)subscribing does not stop receiving.
+struct Subscriber {
+    sink: PubSubSink,
+    messages: PubSubStream,
+}
+
+/// What woke the loop.
+enum Event {
+    Command(Option<IngestorCommand>),
+    Message(Option<redis::Msg>),
+    Retry,
+    HealthCheck,
+    PublisherBroken,
+}
+
+/// See the module docs. Returns once every command sender is gone.
+pub async fn run(
+    commands: flume::Receiver<IngestorCommand>,
+    router: Router,
+    settings: RedisSettings,
+    membership: Option<flume::Receiver<MembershipCheck>>,
+) {
+    let client = match Client::open(settings.url.as_str()) {
+        Ok(client) => client,
+        Err(error) => {
+            // The URL was validated at start-up; this is unreachable in practice.
+            tracing::error!(%error, "invalid Redis URL: the node cannot reach Redis");
+            return;
+        }
+    };
+    let stats = router_stats(&router);
+    let (publisher_conn, publisher_watch) = watch::channel(None);
+    let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+    let broken = Arc::new(Notify::new());
+    tokio::spawn(super::publisher::run(
+        publish_rx,
+        publisher_watch.clone(),
+        settings.prefix.clone(),
+        stats.clone(),
+        broken.clone(),
+    ));
+    if let Some(checks) = membership {
+        tokio::spawn(super::membership::run(
+            checks,
+            publisher_watch,
+            settings.members_prefix.clone(),
+            stats.clone(),
+        ));
+    }
+    let mut node = Node {
+        client,
+        settings,
+        router,
+        stats,
+        subscriptions: RedisSubscriptions::default(),
+        subscriber: None,
+        publisher_conn,
+        publish_tx,
+        backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
+        retry_at: tokio::time::Instant::now(),
+        ever_connected: false,
+        connect_warnings: LogLimit::per_second(),
+        payload_warnings: LogLimit::per_second(),
+        publish_warnings: LogLimit::per_second(),
+    };
+    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if node.subscriber.is_none() && tokio::time::Instant::now() >= node.retry_at {
+            node.connect().await;
+        }
+        let connected = node.subscriber.is_some();
+        let event = tokio::select! {
+            command = commands.recv_async() => Event::Command(command.ok()),
+            message = next_message(node.subscriber.as_mut()) => Event::Message(message),
+            _ = tokio::time::sleep_until(node.retry_at), if !connected => Event::Retry,
+            _ = health.tick(), if connected => Event::HealthCheck,
+            _ = broken.notified() => Event::PublisherBroken,
+        };
+        match event {
+            Event::Command(None) => return,
+            Event::Command(Some(command)) => {
+                node.handle(command);
+                for command in commands.try_iter().take(DRAIN_BATCH) {
+                    node.handle(command);
+                }
+                node.sync_subscriptions().await;
+            }
+            Event::Message(None) => node.lost("the subscriber connection closed"),
+            Event::Message(Some(message)) => {
+                node.receive(&message);
+                for _ in 0..DRAIN_BATCH {
+                    let Some(subscriber) = node.subscriber.as_mut() else {
+                        break;
+                    };
+                    match subscriber.messages.next().now_or_never() {
+                        Some(Some(message)) => node.receive(&message),
+                        Some(None) => node.lost("the subscriber connection closed"),
+                        None => break,
+                    }
+                }
+            }
+            Event::Retry => {}
+            Event::HealthCheck => node.health_check().await,
+            Event::PublisherBroken => node.lost("the publisher connection failed"),
+        }
+    }
+}
+
+fn router_stats(router: &Router) -> Arc<IngestorStats> {
+    router.stats().clone()
+}
+
+/// The next message, or never while disconnected.
+async fn next_message(subscriber: Option<&mut Subscriber>) -> Option<redis::Msg> {
+    match subscriber {
+        Some(subscriber) => subscriber.messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The loop's state; see the module docs.
+struct Node {
+    client: Client,
+    settings: RedisSettings,
+    router: Router,
+    stats: Arc<IngestorStats>,
+    subscriptions: RedisSubscriptions,
+    subscriber: Option<Subscriber>,
+    /// The publisher connection, shared with the publisher and membership tasks.
+    publisher_conn: watch::Sender<Option<MultiplexedConnection>>,
+    publish_tx: mpsc::Sender<Publication>,
+    backoff: Backoff,
+    retry_at: tokio::time::Instant,
+    ever_connected: bool,
+    connect_warnings: LogLimit,
+    payload_warnings: LogLimit,
+    publish_warnings: LogLimit,
+}
+
+impl Node {
+    fn handle(&mut self, command: IngestorCommand) {
+        match command {
+            IngestorCommand::Interest {
+                shard_id,
+                topic,
+                encoding,
+                change,
+            } => {
+                if let Some((topic, _)) = self
+                    .router
+                    .change_interest(shard_id, topic, encoding, change)
+                {
+                    self.subscriptions.mark(topic);
+                }
+            }
+            // Delivered when it comes back from Redis, on this node as on every other.
+            IngestorCommand::Publish(publication) => {
+                if self.publish_tx.try_send(publication).is_err() {
+                    self.stats
+                        .redis_publish_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.publish_warnings.allow(Instant::now()) {
+                        tracing::warn!(
+                            suppressed,
+                            "publication dropped: the publish queue is full"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens both connections; on failure, schedules the next attempt.
+    async fn connect(&mut self) {
+        match tokio::time::timeout(self.settings.timeout, self.open()).await {
+            Ok(Ok((subscriber, publisher))) => {
+                self.subscriber = Some(subscriber);
+                self.publisher_conn.send_replace(Some(publisher));
+                self.backoff.reset();
+                self.stats.redis_connected.store(true, Ordering::Relaxed);
+                let topics = self.router.topics().count() as u64;
+                if self.ever_connected {
+                    self.stats
+                        .redis_resubscriptions
+                        .fetch_add(topics, Ordering::Relaxed);
+                    tracing::info!(topics, "Redis reconnected: subscribing again");
+                } else {
+                    tracing::info!("Redis connected");
+                }
+                self.ever_connected = true;
+                self.subscriptions.reset(self.router.topics());
+                self.sync_subscriptions().await;
+            }
+            Ok(Err(error)) => self.connect_failed(&error.to_string()),
+            Err(_) => self.connect_failed("timed out"),
+        }
+    }
+
+    async fn open(&self) -> Result<(Subscriber, MultiplexedConnection), RedisError> {
+        let (sink, messages) = self.client.get_async_pubsub().await?.split();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.timeout))
+            .set_response_timeout(Some(self.settings.timeout));
+        let publisher = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok((Subscriber { sink, messages }, publisher))
+    }
+
+    fn connect_failed(&mut self, error: &str) {
+        let delay = self.backoff.next_delay(fastrand::f64());
+        self.retry_at = tokio::time::Instant::now() + delay;
+        if let Some(suppressed) = self.connect_warnings.allow(Instant::now()) {
+            tracing::warn!(%error, retry_in = ?delay, suppressed, "cannot connect to Redis");
+        }
+    }
+
+    /// The link is gone: not ready, every subscription to be made again, retry soon.
+    fn lost(&mut self, why: &str) {
+        if self.subscriber.take().is_none() {
+            return;
+        }
+        self.publisher_conn.send_replace(None);
+        self.stats.redis_connected.store(false, Ordering::Relaxed);
+        self.stats.redis_outages.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .redis_subscribed_topics
+            .store(0, Ordering::Relaxed);
+        self.subscriptions.reset(self.router.topics());
+        let delay = self.backoff.next_delay(fastrand::f64());
+        self.retry_at = tokio::time::Instant::now() + delay;
+        tracing::warn!(reason = why, retry_in = ?delay, "Redis connection lost");
+    }
+
+    /// Sends the SUBSCRIBE/UNSUBSCRIBE commands that local interest calls for.
+    async fn sync_subscriptions(&mut self) {
+        if self.subscriber.is_none() || !self.subscriptions.has_changes() {
+            return;
+        }
+        let router = &self.router;
+        let plan = self.subscriptions.plan(|topic| router.is_wanted(topic));
+        let timeout = self.settings.timeout;
+        for (subscribe, topics) in [(true, &plan.subscribe), (false, &plan.unsubscribe)] {
+            for chunk in topics.chunks(MAX_TOPICS_PER_COMMAND) {
+                let Some(subscriber) = self.subscriber.as_mut() else {
+                    return;
+                };
+                let channels = channels(&self.settings.prefix, chunk);
+                let sent = if subscribe {
+                    tokio::time::timeout(timeout, subscriber.sink.subscribe(channels)).await
+                } else {
+                    tokio::time::timeout(timeout, subscriber.sink.unsubscribe(channels)).await
+                };
+                self.stats
+                    .redis_subscription_commands
+                    .fetch_add(1, Ordering::Relaxed);
+                match sent {
+                    Ok(Ok(())) if subscribe => self.subscriptions.subscribed(chunk),
+                    Ok(Ok(())) => self.subscriptions.unsubscribed(chunk),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "SUBSCRIBE/UNSUBSCRIBE failed");
+                        self.lost("a subscription command failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.lost("a subscription command timed out");
+                        return;
+                    }
+                }
+            }
+        }
+        self.stats
+            .redis_subscribed_topics
+            .store(self.subscriptions.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A PING on the subscriber connection, to find a connection that died silently.
+    async fn health_check(&mut self) {
+        let Some(subscriber) = self.subscriber.as_mut() else {
+            return;
+        };
+        let ping = subscriber.sink.ping::<redis::Value>();
+        match tokio::time::timeout(self.settings.timeout, ping).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => self.lost("PING failed"),
+            Err(_) => self.lost("PING timed out"),
+        }
+    }
+
+    /// Decodes a message from Redis once and routes it; what cannot be used is
+    /// counted and dropped.
+    fn receive(&mut self, message: &redis::Msg) {
+        let channel = message.get_channel_name().as_bytes();
+        let payload = message.get_payload_bytes();
+        let max = self.settings.max_payload;
+        let decoded = if payload.len() > max {
+            Err(coregate_protocol::PublicationError::TooLarge {
+                size: payload.len(),
+                max,
+            })
+        } else {
+            let mut payload = payload.to_vec();
+            Publication::from_redis_message(channel, &self.settings.prefix, &mut payload, max)
+        };
+        match decoded {
+            Ok(publication) => self.router.deliver(publication),
+            Err(error) => {
+                let counter = if error.is_too_large() {
+                    &self.stats.oversize_publications
+                } else {
+                    &self.stats.malformed_publications
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.payload_warnings.allow(Instant::now()) {
+                    // The error names sizes and parse positions, never the payload.
+                    tracing::warn!(%error, suppressed, "publication from Redis dropped");
+                }
+            }
+        }
+    }
+}
+
+fn channels(prefix: &str, topics: &[Topic]) -> Vec<String> {
+    topics
+        .iter()
+        .map(|topic| Publication::redis_channel(prefix, topic))
+        .collect()
+}

@@ -1,0 +1,123 @@
+//! The node's ingestor: the one place that knows which shards want which topics, and
+//! the node's only link to Redis.
+//!
+//! It runs on its own thread. Without Redis (the embedded default) it is the node's
+//! whole bus: a blocking loop that routes what `/publish` and the shards hand it. With
+//! Redis it runs a current-thread tokio runtime: one subscriber connection whose
+//! subscriptions follow local interest lazily, one publisher connection through which
+//! every publication made on this node goes out (and comes back to be delivered, so it
+//! is delivered once), and the membership checks of the `redis` authorizer.
+//!
+//! - [`router`]: topic → shard sets, and the fan-out to shard queues;
+//! - [`subscriptions`]: which topics Redis must be (un)subscribed to, batched;
+//! - [`link`]: the Redis side: connections, reconnection, decoding what arrives;
+//! - [`publisher`]: PUBLISH, pipelined, in order;
+//! - [`membership`]: SISMEMBER checks for the shards' authorizer;
+//! - [`backoff`], [`log_limit`]: reconnection delays and rate-limited warnings.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use coregate_shards::{IngestorCommand, MembershipCheck};
+
+mod backoff;
+mod link;
+mod log_limit;
+mod membership;
+mod publisher;
+mod router;
+mod subscriptions;
+
+pub use router::Router;
+
+/// Counters of the ingestor, read by the metrics exporter and `/ready`.
+#[derive(Debug, Default)]
+pub struct IngestorStats {
+    pub publications: AtomicU64,
+    pub publications_without_subscribers: AtomicU64,
+    pub shard_queue_full: AtomicU64,
+    pub topics_of_interest: AtomicU64,
+    /// Whether both Redis connections are up (always false without Redis).
+    pub redis_connected: AtomicBool,
+    /// Topics subscribed in Redis now.
+    pub redis_subscribed_topics: AtomicU64,
+    /// Connections to Redis lost after having been up.
+    pub redis_outages: AtomicU64,
+    /// Topics subscribed again after a reconnection.
+    pub redis_resubscriptions: AtomicU64,
+    /// SUBSCRIBE/UNSUBSCRIBE commands sent (each for many topics).
+    pub redis_subscription_commands: AtomicU64,
+    /// Publications sent to Redis.
+    pub redis_published: AtomicU64,
+    /// Publications that could not be sent to Redis (down, full queue, error).
+    pub redis_publish_errors: AtomicU64,
+    /// Payloads from Redis that were not a valid envelope on a valid topic.
+    pub malformed_publications: AtomicU64,
+    /// Payloads from Redis over the size limit.
+    pub oversize_publications: AtomicU64,
+    /// Membership checks answered, and those that failed.
+    pub membership_checks: AtomicU64,
+    pub membership_check_errors: AtomicU64,
+}
+
+/// How the node uses Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Channel of a topic: `<prefix><topic>`.
+    pub prefix: String,
+    /// Larger payloads from Redis are dropped and counted.
+    pub max_payload: usize,
+    /// Set of a topic's members for the `redis` authorizer: `<members_prefix><topic>`.
+    pub members_prefix: String,
+    /// How long to wait for connecting and for any one reply.
+    pub timeout: Duration,
+}
+
+/// Runs the ingestor on its own thread until every command sender is gone.
+/// `membership` is the receiving side of the `redis` authorizer's checks, if any.
+pub fn spawn(
+    commands: flume::Receiver<IngestorCommand>,
+    mut router: Router,
+    redis: Option<RedisSettings>,
+    membership: Option<flume::Receiver<MembershipCheck>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = match &redis {
+        None => None,
+        Some(_) => Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        ),
+    };
+    std::thread::Builder::new()
+        .name("ingestor".into())
+        .spawn(move || match (runtime, redis) {
+            (Some(runtime), Some(settings)) => {
+                runtime.block_on(link::run(commands, router, settings, membership));
+            }
+            _ => run_embedded(&commands, &mut router),
+        })
+}
+
+/// The embedded bus: publications are delivered locally as they come.
+fn run_embedded(commands: &flume::Receiver<IngestorCommand>, router: &mut Router) {
+    let mut handle = |command| match command {
+        IngestorCommand::Interest {
+            shard_id,
+            topic,
+            encoding,
+            change,
+        } => {
+            router.change_interest(shard_id, topic, encoding, change);
+        }
+        IngestorCommand::Publish(publication) => router.deliver(publication),
+    };
+    while let Ok(command) = commands.recv() {
+        handle(command);
+        // Drain what is already queued before blocking again.
+        while let Ok(command) = commands.try_recv() {
+            handle(command);
+        }
+    }
+}
