@@ -230,7 +230,7 @@ impl ConnDriver {
     }
 
     /// Runs the connection until it closes.
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(&mut self) {
         loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Inbound(n) => {
@@ -240,7 +240,8 @@ impl ConnDriver {
                 }
                 Event::CloseRequested(code) => self.start_close(code),
                 Event::Flushed => {
-                    self.finish_close().await;
+                    // Boxed: the linger's timer and buffer are needed only while closing.
+                    Box::pin(self.finish_close()).await;
                     return;
                 }
                 Event::Gone => return,

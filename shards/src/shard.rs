@@ -259,7 +259,28 @@ impl LocalShard {
 }
 
 /// Serves one accepted TCP connection: the upgrade, then the WebSocket session.
-async fn serve_connection(shard: Rc<LocalShard>, mut stream: TcpStream) {
+///
+/// The task's future lives as long as the connection, and its size is that of its
+/// largest state, so the handshake (request parsing, timers, the response) runs boxed:
+/// its memory is returned once the upgrade is done, and an idle connection keeps only
+/// what the session needs.
+async fn serve_connection(shard: Rc<LocalShard>, stream: TcpStream) {
+    let Some(upgraded) = Box::pin(upgrade_connection(&shard, stream)).await else {
+        return;
+    };
+    run_session(shard, upgraded).await;
+}
+
+/// A connection whose upgrade succeeded: the 101 response has been written.
+struct Upgraded {
+    stream: TcpStream,
+    encoding: coregate_protocol::Encoding,
+    /// Set when the token came with the upgrade; `None` means in-band `identify`.
+    identity: Option<crate::auth::Identity>,
+}
+
+/// Reads and answers the upgrade request; `None` when it was refused or the peer left.
+async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option<Upgraded> {
     let _ = stream.set_nodelay(true);
     let handshake = read_upgrade(&mut stream, &shard.config.path);
     let timeout = async {
@@ -273,7 +294,7 @@ async fn serve_connection(shard: Rc<LocalShard>, mut stream: TcpStream) {
                 ShardStats::add(&shard.stats.upgrades_refused, 1);
                 conn::write_and_close(&mut stream, &refusal.response()).await;
             }
-            return;
+            return None;
         }
     };
     let identity = match request.token.as_deref().map(|t| shard.verifier.verify(t)) {
@@ -283,19 +304,36 @@ async fn serve_connection(shard: Rc<LocalShard>, mut stream: TcpStream) {
             ShardStats::add(&shard.stats.upgrades_refused, 1);
             let refusal = Refusal::Unauthorized(e.to_string());
             conn::write_and_close(&mut stream, &refusal.response()).await;
-            return;
+            return None;
         }
     };
-    if futures_lite::AsyncWriteExt::write_all(&mut stream, &upgrade::accept_response(&request))
+    futures_lite::AsyncWriteExt::write_all(&mut stream, &upgrade::accept_response(&request))
         .await
-        .is_err()
-    {
-        return;
-    }
+        .ok()?;
     ShardStats::add(&shard.stats.upgrades_accepted, 1);
-    let conn = shard.register(request.encoding);
-    drop(request);
-    let mut driver = ConnDriver::new(shard.clone(), conn.clone(), stream);
+    Some(Upgraded {
+        stream,
+        encoding: request.encoding,
+        identity,
+    })
+}
+
+/// The WebSocket session of an upgraded connection, until it closes.
+async fn run_session(shard: Rc<LocalShard>, upgraded: Upgraded) {
+    let (conn, mut driver, authenticated) = start_session(&shard, upgraded);
+    if authenticated {
+        driver.run().await;
+    }
+    shard.unregister(&conn);
+}
+
+/// Registers the connection and greets it; `false` when its upgrade token was refused
+/// after all (e.g. a user over its connection limit), and it is already closing.
+///
+/// Not async on purpose: what it takes apart stays out of the session's future.
+fn start_session(shard: &Rc<LocalShard>, upgraded: Upgraded) -> (Rc<LocalConn>, ConnDriver, bool) {
+    let conn = shard.register(upgraded.encoding);
+    let mut driver = ConnDriver::new(shard.clone(), conn.clone(), upgraded.stream);
     driver.reply(
         &coregate_protocol::ServerMessage::Hello {
             session_id: conn.session_id.to_string(),
@@ -303,14 +341,11 @@ async fn serve_connection(shard: Rc<LocalShard>, mut stream: TcpStream) {
         },
         None,
     );
-    let authenticated = match identity {
+    let authenticated = match upgraded.identity {
         Some(identity) => matches!(driver.become_ready(identity), conn::Flow::Continue),
         None => true,
     };
-    if authenticated {
-        driver.run().await;
-    }
-    shard.unregister(&conn);
+    (conn, driver, authenticated)
 }
 
 /// Reads the HTTP upgrade request. `Err(None)`: the peer went away.

@@ -17,8 +17,74 @@ pub type ConnKey = usize;
 
 #[derive(Default)]
 struct TopicEntry {
-    subscribers: IndexSet<ConnKey>,
+    subscribers: Subscribers,
     per_encoding: [u32; 2],
+}
+
+/// The connections subscribed to one topic. Most topics of a busy node have a single
+/// local subscriber (every connection's own `user:<sub>`), so that case is kept inline
+/// instead of in a set's two heap allocations.
+enum Subscribers {
+    One(ConnKey),
+    Many(IndexSet<ConnKey>),
+}
+
+impl Default for Subscribers {
+    fn default() -> Self {
+        Subscribers::Many(IndexSet::new())
+    }
+}
+
+impl Subscribers {
+    /// Adds `conn`; `false` when it was already there.
+    fn insert(&mut self, conn: ConnKey) -> bool {
+        match self {
+            Subscribers::Many(set) if set.is_empty() => {
+                *self = Subscribers::One(conn);
+                true
+            }
+            Subscribers::Many(set) => set.insert(conn),
+            Subscribers::One(only) if *only == conn => false,
+            Subscribers::One(only) => {
+                let mut set = IndexSet::with_capacity(2);
+                set.insert(*only);
+                set.insert(conn);
+                *self = Subscribers::Many(set);
+                true
+            }
+        }
+    }
+
+    /// Removes `conn`; `false` when it was not there.
+    fn remove(&mut self, conn: ConnKey) -> bool {
+        match self {
+            Subscribers::One(only) if *only == conn => {
+                *self = Subscribers::Many(IndexSet::new());
+                true
+            }
+            Subscribers::One(_) => false,
+            Subscribers::Many(set) => set.swap_remove(&conn),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Subscribers::One(_) => 1,
+            Subscribers::Many(set) => set.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        let (one, many) = match self {
+            Subscribers::One(only) => (Some(*only), None),
+            Subscribers::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 /// topic → local subscribers; see the module docs.
@@ -56,7 +122,7 @@ impl LocalTopicTable {
         encoding: Encoding,
     ) -> Option<InterestChange> {
         let entry = self.topics.get_mut(topic)?;
-        if !entry.subscribers.swap_remove(&conn) {
+        if !entry.subscribers.remove(conn) {
             return None;
         }
         let count = &mut entry.per_encoding[encoding.index()];
@@ -73,7 +139,7 @@ impl LocalTopicTable {
         self.topics
             .get(topic)
             .into_iter()
-            .flat_map(|entry| entry.subscribers.iter().copied())
+            .flat_map(|entry| entry.subscribers.iter())
     }
 
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
@@ -120,5 +186,26 @@ mod tests {
         );
         assert_eq!(table.topic_count(), 0, "empty topics are dropped");
         assert_eq!(table.subscribers(&t).count(), 0);
+    }
+
+    #[test]
+    fn a_single_subscriber_grows_into_a_set_and_back() {
+        let mut table = LocalTopicTable::default();
+        let t = topic("user:alice");
+        table.subscribe(&t, 7, Encoding::Json);
+        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(table.subscribe(&t, 7, Encoding::Json), None, "repeat");
+        table.subscribe(&t, 9, Encoding::Json);
+        let mut both: Vec<_> = table.subscribers(&t).collect();
+        both.sort_unstable();
+        assert_eq!(both, vec![7, 9]);
+        assert_eq!(table.unsubscribe(&t, 3, Encoding::Json), None, "not there");
+        table.unsubscribe(&t, 7, Encoding::Json);
+        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), vec![9]);
+        assert_eq!(
+            table.unsubscribe(&t, 9, Encoding::Json),
+            Some(InterestChange::Lost)
+        );
+        assert_eq!(table.topic_count(), 0);
     }
 }
