@@ -26,6 +26,15 @@ pub enum Command {
     /// Like fanout, but a fraction of subscribers stop reading; report the healthy ones'
     /// latency and how the slow ones were closed.
     Slow(SlowArgs),
+    /// N connections, then every one drops and reconnects at once (per round); report
+    /// reconnect times and errors by kind.
+    Storm(StormArgs),
+    /// A chat mix: many small channels and a few large ones, publications, typing bursts,
+    /// users churning; report deliveries/s, latency, typing and churn figures.
+    Chat(ChatArgs),
+    /// Run a scenario against gateways with 1..N shards (started here, or given with
+    /// --target) and tabulate the figures per shard count.
+    Sweep(SweepArgs),
     /// (internal) run a fleet of connections described on stdin; report on stdout.
     #[command(hide = true)]
     Worker,
@@ -105,6 +114,9 @@ pub struct Common {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Draw throughput and latency percentiles per second into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -119,20 +131,24 @@ pub struct IdleArgs {
     pub settle: Duration,
 }
 
+/// How publications are made (fanout, slow, chat).
 #[derive(Args, Debug, Clone)]
-pub struct FanoutArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Admin API of the gateway (POST /publish).
+pub struct PublishArgs {
+    /// Admin API of the gateway (POST /publish), used unless --redis-url is given.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub admin: String,
-    /// Subscribers (subscriber i subscribes to channel:<i mod topics>).
-    #[arg(short = 's', long, default_value_t = 1000)]
-    pub subscribers: u64,
-    /// Topics channel:0 .. channel:<T-1>.
-    #[arg(short = 't', long, default_value_t = 1)]
-    pub topics: u32,
-    /// Publications per second, round-robin over topics.
+    /// Publish through Redis instead: PUBLISH <prefix><topic> {"op","d"} (PROTOCOL.md §6).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LOADTEST_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Redis channel prefix (the gateway's --redis-prefix).
+    #[arg(long, default_value = "coregate:")]
+    pub redis_prefix: String,
+    /// Publications per second.
     #[arg(short = 'r', long, default_value_t = 100.0)]
     pub rate: f64,
     /// Approximate size of each publication's `d`, bytes.
@@ -141,12 +157,133 @@ pub struct FanoutArgs {
     /// The event op.
     #[arg(long, default_value = "message_new")]
     pub op: String,
-    /// Keep-alive HTTP connections publishing (a topic always uses the same one).
+    /// Publishing lanes, each its own connection (a topic always uses the same one).
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
     /// After publishing stops, wait at most this long for in-flight deliveries.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    /// Subscribers (subscriber i subscribes to channel:<i mod topics>).
+    #[arg(short = 's', long, default_value_t = 1000)]
+    pub subscribers: u64,
+    /// Topics channel:0 .. channel:<T-1>, published to round-robin.
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub topics: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Each connection subscribes to channel:<i mod T> (and again on reconnect); 0: none.
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub topics: u32,
+    /// Storm rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Wait after everyone is connected (and between rounds, after everyone is back).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// A connection not back this long after the drop gives up for the round.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconnect_timeout: Duration,
+    /// First retry delay after a failed reconnect (doubles, with jitter, up to 2 s).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub backoff: Duration,
+    /// Send a close frame (1001) before dropping instead of just closing the socket.
+    #[arg(long)]
+    pub graceful: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    /// Users (one connection each).
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub users: u64,
+    /// Large channels channel:0..L-1; every user is in one.
+    #[arg(long, default_value_t = 2)]
+    pub large_channels: u32,
+    /// Small channels channel:L..L+S-1.
+    #[arg(long, default_value_t = 200)]
+    pub small_channels: u32,
+    /// Small channels each user is in.
+    #[arg(long, default_value_t = 3)]
+    pub channels_per_user: u32,
+    /// Share of publications that go to the large channels.
+    #[arg(long, default_value_t = 0.1)]
+    pub large_share: f64,
+    /// Fraction of users that churn (swap a channel, or reconnect, every --churn-period).
+    #[arg(long, default_value_t = 0.2)]
+    pub churn_fraction: f64,
+    /// Mean time between two churn actions of one churning user.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub churn_period: Duration,
+    /// Fraction of users that type.
+    #[arg(long, default_value_t = 0.2)]
+    pub typing_fraction: f64,
+    /// Mean time between two typing bursts of one typing user.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub typing_period: Duration,
+    /// typing_start ops per burst, one second apart.
+    #[arg(long, default_value_t = 3)]
+    pub typing_burst: u32,
+    /// Seed of the mix (same seed, same channels and schedule).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// Shard counts to run, e.g. 1,2,4 (default 1..=--max-shards).
+    #[arg(long, value_delimiter = ',')]
+    pub shards: Vec<u32>,
+    /// With --gateway-bin and no --shards: 1..=N.
+    #[arg(long, default_value_t = 2)]
+    pub max_shards: u32,
+    /// The coregate binary to start for each shard count (on free loopback ports, with
+    /// the scenario's --secret as its JWT secret and its --redis-url, if any).
+    #[arg(long, value_name = "PATH", conflicts_with = "target")]
+    pub gateway_bin: Option<PathBuf>,
+    /// Extra argument for the started gateways (repeat it).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub gateway_arg: Vec<String>,
+    /// A running gateway instead: shards=N,url=ws://HOST:PORT/ws,admin=http://HOST:PORT,pid=PID
+    /// (repeat it, one per shard count).
+    #[arg(long, value_name = "SPEC")]
+    pub target: Vec<String>,
+    /// Pause between two runs.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub pause: Duration,
+    /// Write the table and every run's summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(subcommand)]
+    pub scenario: SweepScenario,
+}
+
+/// The scenario a sweep repeats (its --url, --admin and --gateway-pid are set per run).
+#[derive(Subcommand, Debug, Clone)]
+pub enum SweepScenario {
+    Idle(IdleArgs),
+    Fanout(FanoutArgs),
+    Slow(SlowArgs),
+    Storm(StormArgs),
+    Chat(ChatArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -175,6 +312,37 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_sweep_and_chat() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "sweep",
+            "--gateway-bin",
+            "/bin/coregate",
+            "--shards",
+            "1,2",
+            "chat",
+            "-n",
+            "50",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--plot",
+            "x.svg",
+        ])
+        .expect("parses");
+        let Command::Sweep(sweep) = cli.command else {
+            panic!("not sweep");
+        };
+        assert_eq!(sweep.shards, vec![1, 2]);
+        let SweepScenario::Chat(chat) = sweep.scenario else {
+            panic!("not chat");
+        };
+        assert_eq!(chat.users, 50);
+        assert_eq!(chat.publish.redis_prefix, "coregate:");
+        assert!(chat.publish.redis_url.is_some());
+        assert!(chat.common.plot.is_some());
     }
 
     #[test]

@@ -183,15 +183,7 @@ async fn read_loop(
         reader.index.wrapping_mul(7919) % heartbeat.as_millis().max(1) as u64,
     );
     let mut ping = tokio::time::interval_at(Instant::now() + offset, heartbeat);
-    let mut ping_bytes = Vec::new();
-    encode_client(
-        reader.shared.encoding,
-        &ClientEnvelope {
-            r#ref: None,
-            message: ClientMessage::Ping,
-        },
-        &mut ping_bytes,
-    );
+    let ping_bytes = ping_bytes(reader.shared.encoding);
     loop {
         tokio::select! {
             _ = async { let _ = stop.wait_for(Option::is_some).await; } => return End::Open,
@@ -212,6 +204,24 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Resolves once the stop signal is given (holding no borrow of it, so the future stays
+/// `Send` inside `select!`).
+pub async fn stopped(stop: &mut Stop) {
+    let _ = stop.wait_for(Option::is_some).await;
+}
+
+/// A `ping` message in `encoding`.
+pub fn ping_bytes(encoding: Encoding) -> Vec<u8> {
+    client_message(encoding, None, ClientMessage::Ping)
+}
+
+/// One client message, encoded.
+pub fn client_message(encoding: Encoding, r#ref: Option<u64>, message: ClientMessage) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_client(encoding, &ClientEnvelope { r#ref, message }, &mut out);
+    out
 }
 
 /// Reads (discarding) until a close frame, the end of the stream, or `limit`.

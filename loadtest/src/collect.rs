@@ -29,6 +29,7 @@ pub struct Collector {
     started: Instant,
     last_tick: Instant,
     latest: Vec<(u64, u64, u64)>,
+    settled: Vec<u64>,
     pub connected: Vec<Option<ConnectedSummary>>,
     pub reports: Vec<Option<FleetReport>>,
     pub failures: Vec<String>,
@@ -47,6 +48,7 @@ impl Collector {
             started: now,
             last_tick: now,
             latest: vec![(0, 0, 0); members],
+            settled: vec![0; members],
             connected: vec![None; members],
             reports: vec![None; members],
             failures: Vec::new(),
@@ -63,6 +65,11 @@ impl Collector {
 
     pub fn deliveries(&self) -> u64 {
         self.latest.iter().map(|l| l.2).sum()
+    }
+
+    /// Storm: connections back or given up, over every round, as last reported.
+    pub fn settled(&self) -> u64 {
+        self.settled.iter().sum()
     }
 
     pub fn all_connected(&self) -> bool {
@@ -114,6 +121,9 @@ impl Collector {
             FleetEvent::Progress(p) => {
                 if let Some(l) = self.latest.get_mut(index) {
                     *l = (p.open, p.failed, p.deliveries);
+                }
+                if let Some(s) = self.settled.get_mut(index) {
+                    *s = p.settled;
                 }
                 if let Err(e) = histo::merge_encoded(&mut self.interval, &p.interval) {
                     eprintln!("fleet {index}: {e:#}");

@@ -39,12 +39,12 @@ pub struct Opened {
     pub pending: Vec<Seen<'static>>,
 }
 
-/// Opens a connection from `source` with `token`; subscribes to `topic` if given.
+/// Opens a connection from `source` with `token`; subscribes to `topics` if there are any.
 pub async fn open(
     params: &Params,
     source: Option<IpAddr>,
     token: &str,
-    topic: Option<String>,
+    topics: Vec<String>,
 ) -> Result<Opened, String> {
     let stream = tcp(params.target.addr, source).await?;
     let sep = if params.target.path.contains('?') {
@@ -89,14 +89,14 @@ pub async fn open(
             _ => {}
         }
     }
-    if let Some(topic) = topic {
+    if !topics.is_empty() {
         let mut out = Vec::new();
         encode_client(
             params.encoding,
             &ClientEnvelope {
                 r#ref: Some(1),
                 message: ClientMessage::Subscribe {
-                    topics: vec![topic],
+                    topics,
                     since: None,
                 },
             },

@@ -15,12 +15,15 @@ use std::time::Duration;
 use anyhow::Context;
 use coregate_protocol::Encoding;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::client::{self, End, Role, Shared};
+use crate::chat::{self, ChatCounters, ChatReport};
+use crate::chatmix::ChatMix;
+use crate::client::{self, End, Outcome, Role, Shared};
 use crate::connect::{self, Params};
 use crate::gaps::GapStats;
 use crate::histo::{self, lock, Striped};
+use crate::storm::{self, RoundReport, Rounds, StormSpec};
 use crate::targets;
 use crate::tokens::{unix_now, TokenSource, Tokens};
 
@@ -42,11 +45,34 @@ pub struct FleetSpec {
     pub heartbeat_ms: Option<u64>,
     pub slow_drain_ms: u64,
     pub read_buffer: usize,
+    /// What the connections do beyond subscribing and reading.
+    #[serde(default)]
+    pub kind: FleetKind,
+}
+
+/// The scenario-specific behaviour of a fleet's connections.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum FleetKind {
+    /// idle / fanout / slow: the roles of [`FleetSpec::role`].
+    #[default]
+    Plain,
+    /// Drop and reconnect on each round's signal.
+    Storm(StormSpec),
+    /// The chat mix (`topics` is then the mix's topic count).
+    Chat(ChatMix),
 }
 
 impl FleetSpec {
     /// The role of connection `i`: slow ones are spread evenly by index.
     pub fn role(&self, i: u64) -> Role {
+        if let FleetKind::Chat(mix) = &self.kind {
+            // Stable users are checked for losses like healthy subscribers; churners not.
+            return if mix.is_churner(i) {
+                Role::Idle
+            } else {
+                Role::Subscriber { topic: 0 }
+            };
+        }
         if self.topics == 0 {
             return Role::Idle;
         }
@@ -86,6 +112,9 @@ pub struct ProgressTick {
     pub deliveries: u64,
     /// Latency (µs) of the deliveries since the previous tick, serialized.
     pub interval: String,
+    /// Storm: connections back or given up, over every round so far.
+    #[serde(default)]
+    pub settled: u64,
 }
 
 /// Sent once every connection has either opened or failed.
@@ -97,10 +126,14 @@ pub struct ConnectedSummary {
     pub healthy_by_topic: Vec<u64>,
 }
 
-/// Parent → fleet: stop, with the number of publications made on each topic.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Control {
-    pub published: Vec<u64>,
+/// Parent → fleet, one JSON line each for worker processes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "control", rename_all = "snake_case")]
+pub enum Control {
+    /// Storm round `round`: every connection drops at `at_ns` (unix ns) and reconnects.
+    Storm { round: u32, at_ns: u64 },
+    /// Stop, with the number of publications made on each topic.
+    Stop { published: Vec<u64> },
 }
 
 /// Everything a fleet measured.
@@ -128,13 +161,23 @@ pub struct FleetReport {
     pub ends: BTreeMap<String, u64>,
     /// Ends of slow subscribers.
     pub slow_ends: BTreeMap<String, u64>,
+    /// Storm: each round as this fleet saw it.
+    #[serde(default)]
+    pub storm: Vec<RoundReport>,
+    /// Deliveries counted by the sequence trackers (subscribers' own topics; chat: stable
+    /// users' channels).
+    #[serde(default)]
+    pub tracked_received: u64,
+    /// Chat: typing and churn counters.
+    #[serde(default)]
+    pub chat: Option<ChatReport>,
 }
 
 /// Runs a fleet: events go to `events`; the run ends when `control` delivers (or closes).
 pub async fn run(
     spec: FleetSpec,
     events: mpsc::UnboundedSender<FleetEvent>,
-    control: oneshot::Receiver<Control>,
+    mut control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<()> {
     let tokens = Arc::new(Tokens::new(&spec.tokens)?);
     let target = targets::parse(&spec.url, "ws").await?;
@@ -167,6 +210,13 @@ pub async fn run(
     let semaphore = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     let connect_timeout = Duration::from_millis(spec.connect_timeout_ms);
     let started_ns = unix_now().as_nanos() as u64;
+    let kind = Arc::new(spec.kind.clone());
+    let rounds = Arc::new(Rounds::new(match &spec.kind {
+        FleetKind::Storm(s) => s.rounds,
+        _ => 0,
+    }));
+    let chat_counters = Arc::new(ChatCounters::default());
+    let (signal_tx, signal_rx) = watch::channel(None);
 
     let mut tasks = Vec::with_capacity(spec.count as usize);
     for i in spec.first..spec.first + spec.count {
@@ -185,19 +235,25 @@ pub async fn run(
             healthy_by_topic.clone(),
         );
         let (semaphore, stop) = (semaphore.clone(), stop_rx.clone());
+        let (kind, rounds, chat_counters, signals) = (
+            kind.clone(),
+            rounds.clone(),
+            chat_counters.clone(),
+            signal_rx.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let permit = semaphore.acquire_owned().await.ok();
             let begun = std::time::Instant::now();
-            let topic = match role {
-                Role::Idle => None,
-                Role::Subscriber { topic } | Role::Slow { topic } => {
-                    Some(format!("channel:{topic}"))
-                }
+            let topic_ids: Vec<u32> = match (&*kind, role) {
+                (FleetKind::Chat(mix), _) => mix.topics_of(i),
+                (_, Role::Idle) => Vec::new(),
+                (_, Role::Subscriber { topic } | Role::Slow { topic }) => vec![topic],
             };
-            let opened = match tokens.get(i) {
+            let token = tokens.get(i);
+            let opened = match &token {
                 Ok(token) => tokio::time::timeout(
                     connect_timeout,
-                    connect::open(&params, source, &token, topic),
+                    connect::open(&params, source, token, chat::topic_names(&topic_ids)),
                 )
                 .await
                 .unwrap_or_else(|_| Err("timeout".into())),
@@ -213,16 +269,54 @@ pub async fn run(
                 }
             };
             histo::record(&mut lock(&connect_hist), begun.elapsed().as_micros() as u64);
-            if let Role::Subscriber { topic } = role {
-                if let Some(n) = lock(&healthy_by_topic).get_mut(topic as usize) {
-                    *n += 1;
+            if let Role::Subscriber { .. } = role {
+                let mut by_topic = lock(&healthy_by_topic);
+                for t in &topic_ids {
+                    if let Some(n) = by_topic.get_mut(*t as usize) {
+                        *n += 1;
+                    }
                 }
             }
             counters.open.fetch_add(1, Ordering::Relaxed);
             counters
                 .last_ready_ns
                 .fetch_max(unix_now().as_nanos() as u64, Ordering::Relaxed);
-            let outcome = client::run(i, role, opened, &shared, stop).await;
+            let token = token.unwrap_or_default();
+            let outcome = match &*kind {
+                FleetKind::Plain => client::run(i, role, opened, &shared, stop).await,
+                FleetKind::Storm(storm_spec) => {
+                    let conn = storm::Conn {
+                        index: i,
+                        params: &params,
+                        source,
+                        token: &token,
+                        topics: chat::topic_names(&topic_ids),
+                        spec: storm_spec,
+                        connect_timeout,
+                        rounds: &rounds,
+                    };
+                    let end = storm::run(conn, opened.ws, opened.heartbeat, signals, stop).await;
+                    Outcome {
+                        role,
+                        end,
+                        gaps: GapStats::default(),
+                    }
+                }
+                FleetKind::Chat(mix) => {
+                    let conn = chat::Conn {
+                        index: i,
+                        params: &params,
+                        source,
+                        token: &token,
+                        mix,
+                        shared: &shared,
+                        counters: &chat_counters,
+                        connect_timeout,
+                    };
+                    let (end, gaps) = chat::run(conn, opened, stop).await;
+                    Outcome { role, end, gaps }
+                }
+            };
             if outcome.end != End::Open {
                 counters.open.fetch_sub(1, Ordering::Relaxed);
             }
@@ -232,12 +326,13 @@ pub async fn run(
 
     // Announce the end of the connect phase, then report progress every second.
     let ticker = {
-        let (events, counters, shared, healthy_by_topic, cumulative) = (
+        let (events, counters, shared, healthy_by_topic, cumulative, rounds) = (
             events.clone(),
             counters.clone(),
             shared.clone(),
             healthy_by_topic.clone(),
             cumulative.clone(),
+            rounds.clone(),
         );
         let total = spec.count;
         tokio::spawn(async move {
@@ -268,6 +363,7 @@ pub async fn run(
                         failed,
                         deliveries: shared.deliveries.load(Ordering::Relaxed),
                         interval: histo::encode(&interval),
+                        settled: rounds.settled.load(Ordering::Relaxed),
                     };
                     if events.send(FleetEvent::Progress(tick)).is_err() {
                         return;
@@ -277,7 +373,15 @@ pub async fn run(
         })
     };
 
-    let published = control.await.unwrap_or_default().published;
+    let published = loop {
+        match control.recv().await {
+            Some(Control::Storm { round, at_ns }) => {
+                let _ = signal_tx.send(Some(storm::Signal { round, at_ns }));
+            }
+            Some(Control::Stop { published }) => break published,
+            None => break Vec::new(),
+        }
+    };
     let _ = stop_tx.send(Some(Arc::new(published)));
     let mut report = FleetReport {
         attempted: spec.count,
@@ -316,11 +420,16 @@ pub async fn run(
     report.connect_hist = histo::encode(&lock(&connect_hist));
     report.deliveries = shared.deliveries.load(Ordering::Relaxed);
     report.last_delivery_ns = shared.last_delivery_ns.load(Ordering::Relaxed);
+    report.tracked_received = gaps.received;
     report.losses = gaps.losses;
     report.duplicates = gaps.duplicates;
     report.reordered = gaps.reordered;
     report.decode_errors = shared.decode_errors.load(Ordering::Relaxed);
     report.latency_hist = histo::encode(&latency);
+    report.storm = rounds.reports();
+    if let FleetKind::Chat(_) = &spec.kind {
+        report.chat = Some(chat_counters.report());
+    }
     events
         .send(FleetEvent::Done(Box::new(report)))
         .context("reporting")?;

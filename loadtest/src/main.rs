@@ -1,18 +1,23 @@
 //! `loadtest`: the coregate load harness. Opens many real WebSocket connections against a
 //! gateway (spread over source addresses and worker processes), publishes through the admin
-//! API, and reports connect rates, latency percentiles, losses and the gateway's own cost.
+//! API or Redis, and reports connect rates, latency percentiles, losses and the gateway's
+//! own cost; `sweep` repeats a scenario per shard count and tabulates it.
 //!
 //! Modules, one job each:
 //! - [`cli`]: command-line arguments; [`targets`]: resolving and loopback-checking targets.
 //! - [`tokens`]: minting or reading JWTs.
 //! - [`connect`]: one authenticated WebSocket connection; [`decode`]: reading its frames.
-//! - [`client`]: what one connection does once open (idle, subscriber, slow subscriber).
+//! - [`client`]: what one connection does once open (idle, subscriber, slow subscriber);
+//!   [`storm`] and [`chat`]: the same for those scenarios; [`chatmix`]: the chat plan.
 //! - [`fleet`]: many connections in one process; [`workers`]: fleets in worker processes.
 //! - [`histo`]: latency histograms and their merging; [`gaps`]: loss/duplicate detection.
-//! - [`http`] and [`publisher`]: paced publications over keep-alive HTTP/1.1.
+//! - [`publisher`]: paced publications through a [`sink`] (keep-alive [`http`] or Redis).
 //! - [`procfs`]: the gateway's RSS and CPU; [`collect`]: the parent's view while running;
-//! - [`scenario`]: the idle/fanout/slow runs; [`report`]: summaries, human and JSON.
+//! - [`scenario`]: the runs; [`report`]: summaries, human and JSON; [`plot`]: the SVG;
+//!   [`sweep`]: gateways per shard count and the table.
 
+mod chat;
+mod chatmix;
 mod cli;
 mod client;
 mod collect;
@@ -22,10 +27,14 @@ mod fleet;
 mod gaps;
 mod histo;
 mod http;
+mod plot;
 mod procfs;
 mod publisher;
 mod report;
 mod scenario;
+mod sink;
+mod storm;
+mod sweep;
 mod targets;
 mod tokens;
 mod workers;
@@ -51,9 +60,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Idle(args) => scenario::idle(args).await,
-            Command::Fanout(args) => scenario::fanout(args, None).await,
-            Command::Slow(args) => scenario::fanout(args.fanout, Some(args.slow)).await,
+            Command::Idle(args) => scenario::output(&scenario::idle(&args).await?, &args.common),
+            Command::Fanout(args) => {
+                scenario::output(&scenario::fanout(&args).await?, &args.common)
+            }
+            Command::Slow(args) => {
+                scenario::output(&scenario::slow(&args).await?, &args.fanout.common)
+            }
+            Command::Storm(args) => scenario::output(&scenario::storm(&args).await?, &args.common),
+            Command::Chat(args) => scenario::output(&scenario::chat(&args).await?, &args.common),
+            Command::Sweep(args) => sweep::run(args).await,
             Command::Worker => workers::worker_main().await,
         }
     });

@@ -1,23 +1,31 @@
-//! Paced publications through `POST /publish`: `rate` per second for `duration`,
-//! round-robin over topics `channel:0..T`. Each carries in `d` its send time (`ts`, unix ns)
-//! and a per-topic sequence number (`seq`, from 0, advanced only when the gateway accepted
-//! the previous one), padded to about `payload_bytes`. Topics are spread over a few
-//! keep-alive connections; a topic always uses the same one, so its order is kept.
+//! Paced publications through `POST /publish` or Redis `PUBLISH` (see [`crate::sink`]):
+//! `rate` per second for `duration`, over topics `channel:0..T` (round-robin, or the chat
+//! mix's choice). Each carries in `d` its send time (`ts`, unix ns) and a per-topic
+//! sequence number (`seq`, from 0, advanced only when the previous one was accepted),
+//! padded to about `payload_bytes`. Topics are spread over a few lanes (keep-alive
+//! connections); a topic always uses the same one, so its order is kept.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::http::HttpConn;
+use crate::chatmix::ChatMix;
+use crate::sink::{Sink, SinkSpec};
 use crate::tokens::unix_now;
+
+/// How publication `n` picks its topic.
+#[derive(Clone, Debug)]
+pub enum TopicPick {
+    RoundRobin,
+    Chat(ChatMix),
+}
 
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub admin: SocketAddr,
-    pub host: String,
+    pub sink: SinkSpec,
+    pub pick: TopicPick,
     pub rate: f64,
     pub topics: u32,
     pub duration: Duration,
@@ -60,7 +68,10 @@ pub async fn run(plan: Plan) -> Outcome {
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
         }
-        let topic = (i % u64::from(topics)) as u32;
+        let topic = match &plan.pick {
+            TopicPick::RoundRobin => (i % u64::from(topics)) as u32,
+            TopicPick::Chat(mix) => mix.publication_topic(i) % topics,
+        };
         if senders[topic as usize % lanes].send(topic).await.is_err() {
             break;
         }
@@ -85,7 +96,7 @@ pub async fn run(plan: Plan) -> Outcome {
 }
 
 async fn lane(plan: Plan, topics: u32, mut jobs: mpsc::Receiver<u32>) -> Outcome {
-    let mut conn = HttpConn::new(plan.admin, &plan.host);
+    let mut sink = Sink::new(&plan.sink).await;
     let mut outcome = Outcome {
         published: vec![0; topics as usize],
         ..Outcome::default()
@@ -94,31 +105,51 @@ async fn lane(plan: Plan, topics: u32, mut jobs: mpsc::Receiver<u32>) -> Outcome
     while let Some(topic) = jobs.recv().await {
         let seq = outcome.published[topic as usize];
         body.clear();
-        write_body(&mut body, &plan.op, topic, seq, plan.payload_bytes);
         outcome.attempted += 1;
-        match conn.post("/publish", &body).await {
-            Ok(status) if (200..300).contains(&status) => outcome.published[topic as usize] += 1,
-            Ok(status) => *outcome.errors.entry(format!("http_{status}")).or_default() += 1,
-            Err(e) => {
-                *outcome
-                    .errors
-                    .entry(format!("io_{:?}", e.kind()))
-                    .or_default() += 1
+        let result = match &mut sink {
+            Sink::Http(_) => {
+                write_body(&mut body, &plan.op, topic, seq, plan.payload_bytes);
+                sink.publish(topic, &body).await
             }
+            Sink::Redis { .. } | Sink::Broken(_) => {
+                write_envelope(&mut body, &plan.op, seq, plan.payload_bytes);
+                sink.publish(topic, &body).await
+            }
+        };
+        match result {
+            Ok(note) => {
+                outcome.published[topic as usize] += 1;
+                if let Some(note) = note {
+                    *outcome.errors.entry(note.to_owned()).or_default() += 1;
+                }
+            }
+            Err(kind) => *outcome.errors.entry(kind).or_default() += 1,
         }
     }
     outcome
 }
 
 /// `{"topic":"channel:T","op":OP,"d":{"ts":NOW,"seq":SEQ,"pad":"xxx"}}` with `d` about
-/// `payload_bytes` long.
+/// `payload_bytes` long: the admin API's body.
 pub fn write_body(out: &mut Vec<u8>, op: &str, topic: u32, seq: u64, payload_bytes: usize) {
+    out.extend_from_slice(b"{\"topic\":\"channel:");
+    out.extend_from_slice(topic.to_string().as_bytes());
+    out.extend_from_slice(b"\",");
+    write_op_and_d(out, op, seq, payload_bytes);
+}
+
+/// `{"op":OP,"d":{"ts":NOW,"seq":SEQ,"pad":"xxx"}}`: the Redis payload of PROTOCOL.md §6
+/// (the topic is the channel name, less the prefix).
+pub fn write_envelope(out: &mut Vec<u8>, op: &str, seq: u64, payload_bytes: usize) {
+    out.push(b'{');
+    write_op_and_d(out, op, seq, payload_bytes);
+}
+
+fn write_op_and_d(out: &mut Vec<u8>, op: &str, seq: u64, payload_bytes: usize) {
     let ts = unix_now().as_nanos() as u64;
     let d = format!("{{\"ts\":{ts},\"seq\":{seq},\"pad\":\"");
     let pad = payload_bytes.saturating_sub(d.len() + 2);
-    out.extend_from_slice(b"{\"topic\":\"channel:");
-    out.extend_from_slice(topic.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"op\":");
+    out.extend_from_slice(b"\"op\":");
     out.extend_from_slice(serde_json::Value::from(op).to_string().as_bytes());
     out.extend_from_slice(b",\"d\":");
     out.extend_from_slice(d.as_bytes());
@@ -140,5 +171,13 @@ mod tests {
         assert_eq!(v["d"]["seq"], 17);
         assert!(v["d"]["ts"].as_u64().is_some_and(|t| t > 0));
         assert_eq!(v["d"].to_string().len(), 100);
+
+        out.clear();
+        write_envelope(&mut out, "message_new", 5, 80);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["op"], "message_new");
+        assert!(v.get("topic").is_none());
+        assert_eq!(v["d"]["seq"], 5);
+        assert_eq!(v["d"].to_string().len(), 80);
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::collect::Tick;
 use crate::fleet::FleetReport;
 use crate::histo::{self, Percentiles};
+use crate::storm::RoundFigures;
 
 /// All fleets' reports added up.
 #[derive(Debug)]
@@ -45,6 +46,10 @@ pub fn merge<'a>(reports: impl IntoIterator<Item = &'a FleetReport>) -> anyhow::
         sum.duplicates += r.duplicates;
         sum.reordered += r.reordered;
         sum.decode_errors += r.decode_errors;
+        sum.tracked_received += r.tracked_received;
+        if let Some(c) = &r.chat {
+            sum.chat.get_or_insert_with(Default::default).add(c);
+        }
         add_map(&mut sum.ends, &r.ends);
         add_map(&mut sum.slow_ends, &r.slow_ends);
         histo::merge_encoded(&mut latency, &r.latency_hist)?;
@@ -76,6 +81,10 @@ pub struct Summary {
     pub fanout: Option<FanoutFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow: Option<SlowFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormFigures>,
     /// How non-slow connections ended ("open" = still open at the end).
     pub ends: BTreeMap<String, u64>,
     /// CPU seconds of the harness itself (parent and workers) over the measured window.
@@ -146,6 +155,35 @@ pub struct SlowFigures {
     pub ends: BTreeMap<String, u64>,
 }
 
+#[derive(Debug, Serialize, Default)]
+pub struct ChatFigures {
+    pub large_channels: u32,
+    pub small_channels: u32,
+    /// Users that never churn: their channels are checked for losses.
+    pub stable_users: u64,
+    /// Publications on stable users' channels × those users.
+    pub stable_expected: u64,
+    pub stable_received: u64,
+    pub typing_sent: u64,
+    pub typing_received: u64,
+    pub resubscribes: u64,
+    pub reconnects: u64,
+    /// `error` messages the gateway sent.
+    pub server_errors: u64,
+    /// Failed churn reconnects and sends, by kind.
+    pub churn_errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct StormFigures {
+    /// Connections that took part (connected before the first round).
+    pub connections: u64,
+    pub graceful: bool,
+    pub rounds: Vec<RoundFigures>,
+    /// Failed reconnect attempts over every round, by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
 impl Summary {
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)?;
@@ -188,10 +226,18 @@ impl Summary {
                 f.payload_bytes,
                 fmt_map(&f.publish_errors)
             ));
-            line(format!(
-                "deliveries: {} of {} expected in {:.2}s = {:.0}/s",
-                f.deliveries, f.expected_deliveries, f.window_s, f.deliveries_per_s
-            ));
+            if self.chat.is_some() {
+                // Churning users receive too: only stable users' figures are checked.
+                line(format!(
+                    "deliveries: {} in {:.2}s = {:.0}/s",
+                    f.deliveries, f.window_s, f.deliveries_per_s
+                ));
+            } else {
+                line(format!(
+                    "deliveries: {} of {} expected in {:.2}s = {:.0}/s",
+                    f.deliveries, f.expected_deliveries, f.window_s, f.deliveries_per_s
+                ));
+            }
             let l = &f.latency_us;
             line(format!(
                 "latency µs: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})",
@@ -201,6 +247,42 @@ impl Summary {
                 "losses {} duplicates {} reordered {} undecodable {}",
                 f.losses, f.duplicates, f.reordered, f.decode_errors
             ));
+        }
+        if let Some(c) = &self.chat {
+            line(format!(
+                "chat: {} large + {} small channels; stable users {} received {} of {} expected",
+                c.large_channels,
+                c.small_channels,
+                c.stable_users,
+                c.stable_received,
+                c.stable_expected
+            ));
+            line(format!(
+                "typing: {} sent, {} received; churn: {} resubscribes, {} reconnects, errors {}; server errors {}",
+                c.typing_sent,
+                c.typing_received,
+                c.resubscribes,
+                c.reconnects,
+                fmt_map(&c.churn_errors),
+                c.server_errors
+            ));
+        }
+        if let Some(s) = &self.storm {
+            for r in &s.rounds {
+                line(format!(
+                    "storm round {}: {}/{} back ({} gave up), reconnect p50 {:.1}ms p99 {:.1}ms max {:.1}ms, all back {}, failed attempts {}",
+                    r.round,
+                    r.back,
+                    r.dropped,
+                    r.gave_up,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms,
+                    r.all_back_s.map_or("never".into(), |s| format!("in {s:.2}s")),
+                    r.failed_attempts
+                ));
+            }
+            line(format!("storm errors: {}", fmt_map(&s.errors)));
         }
         if let Some(s) = &self.slow {
             line(format!(

@@ -1,18 +1,26 @@
 //! The runs themselves: checking targets, splitting connections into fleets, driving the
-//! phases (connect, settle/publish, drain, stop) and building the summary.
+//! phases (connect, settle/publish/storm rounds, drain, stop) and building the summary.
+//! Each run returns its [`Summary`]; `main` (or `sweep`) prints and saves it.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::time::Instant;
 
-use crate::cli::{Common, FanoutArgs, IdleArgs, SlowOptions};
+use crate::chat::ChatReport;
+use crate::chatmix::ChatMix;
+use crate::cli::{ChatArgs, Common, FanoutArgs, IdleArgs, PublishArgs, SlowOptions, StormArgs};
 use crate::collect::Collector;
-use crate::fleet::{Control, FleetSpec};
+use crate::fleet::{Control, FleetKind, FleetSpec};
 use crate::histo::Percentiles;
 use crate::procfs;
-use crate::publisher;
-use crate::report::{self, ConnectFigures, FanoutFigures, GatewayFigures, SlowFigures, Summary};
+use crate::publisher::{self, TopicPick};
+use crate::report::{
+    self, ChatFigures, ConnectFigures, FanoutFigures, GatewayFigures, SlowFigures, StormFigures,
+    Summary,
+};
+use crate::sink::SinkSpec;
+use crate::storm::{self, StormSpec};
 use crate::targets;
 use crate::tokens::{unix_now, TokenSource};
 use crate::workers::{self, Fleets};
@@ -25,6 +33,7 @@ struct Shape {
     connections: u64,
     topics: u32,
     slow: Option<SlowOptions>,
+    kind: FleetKind,
 }
 
 /// Checks the targets and splits the connections into fleet specs.
@@ -79,6 +88,7 @@ async fn plan(common: &Common, shape: &Shape) -> anyhow::Result<(Vec<FleetSpec>,
             heartbeat_ms: common.heartbeat.map(|h| h.as_millis() as u64),
             slow_drain_ms: shape.slow.map_or(0, |s| s.slow_drain.as_millis() as u64),
             read_buffer: common.read_buffer,
+            kind: shape.kind.clone(),
         });
         first += count;
     }
@@ -115,7 +125,7 @@ async fn stop_phase(
     wait: Duration,
 ) -> anyhow::Result<report::Merged> {
     collector.phase = "stop";
-    fleets.stop(&Control { published }).await;
+    fleets.stop(published).await;
     if !collector
         .pump_until(Instant::now() + wait, Collector::all_done)
         .await
@@ -162,10 +172,14 @@ fn encoding_name(common: &Common) -> &'static str {
     }
 }
 
-fn finish(summary: &Summary, common: &Common) -> anyhow::Result<()> {
+/// Prints the summary and writes its JSON and plot where asked.
+pub fn output(summary: &Summary, common: &Common) -> anyhow::Result<()> {
     print!("{}", summary.render());
     if let Some(path) = &common.json {
         summary.write_json(path)?;
+    }
+    if let Some(path) = &common.plot {
+        crate::plot::write(path, summary)?;
     }
     if !summary.fleet_failures.is_empty() {
         bail!("{} fleet(s) failed", summary.fleet_failures.len());
@@ -174,12 +188,13 @@ fn finish(summary: &Summary, common: &Common) -> anyhow::Result<()> {
 }
 
 /// `idle`: hold N connections, then measure the gateway's memory and idle CPU.
-pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
     let common = &args.common;
     let shape = Shape {
         connections: args.connections,
         topics: 0,
         slow: None,
+        kind: FleetKind::Plain,
     };
     let pid = common.gateway_pid;
     let rss_before = pid.and_then(procfs::rss_bytes);
@@ -221,44 +236,147 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
             deliveries_per_cpu_s: None,
         }
     });
-    let summary = Summary {
+    Ok(Summary {
         mode: "idle",
         encoding: encoding_name(common),
         url: common.url.clone(),
         processes: fleets.len(),
         connect: connect_figures(args.connections, &merged, phase_s),
         gateway,
-        fanout: None,
-        slow: None,
         ends: merged.sum.ends.clone(),
         harness_cpu_s: harness1.zip(harness0).map(|(b, a)| b - a),
         fleet_failures: collector.failures.clone(),
         timeline: collector.timeline.clone(),
-    };
-    finish(&summary, common)
+        ..Summary::default()
+    })
 }
 
-/// `fanout` (and `slow`, with `slow` options): subscribers, paced publications, figures.
-pub async fn fanout(args: FanoutArgs, slow: Option<SlowOptions>) -> anyhow::Result<()> {
-    let common = &args.common;
-    if args.topics == 0 {
-        bail!("--topics must be at least 1");
+/// Where publications go, checked.
+async fn sink_spec(publish: &PublishArgs, allow_remote: bool) -> anyhow::Result<SinkSpec> {
+    if let Some(url) = &publish.redis_url {
+        let rest = url
+            .strip_prefix("redis://")
+            .context("--redis-url: expected a redis:// URL")?;
+        // Host part, after any credentials; the port defaults to 6379.
+        let host = rest.rsplit('@').next().unwrap_or(rest);
+        let host = host.split('/').next().unwrap_or(host);
+        let target = targets::parse(&format!("tcp://{host}"), "tcp")
+            .await
+            .context("--redis-url")?;
+        if !host.contains(':') {
+            bail!("--redis-url: give the port explicitly");
+        }
+        targets::check_loopback("redis", target.addr.ip(), allow_remote)?;
+        return Ok(SinkSpec::Redis {
+            url: url.clone(),
+            prefix: publish.redis_prefix.clone(),
+        });
     }
-    if args.rate.is_nan() || args.rate <= 0.0 {
-        bail!("--rate must be positive");
-    }
-    let admin = targets::parse(&args.admin, "http")
+    let admin = targets::parse(&publish.admin, "http")
         .await
         .context("--admin")?;
-    targets::check_loopback("admin", admin.addr.ip(), common.allow_remote)?;
+    targets::check_loopback("admin", admin.addr.ip(), allow_remote)?;
+    Ok(SinkSpec::Http {
+        admin: admin.addr,
+        host: admin.authority,
+    })
+}
+
+/// What a publishing run does beyond fanout.
+pub enum Flavor {
+    Fanout,
+    Slow(SlowOptions),
+    Chat(ChatMix),
+}
+
+/// `fanout`: subscribers, paced publications, figures.
+pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Summary> {
+    publishing(
+        &args.common,
+        &args.publish,
+        args.subscribers,
+        args.topics,
+        Flavor::Fanout,
+    )
+    .await
+}
+
+/// `slow`: fanout with a fraction of subscribers that stop reading.
+pub async fn slow(args: &crate::cli::SlowArgs) -> anyhow::Result<Summary> {
+    let f = &args.fanout;
+    publishing(
+        &f.common,
+        &f.publish,
+        f.subscribers,
+        f.topics,
+        Flavor::Slow(args.slow),
+    )
+    .await
+}
+
+/// `chat`: the chat mix.
+pub async fn chat(args: &ChatArgs) -> anyhow::Result<Summary> {
+    if args.large_channels + args.small_channels == 0 {
+        bail!("give some channels (--large-channels, --small-channels)");
+    }
+    if !(0.0..=1.0).contains(&args.large_share) {
+        bail!("--large-share must be within 0..=1");
+    }
+    let mix = ChatMix {
+        large_channels: args.large_channels,
+        small_channels: args.small_channels,
+        channels_per_user: args.channels_per_user,
+        large_share: args.large_share,
+        churn_fraction: args.churn_fraction,
+        churn_period_ms: args.churn_period.as_millis().max(1) as u64,
+        typing_fraction: args.typing_fraction,
+        typing_period_ms: args.typing_period.as_millis().max(1) as u64,
+        typing_burst: args.typing_burst,
+        seed: args.seed,
+    };
+    let topics = mix.topics();
+    publishing(
+        &args.common,
+        &args.publish,
+        args.users,
+        topics,
+        Flavor::Chat(mix),
+    )
+    .await
+}
+
+/// Subscribers, paced publications, figures: fanout, slow and chat.
+async fn publishing(
+    common: &Common,
+    publish: &PublishArgs,
+    connections: u64,
+    topics: u32,
+    flavor: Flavor,
+) -> anyhow::Result<Summary> {
+    if topics == 0 {
+        bail!("--topics must be at least 1");
+    }
+    if publish.rate.is_nan() || publish.rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let sink = sink_spec(publish, common.allow_remote).await?;
+    let slow = match &flavor {
+        Flavor::Slow(s) => Some(*s),
+        _ => None,
+    };
+    let (kind, pick) = match &flavor {
+        Flavor::Chat(mix) => (FleetKind::Chat(mix.clone()), TopicPick::Chat(mix.clone())),
+        _ => (FleetKind::Plain, TopicPick::RoundRobin),
+    };
     let shape = Shape {
-        connections: args.subscribers,
-        topics: args.topics,
+        connections,
+        topics,
         slow,
+        kind,
     };
     let pid = common.gateway_pid;
     let (mut fleets, mut collector, phase_s) = connect_phase(common, &shape).await?;
-    let mut healthy_by_topic = vec![0u64; args.topics as usize];
+    let mut healthy_by_topic = vec![0u64; topics as usize];
     for summary in collector.connected.iter().flatten() {
         for (t, n) in summary.healthy_by_topic.iter().enumerate() {
             if let Some(slot) = healthy_by_topic.get_mut(t) {
@@ -273,14 +391,14 @@ pub async fn fanout(args: FanoutArgs, slow: Option<SlowOptions>) -> anyhow::Resu
     let started = Instant::now();
     collector.phase = "publish";
     let publisher = tokio::spawn(publisher::run(publisher::Plan {
-        admin: admin.addr,
-        host: admin.authority.clone(),
-        rate: args.rate,
-        topics: args.topics,
+        sink,
+        pick,
+        rate: publish.rate,
+        topics,
         duration: common.duration,
-        payload_bytes: args.payload_bytes,
-        op: args.op.clone(),
-        connections: args.publishers,
+        payload_bytes: publish.payload_bytes,
+        op: publish.op.clone(),
+        connections: publish.publishers,
     }));
     // Publishing is bounded by --duration; allow a little for the last requests.
     collector
@@ -299,7 +417,11 @@ pub async fn fanout(args: FanoutArgs, slow: Option<SlowOptions>) -> anyhow::Resu
         .sum();
     collector.phase = "drain";
     collector
-        .pump_until(Instant::now() + args.drain, |c| c.deliveries() >= expected)
+        .pump_until(Instant::now() + publish.drain, |c| {
+            // Chat: churners receive too, so the count says nothing; wait the drain out
+            // unless stable users got everything (checked at the end).
+            c.deliveries() >= expected && !matches!(flavor, Flavor::Chat(_))
+        })
         .await;
     let cpu1 = pid.and_then(procfs::cpu_seconds);
     let rss_after = pid.and_then(procfs::rss_bytes);
@@ -334,15 +456,15 @@ pub async fn fanout(args: FanoutArgs, slow: Option<SlowOptions>) -> anyhow::Resu
         deliveries_per_cpu_s: cpu_s.filter(|&c| c > 0.0).map(|c| deliveries as f64 / c),
     });
     let fanout = FanoutFigures {
-        subscribers: args.subscribers,
+        subscribers: connections,
         healthy_subscribers: sum.healthy,
-        topics: args.topics,
-        rate_target: args.rate,
+        topics,
+        rate_target: publish.rate,
         publications: published.total(),
         publish_attempts: published.attempted,
         publish_errors: published.errors.clone(),
         publish_rate: published.total() as f64 / published.elapsed.as_secs_f64().max(1e-6),
-        payload_bytes: args.payload_bytes,
+        payload_bytes: publish.payload_bytes,
         window_s,
         expected_deliveries: expected,
         deliveries,
@@ -353,22 +475,150 @@ pub async fn fanout(args: FanoutArgs, slow: Option<SlowOptions>) -> anyhow::Resu
         reordered: sum.reordered,
         decode_errors: sum.decode_errors,
     };
-    let summary = Summary {
-        mode: if slow.is_some() { "slow" } else { "fanout" },
+    let chat = match &flavor {
+        Flavor::Chat(mix) => {
+            let c = sum.chat.clone().unwrap_or_default();
+            Some(chat_figures(mix, &c, sum.healthy, expected, &merged))
+        }
+        _ => None,
+    };
+    Ok(Summary {
+        mode: match flavor {
+            Flavor::Fanout => "fanout",
+            Flavor::Slow(_) => "slow",
+            Flavor::Chat(_) => "chat",
+        },
         encoding: encoding_name(common),
         url: common.url.clone(),
         processes: fleets.len(),
-        connect: connect_figures(args.subscribers, &merged, phase_s),
+        connect: connect_figures(connections, &merged, phase_s),
         gateway,
         fanout: Some(fanout),
         slow: slow.map(|_| SlowFigures {
             slow_subscribers: sum.slow,
             ends: sum.slow_ends.clone(),
         }),
+        chat,
         ends: sum.ends.clone(),
         harness_cpu_s: harness1.zip(harness0).map(|(b, a)| b - a),
         fleet_failures: collector.failures.clone(),
         timeline: collector.timeline.clone(),
+        ..Summary::default()
+    })
+}
+
+fn chat_figures(
+    mix: &ChatMix,
+    c: &ChatReport,
+    stable_users: u64,
+    stable_expected: u64,
+    merged: &report::Merged,
+) -> ChatFigures {
+    ChatFigures {
+        large_channels: mix.large_channels,
+        small_channels: mix.small_channels,
+        stable_users,
+        stable_expected,
+        stable_received: merged.sum.tracked_received,
+        typing_sent: c.typing_sent,
+        typing_received: c.typing_received,
+        resubscribes: c.resubscribes,
+        reconnects: c.reconnects,
+        server_errors: c.server_errors,
+        churn_errors: c.churn_errors.clone(),
+    }
+}
+
+/// `storm`: connect everyone, then per round make every connection drop at one instant
+/// and reconnect; the next round starts once everyone is back (or gave up) and settled.
+pub async fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
+    let common = &args.common;
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let shape = Shape {
+        connections: args.connections,
+        topics: args.topics,
+        slow: None,
+        kind: FleetKind::Storm(StormSpec {
+            rounds: args.rounds,
+            reconnect_timeout_ms: args.reconnect_timeout.as_millis() as u64,
+            backoff_ms: args.backoff.as_millis() as u64,
+            graceful: args.graceful,
+        }),
     };
-    finish(&summary, common)
+    let pid = common.gateway_pid;
+    let (mut fleets, mut collector, phase_s) = connect_phase(common, &shape).await?;
+    let participants: u64 = collector.connected.iter().flatten().map(|c| c.open).sum();
+    let cpu0 = pid.and_then(procfs::cpu_seconds);
+    let harness0 = harness_cpu(&fleets);
+    let window = Instant::now();
+    for round in 0..args.rounds {
+        collector.phase = "settle";
+        collector.pump_for(args.settle).await;
+        // Far enough ahead for the control line to reach every worker first.
+        let at_ns = unix_now().as_nanos() as u64 + 200_000_000;
+        fleets.send(&Control::Storm { round, at_ns }).await;
+        collector.phase = "storm";
+        let target = participants * u64::from(round + 1);
+        let limit = Instant::now() + args.reconnect_timeout + Duration::from_secs(3);
+        if !collector.pump_until(limit, |c| c.settled() >= target).await {
+            eprintln!("loadtest: storm round {round} not settled in time; going on");
+        }
+    }
+    collector.phase = "settle";
+    collector.pump_for(args.settle).await;
+    let window_s = window.elapsed().as_secs_f64();
+    let cpu1 = pid.and_then(procfs::cpu_seconds);
+    let harness1 = harness_cpu(&fleets);
+    let merged = stop_phase(
+        &mut fleets,
+        &mut collector,
+        Vec::new(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let rounds = storm::merge_rounds(
+        collector
+            .reports
+            .iter()
+            .flatten()
+            .map(|r| r.storm.as_slice()),
+    )?;
+    let mut errors = std::collections::BTreeMap::new();
+    for r in &rounds {
+        for (k, v) in &r.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let gateway = pid.map(|pid| {
+        let cpu_s = cpu1.zip(cpu0).map(|(b, a)| b - a);
+        GatewayFigures {
+            pid,
+            rss_after_bytes: procfs::rss_bytes(pid),
+            cpu_s,
+            window_s,
+            cpu_utilization: cpu_s.map(|c| c / window_s),
+            ..GatewayFigures::default()
+        }
+    });
+    Ok(Summary {
+        mode: "storm",
+        encoding: encoding_name(common),
+        url: common.url.clone(),
+        processes: fleets.len(),
+        connect: connect_figures(args.connections, &merged, phase_s),
+        gateway,
+        storm: Some(StormFigures {
+            connections: participants,
+            graceful: args.graceful,
+            rounds,
+            errors,
+        }),
+        ends: merged.sum.ends.clone(),
+        harness_cpu_s: harness1.zip(harness0).map(|(b, a)| b - a),
+        fleet_failures: collector.failures.clone(),
+        timeline: collector.timeline.clone(),
+        ..Summary::default()
+    })
 }

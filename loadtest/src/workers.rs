@@ -1,20 +1,20 @@
 //! Running fleets: in this process, or in worker processes (this executable re-run with the
 //! hidden `worker` subcommand). A worker reads its [`FleetSpec`] as one JSON line on stdin,
-//! writes each [`FleetEvent`] as one JSON line on stdout, and stops when a [`Control`] line
-//! arrives on stdin (or stdin closes).
+//! writes each [`FleetEvent`] as one JSON line on stdout, takes each [`Control`] as one JSON
+//! line on stdin, and stops on `Control::Stop` (or when stdin closes).
 
 use std::process::Stdio;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::fleet::{self, Control, FleetEvent, FleetSpec};
 
 /// One running fleet, from the parent's side.
 enum Member {
-    Local(Option<oneshot::Sender<Control>>),
+    Local(Option<mpsc::UnboundedSender<Control>>),
     Process {
         child: Box<Child>,
         stdin: Option<ChildStdin>,
@@ -36,7 +36,7 @@ pub async fn start(specs: Vec<FleetSpec>, local: bool) -> anyhow::Result<(Fleets
     let mut members = Vec::new();
     if local && specs.len() == 1 {
         let spec = specs.into_iter().next().context("one spec")?;
-        let (control_tx, control_rx) = oneshot::channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             if let Err(e) = fleet::run(spec, events_tx.clone(), control_rx).await {
@@ -120,25 +120,37 @@ impl Fleets {
             .collect()
     }
 
-    /// Tells every fleet to stop.
-    pub async fn stop(&mut self, control: &Control) {
+    /// Sends `control` to every fleet; after `Control::Stop` nothing more can be sent.
+    pub async fn send(&mut self, control: &Control) {
+        let last = matches!(control, Control::Stop { .. });
         let mut line = serde_json::to_string(control).unwrap_or_else(|_| "{}".into());
         line.push('\n');
         for member in &mut self.members {
             match member {
                 Member::Local(tx) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(control.clone());
+                    if let Some(sender) = tx.as_ref() {
+                        let _ = sender.send(control.clone());
+                    }
+                    if last {
+                        *tx = None;
                     }
                 }
                 Member::Process { stdin, .. } => {
-                    if let Some(mut pipe) = stdin.take() {
+                    if let Some(pipe) = stdin.as_mut() {
                         let _ = pipe.write_all(line.as_bytes()).await;
                         let _ = pipe.flush().await;
+                    }
+                    if last {
+                        *stdin = None;
                     }
                 }
             }
         }
+    }
+
+    /// Tells every fleet to stop.
+    pub async fn stop(&mut self, published: Vec<u64>) {
+        self.send(&Control::Stop { published }).await;
     }
 
     /// Waits for worker processes to exit (they do after their report).
@@ -157,13 +169,23 @@ pub async fn worker_main() -> anyhow::Result<()> {
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let line = stdin.next_line().await?.context("no fleet spec on stdin")?;
     let spec: FleetSpec = serde_json::from_str(&line).context("fleet spec")?;
-    let (control_tx, control_rx) = oneshot::channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let control = match stdin.next_line().await {
-            Ok(Some(line)) => serde_json::from_str(&line).unwrap_or_default(),
-            _ => Control::default(),
-        };
-        let _ = control_tx.send(control);
+        // Forward every control line; a closed stdin (or a line we cannot read) stops.
+        loop {
+            let control = match stdin.next_line().await {
+                Ok(Some(line)) => serde_json::from_str(&line).unwrap_or(Control::Stop {
+                    published: Vec::new(),
+                }),
+                _ => Control::Stop {
+                    published: Vec::new(),
+                },
+            };
+            let last = matches!(control, Control::Stop { .. });
+            if control_tx.send(control).is_err() || last {
+                return;
+            }
+        }
     });
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let fleet = tokio::spawn(fleet::run(spec, events_tx, control_rx));

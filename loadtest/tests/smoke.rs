@@ -1,6 +1,8 @@
 //! End to end: the harness against a real gateway it starts (`--shards 2`, free ports).
-//! `idle` and `fanout` run for a few seconds each with `--json`, and the figures are
-//! checked: connections held, bytes per connection measured, every delivery made once.
+//! `idle`, `fanout`, `storm` and `chat` run for a few seconds each with `--json`, and the
+//! figures are checked: connections held, bytes per connection measured, every delivery
+//! made once, everyone back after a storm, chat deliveries and typing seen. `sweep` starts
+//! its own gateways; fanout through Redis runs against a private `redis-server`.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -38,6 +40,10 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Gateway {
+        Gateway::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Gateway {
         let mut child = Command::new(gateway_binary())
             .args([
                 "serve",
@@ -50,6 +56,7 @@ impl Gateway {
                 "--jwt-secret",
                 SECRET,
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -81,21 +88,20 @@ impl Drop for Gateway {
 
 /// Runs the harness with `args` and returns its JSON summary.
 fn harness(gw: &Gateway, name: &str, args: &[&str]) -> Value {
-    let json =
-        std::env::temp_dir().join(format!("loadtest-smoke-{name}-{}.json", std::process::id()));
     let pid = gw.child.id().to_string();
     let url = format!("ws://{}/ws", gw.ws);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--url", &url, "--gateway-pid", &pid]);
+    run_harness(name, &all)
+}
+
+/// Runs the harness with `args` (plus the secret, --quiet and --json) and returns the JSON.
+fn run_harness(name: &str, args: &[&str]) -> Value {
+    let json =
+        std::env::temp_dir().join(format!("loadtest-smoke-{name}-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(args)
-        .args([
-            "--url",
-            &url,
-            "--secret",
-            SECRET,
-            "--gateway-pid",
-            &pid,
-            "--quiet",
-        ])
+        .args(["--secret", SECRET, "--quiet"])
         .arg("--json")
         .arg(&json)
         .output()
@@ -188,4 +194,221 @@ fn idle_and_fanout_against_a_real_gateway() {
         msgpack["fanout"]["deliveries"].as_u64().unwrap() > 0,
         "{msgpack}"
     );
+}
+
+#[test]
+fn storm_and_chat_against_a_real_gateway() {
+    let gw = Gateway::start();
+
+    let storm = harness(
+        &gw,
+        "storm",
+        &[
+            "storm",
+            "-n",
+            "300",
+            "-t",
+            "3",
+            "--rounds",
+            "2",
+            "--settle",
+            "500ms",
+            "--reconnect-timeout",
+            "15s",
+            "--source-addrs",
+            "127.0.0.1,127.0.0.2",
+        ],
+    );
+    assert_eq!(storm["connect"]["connected"], 300, "{storm}");
+    let rounds = storm["storm"]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{storm}");
+    for r in rounds {
+        assert_eq!(r["dropped"], 300, "{storm}");
+        assert_eq!(r["back"], 300, "{storm}");
+        assert_eq!(r["gave_up"], 0, "{storm}");
+        assert!(r["all_back_s"].as_f64().unwrap() > 0.0, "{storm}");
+        assert!(r["p99_ms"].as_f64().unwrap() > 0.0, "{storm}");
+        assert!(r["max_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    }
+    assert_eq!(storm["ends"]["open"], 300, "{storm}");
+
+    let admin = format!("http://{}", gw.admin);
+    let plot = std::env::temp_dir().join(format!("loadtest-smoke-chat-{}.svg", std::process::id()));
+    let plot_arg = plot.display().to_string();
+    let chat = harness(
+        &gw,
+        "chat",
+        &[
+            "chat",
+            "--admin",
+            &admin,
+            "-n",
+            "200",
+            "--large-channels",
+            "2",
+            "--small-channels",
+            "40",
+            "-r",
+            "100",
+            "--duration",
+            "4s",
+            "--churn-fraction",
+            "0.2",
+            "--churn-period",
+            "1s",
+            "--typing-fraction",
+            "0.3",
+            "--typing-period",
+            "1s",
+            "--plot",
+            &plot_arg,
+        ],
+    );
+    let f = &chat["fanout"];
+    let c = &chat["chat"];
+    assert_eq!(chat["connect"]["connected"], 200, "{chat}");
+    assert!(f["publications"].as_u64().unwrap() > 0, "{chat}");
+    assert!(f["deliveries"].as_u64().unwrap() > 0, "{chat}");
+    assert!(f["latency_us"]["p99"].as_u64().unwrap() > 0, "{chat}");
+    // Stable users miss nothing; churners are not checked.
+    assert_eq!(c["stable_users"], 160, "{chat}");
+    assert_eq!(c["stable_received"], c["stable_expected"], "{chat}");
+    assert_eq!(f["losses"], 0, "{chat}");
+    assert_eq!(f["duplicates"], 0, "{chat}");
+    assert!(c["typing_sent"].as_u64().unwrap() > 0, "{chat}");
+    assert!(c["typing_received"].as_u64().unwrap() > 0, "{chat}");
+    let churned = c["resubscribes"].as_u64().unwrap() + c["reconnects"].as_u64().unwrap();
+    assert!(churned > 0, "{chat}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    let _ = std::fs::remove_file(&plot);
+    assert!(
+        svg.contains("<svg") && svg.contains("p99"),
+        "not an SVG plot"
+    );
+}
+
+#[test]
+fn sweep_starts_gateways_per_shard_count() {
+    let bin = gateway_binary();
+    let json =
+        std::env::temp_dir().join(format!("loadtest-smoke-sweep-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("sweep")
+        .arg("--gateway-bin")
+        .arg(&bin)
+        .args(["--shards", "1,2", "--pause", "100ms", "--json"])
+        .arg(&json)
+        .args([
+            "fanout",
+            "-s",
+            "100",
+            "-t",
+            "2",
+            "-r",
+            "50",
+            "--duration",
+            "1s",
+            "--drain",
+            "2s",
+            "--secret",
+            SECRET,
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "loadtest sweep failed");
+    assert!(
+        stdout.contains("== sweep: fanout per shard count"),
+        "{stdout}"
+    );
+    let sweep: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(json);
+    let rows = sweep["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{sweep}");
+    for (row, shards) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["shards"], shards, "{sweep}");
+        assert_eq!(row["connected"], 100, "{sweep}");
+        assert_eq!(row["losses"], 0, "{sweep}");
+        assert!(row["deliveries_per_s"].as_f64().unwrap() > 0.0, "{sweep}");
+        assert!(row["gateway_cpu"].as_f64().is_some(), "{sweep}");
+    }
+    assert_eq!(sweep["runs"].as_array().unwrap().len(), 2, "{sweep}");
+}
+
+/// A private `redis-server` on a free port, without persistence; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test");
+        // Ready once it answers PING.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server not up");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn fanout_through_redis() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let gw = Gateway::start_with(&["--redis-url", &url, "--redis-prefix", "coregate:"]);
+    let fanout = harness(
+        &gw,
+        "redis",
+        &[
+            "fanout",
+            "--redis-url",
+            &url,
+            "-s",
+            "100",
+            "-t",
+            "2",
+            "-r",
+            "50",
+            "--duration",
+            "2s",
+        ],
+    );
+    let f = &fanout["fanout"];
+    assert_eq!(fanout["connect"]["connected"], 100, "{fanout}");
+    assert!(f["publications"].as_u64().unwrap() > 0, "{fanout}");
+    assert_eq!(f["deliveries"], f["expected_deliveries"], "{fanout}");
+    assert_eq!(f["losses"], 0, "{fanout}");
+    assert_eq!(f["duplicates"], 0, "{fanout}");
 }
