@@ -42,6 +42,9 @@ pub struct Config {
     pub max_message_size: usize,
     /// Largest batched outgoing frame in bytes (default 64 KiB).
     pub max_frame_size: usize,
+    /// How long events may wait to be joined into fewer frames (default 0: no wait).
+    #[serde(with = "duration_text")]
+    pub batch_delay: Duration,
     /// Queued output per connection before shedding, in bytes (default 1 MiB).
     pub outbound_budget: usize,
     /// Time over budget before a slow client is closed 4010 (default 5 s).
@@ -120,6 +123,7 @@ impl Default for Config {
             max_subscriptions: shard.max_subscriptions,
             max_message_size: shard.max_message_size,
             max_frame_size: shard.max_frame_size,
+            batch_delay: shard.batch_delay,
             outbound_budget: shard.outbound_budget,
             slow_client_grace: shard.slow_client_grace,
             rate_limit_events: shard.rate_limit_events,
@@ -186,6 +190,8 @@ pub struct ConfigArgs {
     pub max_message_size: Option<usize>,
     #[arg(long, env = "COREGATE_MAX_FRAME_SIZE", value_name = "BYTES")]
     pub max_frame_size: Option<usize>,
+    #[arg(long, env = "COREGATE_BATCH_DELAY", value_parser = parse_duration)]
+    pub batch_delay: Option<Duration>,
     #[arg(long, env = "COREGATE_OUTBOUND_BUDGET", value_name = "BYTES")]
     pub outbound_budget: Option<usize>,
     #[arg(long, env = "COREGATE_SLOW_CLIENT_GRACE", value_parser = parse_duration)]
@@ -261,6 +267,7 @@ impl ConfigArgs {
         set!(
             max_message_size,
             max_frame_size,
+            batch_delay,
             outbound_budget,
             slow_client_grace,
             admin,
@@ -348,6 +355,9 @@ impl Config {
         if self.max_message_size < 256 {
             return Err(invalid("max_message_size", "must be at least 256 bytes"));
         }
+        if self.batch_delay > Duration::from_secs(1) {
+            return Err(invalid("batch_delay", "must be at most 1s"));
+        }
         if self.max_frame_size < 1024 {
             return Err(invalid("max_frame_size", "must be at least 1024 bytes"));
         }
@@ -400,6 +410,7 @@ impl Config {
             max_subscriptions: self.max_subscriptions,
             max_message_size: self.max_message_size,
             max_frame_size: self.max_frame_size,
+            batch_delay: self.batch_delay,
             outbound_budget: self.outbound_budget,
             slow_client_grace: self.slow_client_grace,
             rate_limit_events: self.rate_limit_events,

@@ -42,6 +42,33 @@ async fn events_published_together_are_batched_into_fewer_frames() {
 }
 
 #[tokio::test]
+async fn batch_delay_joins_events_published_apart_into_one_frame() {
+    let gw = Gateway::start(&["--shards", "1", "--batch-delay", "300ms"]);
+    let mut client = Client::ready(&gw, &token("ann", &["channel:*"]), Encoding::Json).await;
+    client.subscribe(&["channel:slowly"]).await;
+    let frames_before = client.frames;
+    // Published one after another, each answered before the next is sent: without a
+    // batch delay every event would go out alone.
+    for i in 0..5 {
+        let body =
+            json!({"topic": "channel:slowly", "op": "message_new", "d": {"i": i}}).to_string();
+        assert_eq!(
+            common::http(gw.admin, "POST", "/publish", &body).await.0,
+            202
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..5 {
+        assert_eq!(client.expect_op("message_new").await.d["i"], i);
+    }
+    let frames = client.frames - frames_before;
+    assert!(
+        frames <= 2,
+        "5 events within one delay came in {frames} frames"
+    );
+}
+
+#[tokio::test]
 async fn flooding_gets_rate_limited_errors_then_4008() {
     let gw = Gateway::start(&[
         "--rate-limit-burst",

@@ -17,6 +17,9 @@ pub struct ShardConfig {
     pub max_message_size: usize,
     /// Largest outgoing frame when batching events (default 64 KiB).
     pub max_frame_size: usize,
+    /// How long events may wait to be joined into fewer, larger frames (default 0:
+    /// written as soon as the connection's task runs). Trades latency for fewer writes.
+    pub batch_delay: Duration,
     /// Bytes of queued output a connection may hold before events are shed (default 1 MiB).
     pub outbound_budget: usize,
     /// How long a connection may stay over its budget before it is closed 4010 (default 5 s).
@@ -45,6 +48,7 @@ impl Default for ShardConfig {
             max_subscriptions: 128,
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
+            batch_delay: Duration::ZERO,
             outbound_budget: 1024 * 1024,
             slow_client_grace: Duration::from_secs(5),
             inbox_capacity: 65_536,

@@ -126,13 +126,17 @@ impl LocalConn {
     /// over it, ephemeral events are shed first; a queue that stays over for the
     /// grace period is closed 4010 by the sweeper, and one that reaches twice the
     /// budget is closed at once, so memory stays bounded whatever the client does.
+    ///
+    /// With `defer`, the connection is not woken (see `batch_delay`); returns whether
+    /// the normal lane was empty before, i.e. whether the connection needs a later wake.
     pub fn enqueue(
         &self,
         delivery: &LocalDelivery,
         budget: usize,
         stats: &ShardStats,
         now: Instant,
-    ) {
+        defer: bool,
+    ) -> bool {
         let encoding = self.encoding;
         let len_of = |d: &LocalDelivery| d.wire(encoding).message().len();
         let len = len_of(delivery);
@@ -140,12 +144,13 @@ impl LocalConn {
         if outbox.queued_bytes() + len > budget {
             if delivery.is_ephemeral() {
                 ShardStats::add(&stats.shed_events, 1);
-                return;
+                return false;
             }
             let shed = outbox.shed_ephemeral(budget.saturating_sub(len), len_of);
             ShardStats::add(&stats.shed_events, shed as u64);
         }
-        outbox.push_normal(delivery.clone(), len);
+        let first = outbox.normal_len() == 0;
+        outbox.push_normal(delivery.clone(), len, !defer);
         ShardStats::add(&stats.deliveries, 1);
         if outbox.queued_bytes() > budget {
             if self.over_budget_since.get().is_none() {
@@ -154,8 +159,15 @@ impl LocalConn {
             if outbox.queued_bytes() > budget.saturating_mul(2) {
                 drop(outbox);
                 self.request_close(CloseCode::SlowConsumer);
+                return false;
             }
         }
+        first
+    }
+
+    /// Wakes the connection's task to write what its outbox holds.
+    pub(crate) fn wake_writer(&self) {
+        self.outbox.borrow_mut().wake();
     }
 
     fn note_drained(&self, budget: usize) {

@@ -36,11 +36,14 @@ impl Outbox {
         self.wake();
     }
 
-    /// Queues an event whose encoded size is `len`.
-    pub fn push_normal(&mut self, delivery: LocalDelivery, len: usize) {
+    /// Queues an event whose encoded size is `len`. With `wake` false the connection is
+    /// left asleep: the shard's batch ticker wakes it later (`batch_delay`).
+    pub fn push_normal(&mut self, delivery: LocalDelivery, len: usize, wake: bool) {
         self.queued_bytes += len;
         self.normal.push_back(delivery);
-        self.wake();
+        if wake {
+            self.wake();
+        }
     }
 
     pub fn pop_priority(&mut self) -> Option<Bytes> {

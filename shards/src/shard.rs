@@ -25,6 +25,7 @@ use crate::config::ShardConfig;
 use crate::conn::{self, ConnDriver, LocalConn};
 use crate::outbox::LocalDelivery;
 use crate::stats::ShardStats;
+use crate::topic_table::ConnKey;
 use crate::topic_table::LocalTopicTable;
 use crate::upgrade::{self, Refusal, UpgradeRequest};
 use crate::ws;
@@ -52,6 +53,8 @@ pub struct LocalShard {
     pub(crate) decode_buf: RefCell<Vec<u8>>,
     encode_buf: RefCell<Vec<u8>>,
     pub(crate) batch_buf: RefCell<Vec<u8>>,
+    /// Connections holding events deferred by `batch_delay`, woken at the next tick.
+    deferred: RefCell<Vec<ConnKey>>,
     /// Set when the node drains; wakes the accept loop so it stops listening.
     draining: Cell<bool>,
     drain_waker: RefCell<Option<std::task::Waker>>,
@@ -78,6 +81,7 @@ impl LocalShard {
             decode_buf: RefCell::new(Vec::new()),
             encode_buf: RefCell::new(Vec::new()),
             batch_buf: RefCell::new(Vec::new()),
+            deferred: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             drain_waker: RefCell::new(None),
         }
@@ -158,6 +162,8 @@ impl LocalShard {
         let conns = self.conns.borrow();
         let delivery: LocalDelivery = Rc::new(delivery);
         let budget = self.config.outbound_budget;
+        let defer = !self.config.batch_delay.is_zero();
+        let mut deferred = self.deferred.borrow_mut();
         let mut routed = false;
         for key in topics.subscribers(delivery.topic()) {
             let Some(conn) = conns.get(key) else { continue };
@@ -170,7 +176,9 @@ impl LocalShard {
                     continue;
                 }
             }
-            conn.enqueue(&delivery, budget, &self.stats, now);
+            if conn.enqueue(&delivery, budget, &self.stats, now, defer) && defer {
+                deferred.push(key);
+            }
         }
         if !routed {
             ShardStats::add(&self.stats.unrouted_events, 1);
@@ -415,6 +423,24 @@ async fn drain(shard: Rc<LocalShard>, window: Duration) {
     }
 }
 
+/// With a `batch_delay`, wakes the connections that hold deferred events once per
+/// delay: what arrived in between goes out joined in one frame and one write.
+async fn run_batch_ticker(shard: Rc<LocalShard>) {
+    let delay = shard.config.batch_delay;
+    let mut due = Vec::new();
+    loop {
+        glommio::timer::sleep(delay).await;
+        std::mem::swap(&mut due, &mut *shard.deferred.borrow_mut());
+        let conns = shard.conns.borrow();
+        for key in due.drain(..) {
+            // A key reused by a newer connection only gets a harmless extra wake.
+            if let Some(conn) = conns.get(key) {
+                conn.wake_writer();
+            }
+        }
+    }
+}
+
 async fn run_sweeper(shard: Rc<LocalShard>) {
     let interval = shard.config.sweep_interval();
     loop {
@@ -538,6 +564,9 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
     let _ = glommio::spawn_local_into(run_router(shard.clone(), inbox), router_queue)
         .map(|t| t.detach());
     glommio::spawn_local(run_sweeper(shard.clone())).detach();
+    if !shard.config.batch_delay.is_zero() {
+        glommio::spawn_local(run_batch_ticker(shard.clone())).detach();
+    }
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.drain_started().await;
