@@ -57,6 +57,14 @@ pub struct Config {
     pub rate_limit_window: Duration,
     /// Events a connection may send at once (default 20).
     pub rate_limit_burst: u32,
+    /// Connections the node holds at most; more get 503 (default 0: no limit).
+    pub max_connections: usize,
+    /// Connection attempts per second per IP address; more get 429 (default 0: no limit).
+    pub ip_connect_rate: u32,
+    /// Attempts one address may make at once before the rate applies (default 0: the rate).
+    pub ip_connect_burst: u32,
+    /// Connections one user may hold; more get 429, or 4011 after `identify` (default 10).
+    pub max_connections_per_user: usize,
     /// On SIGTERM, connections are closed 1012 spread over this window (default 10 s).
     #[serde(with = "duration_text")]
     pub drain_window: Duration,
@@ -129,6 +137,10 @@ impl Default for Config {
             rate_limit_events: shard.rate_limit_events,
             rate_limit_window: shard.rate_limit_window,
             rate_limit_burst: shard.rate_limit_burst,
+            max_connections: shard.max_connections,
+            ip_connect_rate: shard.ip_connect_rate,
+            ip_connect_burst: shard.ip_connect_burst,
+            max_connections_per_user: shard.max_connections_per_user,
             drain_window: Duration::from_secs(10),
             redis_url: None,
             redis_prefix: String::new(),
@@ -202,6 +214,14 @@ pub struct ConfigArgs {
     pub rate_limit_window: Option<Duration>,
     #[arg(long, env = "COREGATE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    #[arg(long, env = "COREGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "COREGATE_IP_CONNECT_RATE", value_name = "PER_SECOND")]
+    pub ip_connect_rate: Option<u32>,
+    #[arg(long, env = "COREGATE_IP_CONNECT_BURST")]
+    pub ip_connect_burst: Option<u32>,
+    #[arg(long, env = "COREGATE_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
     #[arg(long, env = "COREGATE_DRAIN_WINDOW", value_parser = parse_duration)]
     pub drain_window: Option<Duration>,
     #[arg(
@@ -278,6 +298,12 @@ impl ConfigArgs {
             rate_limit_window,
             rate_limit_burst,
             drain_window
+        );
+        set!(
+            max_connections,
+            ip_connect_rate,
+            ip_connect_burst,
+            max_connections_per_user
         );
         set!(
             redis_prefix,
@@ -416,6 +442,10 @@ impl Config {
             rate_limit_events: self.rate_limit_events,
             rate_limit_window: self.rate_limit_window,
             rate_limit_burst: self.rate_limit_burst,
+            max_connections: self.max_connections,
+            ip_connect_rate: self.ip_connect_rate,
+            ip_connect_burst: self.ip_connect_burst,
+            max_connections_per_user: self.max_connections_per_user,
             ..coregate_shards::ShardConfig::default()
         }
     }

@@ -5,9 +5,22 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use coregate_shards::stats::LATENCY_BUCKETS_US;
 use coregate_shards::{ShardStats, StatsSnapshot};
 
 use crate::ingest::IngestorStats;
+
+/// Counter families whose members are shard counters named `<prefix><label value>`:
+/// (prefix, exported name, label).
+const LABELLED: [(&str, &str, &str); 4] = [
+    ("upgrades_refused_", "upgrades_refused", "reason"),
+    ("messages_in_", "messages_in", "class"),
+    ("messages_out_", "messages_out", "class"),
+    ("closes_", "closes", "reason"),
+];
+
+/// Shard figures that are gauges, not counters; high-water marks are the highest shard's.
+const SHARD_GAUGES: [&str; 2] = ["outbox_high_water_bytes", "inbox_high_water_events"];
 
 /// Renders every shard's and the ingestor's figures.
 pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> String {
@@ -29,13 +42,8 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
             snapshot.connections
         );
     }
-    for (name, value) in total.fields() {
-        if name == "connections" {
-            continue;
-        }
-        let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
-        let _ = writeln!(out, "coregate_{name}_total {value}");
-    }
+    render_shard_counters(&mut out, &total);
+    render_latency(&mut out, shard_stats);
     let counters = [
         ("ingestor_publications", &ingestor.publications),
         (
@@ -96,4 +104,78 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
         let _ = writeln!(out, "coregate_{name} {value}");
     }
     out
+}
+
+/// The shards' summed counters: one family per labelled prefix, one counter per
+/// other field, and the high-water gauges.
+fn render_shard_counters(out: &mut String, total: &StatsSnapshot) {
+    let mut family_started = [false; LABELLED.len()];
+    for (name, value) in total.fields() {
+        if name == "connections" || SHARD_GAUGES.contains(&name) {
+            continue;
+        }
+        let labelled = LABELLED
+            .iter()
+            .enumerate()
+            .find_map(|(i, (prefix, family, label))| {
+                Some((i, *family, *label, name.strip_prefix(prefix)?))
+            });
+        match labelled {
+            Some((i, family, label, label_value)) => {
+                if !std::mem::replace(&mut family_started[i], true) {
+                    let _ = writeln!(out, "# TYPE coregate_{family}_total counter");
+                }
+                let _ = writeln!(
+                    out,
+                    "coregate_{family}_total{{{label}=\"{label_value}\"}} {value}"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
+                let _ = writeln!(out, "coregate_{name}_total {value}");
+            }
+        }
+    }
+}
+
+/// The high-water gauges (the highest shard's) and the publish→write histogram
+/// (every shard's buckets summed), in seconds as Prometheus expects.
+fn render_latency(out: &mut String, shard_stats: &[Arc<ShardStats>]) {
+    let snapshots: Vec<StatsSnapshot> = shard_stats.iter().map(|s| s.snapshot()).collect();
+    for gauge in SHARD_GAUGES {
+        let highest = snapshots
+            .iter()
+            .flat_map(|s| s.fields())
+            .filter(|(name, _)| *name == gauge)
+            .map(|(_, value)| value)
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(out, "# TYPE coregate_{gauge} gauge");
+        let _ = writeln!(out, "coregate_{gauge} {highest}");
+    }
+    let mut buckets = [0u64; LATENCY_BUCKETS_US.len() + 1];
+    let mut sum_us = 0u64;
+    for stats in shard_stats {
+        let (shard_buckets, shard_sum) = stats.publish_to_write.snapshot();
+        for (total, n) in buckets.iter_mut().zip(shard_buckets) {
+            *total += n;
+        }
+        sum_us += shard_sum;
+    }
+    let name = "coregate_publish_to_write_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From the node receiving a publication to its event being written."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound_us, n) in LATENCY_BUCKETS_US.iter().zip(buckets) {
+        cumulative += n;
+        let le = *bound_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += buckets[LATENCY_BUCKETS_US.len()];
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }

@@ -157,7 +157,11 @@ async fn slow_reader_is_closed_4010_while_a_healthy_one_gets_everything() {
     // The slow client's queue went over budget: it is closed 4010 within the grace plus a margin.
     let mut closed = false;
     while started.elapsed() < Duration::from_secs(8) {
-        if gw.metric("coregate_closes_slow_consumer_total").await >= 1.0 {
+        if gw
+            .metric_labelled("coregate_closes_total", r#"reason="slow_consumer""#)
+            .await
+            >= 1.0
+        {
             closed = true;
             break;
         }
@@ -220,4 +224,54 @@ async fn metrics_parse_as_prometheus_text_and_move() {
     );
     assert_eq!(gw.metric("coregate_connections").await, 1.0);
     assert!(gw.metric("coregate_bytes_out_total").await > 0.0);
+
+    // Messages by class: subscribe and ping in; the event and the replies out.
+    client.send(ClientMessage::Ping).await;
+    client.expect_op("pong").await;
+    let class = |c: &str| format!("class=\"{c}\"");
+    assert_eq!(
+        gw.metric_labelled("coregate_messages_in_total", &class("subscription"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric_labelled("coregate_messages_in_total", &class("control"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric_labelled("coregate_messages_out_total", &class("event"))
+            .await,
+        1.0
+    );
+    assert!(
+        gw.metric_labelled("coregate_messages_out_total", &class("control"))
+            .await
+            >= 3.0,
+        "hello, ready, subscribed, pong"
+    );
+    // The event's publish→write latency was observed, and the queues' high-water marks.
+    assert_eq!(
+        gw.metric("coregate_publish_to_write_seconds_count").await,
+        1.0
+    );
+    assert!(gw.metric("coregate_outbox_high_water_bytes").await > 0.0);
+    assert!(gw.metric("coregate_inbox_high_water_events").await >= 1.0);
+
+    // Refused upgrades, by reason.
+    let url = format!("ws://{}/ws?token=not-a-jwt", gw.ws);
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    let url = format!("ws://{}/elsewhere", gw.ws);
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    for reason in ["unauthorized", "not_found"] {
+        assert_eq!(
+            gw.metric_labelled(
+                "coregate_upgrades_refused_total",
+                &format!("reason=\"{reason}\"")
+            )
+            .await,
+            1.0,
+            "{reason}"
+        );
+    }
 }

@@ -34,6 +34,18 @@ pub struct ShardConfig {
     pub rate_limit_window: Duration,
     /// Events a connection may send at once before the rate applies (default 20).
     pub rate_limit_burst: u32,
+    /// Connections the node holds at most, all shards together; more get 503 with
+    /// `Retry-After` (default 0: no limit but the process's descriptors).
+    pub max_connections: usize,
+    /// Connection attempts per second one IP address may make; more get 429
+    /// (default 0: no limit).
+    pub ip_connect_rate: u32,
+    /// Attempts one IP address may make at once before `ip_connect_rate` applies
+    /// (default 0: the rate itself).
+    pub ip_connect_burst: u32,
+    /// Connections one user may hold at once; more get 429 at upgrade or close 4011
+    /// after `identify` (default 10; 0: no limit).
+    pub max_connections_per_user: usize,
     /// Refused events in a row after which a flooding connection is closed 4008
     /// (default 20).
     pub flood_close_after: u32,
@@ -57,6 +69,10 @@ impl Default for ShardConfig {
             rate_limit_window: Duration::from_secs(60),
             rate_limit_burst: 20,
             flood_close_after: 20,
+            max_connections: 0,
+            ip_connect_rate: 0,
+            ip_connect_burst: 0,
+            max_connections_per_user: 10,
         }
     }
 }

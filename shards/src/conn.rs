@@ -24,6 +24,7 @@ use tungstenite::protocol::WebSocketContext;
 use tungstenite::Message;
 use uuid::Uuid;
 
+use crate::admission::UserSlot;
 use crate::auth::Identity;
 use crate::outbox::{LocalDelivery, Outbox};
 use crate::rate_limit::TokenBucket;
@@ -45,6 +46,8 @@ pub struct LocalConn {
     pub connected_at: Instant,
     last_seen: Cell<Instant>,
     identity: RefCell<Option<Identity>>,
+    /// The user's connection place, given back when the connection is dropped.
+    user_slot: Cell<Option<UserSlot>>,
     subscriptions: RefCell<Vec<Topic>>,
     outbox: RefCell<Outbox>,
     /// A close asked for by the shard (timeouts, slow consumer), not yet acted on.
@@ -66,6 +69,7 @@ impl LocalConn {
             connected_at: now,
             last_seen: Cell::new(now),
             identity: RefCell::new(None),
+            user_slot: Cell::new(None),
             subscriptions: RefCell::new(Vec::new()),
             outbox: RefCell::new(Outbox::default()),
             close_request: Cell::new(None),
@@ -152,6 +156,7 @@ impl LocalConn {
         let first = outbox.normal_len() == 0;
         outbox.push_normal(delivery.clone(), len, !defer);
         ShardStats::add(&stats.deliveries, 1);
+        ShardStats::raise(&stats.outbox_high_water_bytes, outbox.queued_bytes() as u64);
         if outbox.queued_bytes() > budget {
             if self.over_budget_since.get().is_none() {
                 self.over_budget_since.set(Some(now));
@@ -355,7 +360,9 @@ impl ConnDriver {
         }
         let first = outbox.pop_normal(len_of)?;
         ShardStats::add(&stats.frames_out, 1);
+        let now = Instant::now();
         if outbox.peek_normal().is_none() {
+            note_events_written(stats, &first, 1, now);
             return Some(WriteChunk::Shared {
                 delivery: first,
                 written: 0,
@@ -366,12 +373,16 @@ impl ConnDriver {
             FrameBuilder::from_buffer(encoding, self.shard.config.max_frame_size, buffer);
         // The first message always fits: a lone message is accepted whatever its size.
         let _ = batch.push(first.wire(encoding).message());
+        let mut events = 1;
         while let Some(next) = outbox.peek_normal() {
             if batch.push(next.wire(encoding).message()).is_err() {
                 break;
             }
+            events += 1;
             outbox.pop_normal(len_of);
         }
+        // The batch's latency is its oldest event's: the others waited less.
+        note_events_written(stats, &first, events, now);
         let payload = batch.as_bytes();
         let mut frame =
             BytesMut::with_capacity(ws::data_header_len(encoding, payload.len()) + payload.len());
@@ -460,7 +471,7 @@ impl ConnDriver {
             }
             let flow = match decoded {
                 Ok(envelope) => {
-                    ShardStats::add(&shard.stats.messages_in, 1);
+                    ShardStats::add(shard.stats.message_in_counter(envelope.message.op()), 1);
                     self.handle_message(envelope)
                 }
                 Err(bad) => {
@@ -518,6 +529,7 @@ impl ConnDriver {
             },
         );
         self.conn.outbox.borrow_mut().push_priority(frame);
+        ShardStats::add(&self.shard.stats.messages_out_control, 1);
     }
 
     pub(crate) fn reply_error(
@@ -611,6 +623,14 @@ impl ConnDriver {
     }
 }
 
+/// Counts `events` handed to a socket and their publish→write latency, `first`'s.
+fn note_events_written(stats: &ShardStats, first: &LocalDelivery, events: u64, now: Instant) {
+    ShardStats::add(&stats.messages_out_event, events);
+    stats
+        .publish_to_write
+        .observe(now.saturating_duration_since(first.received_at), events);
+}
+
 /// How long a closing connection may take before the sweeper drops it.
 pub fn close_flush_limit() -> Duration {
     CLOSE_FLUSH_LIMIT
@@ -624,6 +644,11 @@ pub(crate) async fn write_and_close(stream: &mut TcpStream, response: &[u8]) {
 
 pub(crate) fn set_identity(conn: &LocalConn, identity: Identity) {
     *conn.identity.borrow_mut() = Some(identity);
+}
+
+/// Keeps the user's connection place for as long as the connection lives.
+pub(crate) fn hold_user_slot(conn: &LocalConn, slot: UserSlot) {
+    conn.user_slot.set(Some(slot));
 }
 
 pub(crate) fn with_identity<R>(conn: &LocalConn, f: impl FnOnce(Option<&Identity>) -> R) -> R {

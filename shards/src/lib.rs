@@ -9,11 +9,13 @@
 //! - [`outbox`]: a connection's priority and normal lanes;
 //! - [`ws`]: WebSocket framing over tungstenite without tungstenite owning the socket;
 //! - [`bus`]: the queues between shards and the node's ingestor;
+//! - [`admission`]: node-wide connection limits (per node, per address, per user);
 //! - [`auth`]: the verifier trait the binary implements with JWTs;
 //! - [`authorizer`]: the optional Redis membership gate on `subscribe`, cached per shard;
 //! - [`rate_limit`]: the token bucket behind per-connection event limits;
 //! - [`stats`]: per-shard counters summed at scrape time.
 
+pub mod admission;
 pub mod auth;
 pub mod authorizer;
 pub mod bus;

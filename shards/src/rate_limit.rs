@@ -40,6 +40,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket has refilled completely: its owner has been quiet for long
+    /// enough that forgetting it changes nothing.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
+    }
+
     /// How long until the next token, for `retry_after_ms`.
     pub fn retry_after(&mut self, now: Instant) -> Duration {
         self.refill(now);

@@ -9,6 +9,7 @@ use coregate_protocol::{
     Topic,
 };
 
+use crate::admission::UserSlot;
 use crate::auth::Identity;
 use crate::authorizer::{self, Verdict};
 use crate::conn::{self, ConnDriver, Flow};
@@ -24,7 +25,10 @@ impl ConnDriver {
             }
             ClientMessage::Identify { .. } if ready => Flow::Close(CloseCode::AlreadyAuthenticated),
             ClientMessage::Identify { token } => match self.shard.verifier.verify(&token) {
-                Ok(identity) => self.become_ready(identity),
+                Ok(identity) => match self.shard.admission.claim_user(&identity.user_id) {
+                    Ok(user_slot) => self.become_ready(identity, user_slot),
+                    Err(_) => Flow::Close(CloseCode::TooManyConnections),
+                },
                 Err(e) => {
                     tracing::debug!(session = %self.conn.session_id, reason = %e, "identify refused");
                     Flow::Close(CloseCode::AuthenticationFailed)
@@ -63,7 +67,8 @@ impl ConnDriver {
     }
 
     /// Authenticated: subscribe the automatic topics and send `ready`.
-    pub(crate) fn become_ready(&mut self, identity: Identity) -> Flow {
+    pub(crate) fn become_ready(&mut self, identity: Identity, user_slot: UserSlot) -> Flow {
+        conn::hold_user_slot(&self.conn, user_slot);
         let Ok(user_topic) = Topic::user(&identity.user_id) else {
             return Flow::Close(CloseCode::AuthenticationFailed);
         };

@@ -16,7 +16,8 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use slab::Slab;
 
-use crate::auth::TokenVerifier;
+use crate::admission::{Admission, ConnectionSlot, Denied, UserSlot};
+use crate::auth::{Identity, TokenVerifier};
 use crate::bus::{
     shard_inbox, IngestorCommand, IngestorSender, InterestChange, LocalInbox, ShardMessage,
     ShardSender, SharedDelivery, MAX_SHARDS,
@@ -37,6 +38,8 @@ const READ_BUF_SIZE: usize = 64 * 1024;
 const ROUTE_BATCH: usize = 256;
 /// glommio's storage I/O memory per executor; coregate does no file I/O.
 const IO_MEMORY: usize = 128 * 1024;
+/// `Retry-After` of a node at its maximum of connections: long enough for others to close.
+const NODE_FULL_RETRY_AFTER_SECS: u64 = 5;
 
 /// A shard's state, shared by its tasks (all on one thread).
 pub struct LocalShard {
@@ -44,6 +47,8 @@ pub struct LocalShard {
     pub config: Arc<ShardConfig>,
     pub verifier: Arc<dyn TokenVerifier>,
     pub stats: Arc<ShardStats>,
+    /// The node-wide connection limits, shared by every shard.
+    pub(crate) admission: Arc<Admission>,
     conns: RefCell<Slab<Rc<LocalConn>>>,
     topics: RefCell<LocalTopicTable>,
     ingestor: IngestorSender,
@@ -66,6 +71,7 @@ impl LocalShard {
         config: Arc<ShardConfig>,
         verifier: Arc<dyn TokenVerifier>,
         stats: Arc<ShardStats>,
+        admission: Arc<Admission>,
         ingestor: IngestorSender,
     ) -> LocalShard {
         LocalShard {
@@ -73,6 +79,7 @@ impl LocalShard {
             config,
             verifier,
             stats,
+            admission,
             conns: RefCell::new(Slab::new()),
             topics: RefCell::new(LocalTopicTable::default()),
             ingestor,
@@ -283,52 +290,98 @@ async fn serve_connection(shard: Rc<LocalShard>, stream: TcpStream) {
 struct Upgraded {
     stream: TcpStream,
     encoding: coregate_protocol::Encoding,
+    /// Its place in the node's maximum, held until the connection ends.
+    slot: ConnectionSlot,
     /// Set when the token came with the upgrade; `None` means in-band `identify`.
-    identity: Option<crate::auth::Identity>,
+    identity: Option<(Identity, UserSlot)>,
 }
 
 /// Reads and answers the upgrade request; `None` when it was refused or the peer left.
 async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option<Upgraded> {
     let _ = stream.set_nodelay(true);
-    let handshake = read_upgrade(&mut stream, &shard.config.path);
+    match admit_upgrade(shard, &mut stream).await {
+        Ok((request, slot, identity)) => {
+            let response = upgrade::accept_response(&request);
+            futures_lite::AsyncWriteExt::write_all(&mut stream, &response)
+                .await
+                .ok()?;
+            ShardStats::add(&shard.stats.upgrades_accepted, 1);
+            Some(Upgraded {
+                stream,
+                encoding: request.encoding,
+                slot,
+                identity,
+            })
+        }
+        Err(Some(refusal)) => {
+            ShardStats::add(shard.stats.refusal_counter(&refusal), 1);
+            conn::write_and_close(&mut stream, &refusal.response()).await;
+            None
+        }
+        Err(None) => None,
+    }
+}
+
+/// An upgrade request that passed every check, with the places it holds.
+type Admitted = (UpgradeRequest, ConnectionSlot, Option<(Identity, UserSlot)>);
+
+/// Reads the upgrade request within the handshake timeout and checks it: the node's
+/// and the address's limits, then the token and its user's limit. `Err(None)`: the
+/// peer went away or was too slow, and gets no answer.
+async fn admit_upgrade(
+    shard: &LocalShard,
+    stream: &mut TcpStream,
+) -> Result<Admitted, Option<Refusal>> {
+    let peer = stream.peer_addr().map_err(|_| None)?;
+    let handshake = read_upgrade(stream, &shard.config.path);
     let timeout = async {
         glommio::timer::sleep(shard.config.handshake_timeout).await;
         Err(None)
     };
-    let request = match futures_lite::future::or(handshake, timeout).await {
-        Ok(request) => request,
-        Err(refusal) => {
-            if let Some(refusal) = refusal {
-                ShardStats::add(&shard.stats.upgrades_refused, 1);
-                conn::write_and_close(&mut stream, &refusal.response()).await;
-            }
-            return None;
-        }
-    };
-    let identity = match request.token.as_deref().map(|t| shard.verifier.verify(t)) {
+    let request = futures_lite::future::or(handshake, timeout).await?;
+    let slot = shard
+        .admission
+        .admit(peer.ip(), Instant::now())
+        .map_err(|denied| Some(refusal_for(denied)))?;
+    let identity = match request.token.as_deref() {
         None => None,
-        Some(Ok(identity)) => Some(identity),
-        Some(Err(e)) => {
-            ShardStats::add(&shard.stats.upgrades_refused, 1);
-            let refusal = Refusal::Unauthorized(e.to_string());
-            conn::write_and_close(&mut stream, &refusal.response()).await;
-            return None;
+        Some(token) => {
+            let identity = shard
+                .verifier
+                .verify(token)
+                .map_err(|e| Some(Refusal::Unauthorized(e.to_string())))?;
+            let user_slot = shard
+                .admission
+                .claim_user(&identity.user_id)
+                .map_err(|denied| Some(refusal_for(denied)))?;
+            Some((identity, user_slot))
         }
     };
-    futures_lite::AsyncWriteExt::write_all(&mut stream, &upgrade::accept_response(&request))
-        .await
-        .ok()?;
-    ShardStats::add(&shard.stats.upgrades_accepted, 1);
-    Some(Upgraded {
-        stream,
-        encoding: request.encoding,
-        identity,
-    })
+    Ok((request, slot, identity))
+}
+
+/// The HTTP answer to an admission refusal.
+fn refusal_for(denied: Denied) -> Refusal {
+    match denied {
+        Denied::NodeFull => Refusal::Unavailable {
+            retry_after_secs: NODE_FULL_RETRY_AFTER_SECS,
+        },
+        Denied::IpRate { retry_after } => Refusal::TooManyRequests {
+            retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        },
+        Denied::UserLimit => Refusal::UserLimit,
+    }
 }
 
 /// The WebSocket session of an upgraded connection, until it closes.
 async fn run_session(shard: Rc<LocalShard>, upgraded: Upgraded) {
-    let (conn, mut driver, authenticated) = start_session(&shard, upgraded);
+    let Upgraded {
+        stream,
+        encoding,
+        slot: _held_until_closed,
+        identity,
+    } = upgraded;
+    let (conn, mut driver, authenticated) = start_session(&shard, stream, encoding, identity);
     if authenticated {
         driver.run().await;
     }
@@ -339,9 +392,14 @@ async fn run_session(shard: Rc<LocalShard>, upgraded: Upgraded) {
 /// after all (e.g. a user over its connection limit), and it is already closing.
 ///
 /// Not async on purpose: what it takes apart stays out of the session's future.
-fn start_session(shard: &Rc<LocalShard>, upgraded: Upgraded) -> (Rc<LocalConn>, ConnDriver, bool) {
-    let conn = shard.register(upgraded.encoding);
-    let mut driver = ConnDriver::new(shard.clone(), conn.clone(), upgraded.stream);
+fn start_session(
+    shard: &Rc<LocalShard>,
+    stream: TcpStream,
+    encoding: Encoding,
+    identity: Option<(Identity, UserSlot)>,
+) -> (Rc<LocalConn>, ConnDriver, bool) {
+    let conn = shard.register(encoding);
+    let mut driver = ConnDriver::new(shard.clone(), conn.clone(), stream);
     driver.reply(
         &coregate_protocol::ServerMessage::Hello {
             session_id: conn.session_id.to_string(),
@@ -349,8 +407,11 @@ fn start_session(shard: &Rc<LocalShard>, upgraded: Upgraded) -> (Rc<LocalConn>, 
         },
         None,
     );
-    let authenticated = match upgraded.identity {
-        Some(identity) => matches!(driver.become_ready(identity), conn::Flow::Continue),
+    let authenticated = match identity {
+        Some((identity, user_slot)) => matches!(
+            driver.become_ready(identity, user_slot),
+            conn::Flow::Continue
+        ),
         None => true,
     };
     (conn, driver, authenticated)
@@ -382,6 +443,7 @@ async fn read_upgrade(
 async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
     while let Some(first) = poll_fn(|cx| inbox.poll_recv(cx)).await {
         let now = Instant::now();
+        ShardStats::raise(&shard.stats.inbox_high_water_events, inbox.len() as u64 + 1);
         let mut next = Some(first);
         let mut routed = 0;
         while let Some(message) = next {
@@ -505,6 +567,7 @@ pub fn start_shards(
         return Err(StartError::ShardCount(nr_shards));
     }
     let mut addr = listen;
+    let admission = Arc::new(Admission::new(&config));
     let mut running = RunningShards {
         local_addr: listen,
         senders: Vec::new(),
@@ -521,6 +584,7 @@ pub fn start_shards(
             let verifier = verifier.clone();
             let stats = stats.clone();
             let ingestor = ingestor.clone();
+            let admission = admission.clone();
             LocalExecutorBuilder::new(placement.placement(shard_id))
                 .name(&format!("shard-{shard_id}"))
                 .io_memory(IO_MEMORY)
@@ -533,8 +597,9 @@ pub fn start_shards(
                         }
                     };
                     let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
-                    let shard =
-                        Rc::new(LocalShard::new(shard_id, config, verifier, stats, ingestor));
+                    let shard = Rc::new(LocalShard::new(
+                        shard_id, config, verifier, stats, admission, ingestor,
+                    ));
                     serve_shard(shard, listener, inbox).await;
                 })
         };

@@ -1,14 +1,23 @@
 //! Per-shard counters. Each shard writes only its own (relaxed, uncontended, on its
 //! own cache lines); the admin side reads every shard's and sums them at scrape time.
+//!
+//! One writer per counter means an update is a plain load and store, not a locked
+//! read-modify-write: the hot path pays no more than for a local variable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::upgrade::Refusal;
 
 macro_rules! shard_stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Counters of one shard; see the module docs.
         #[derive(Debug, Default)]
         #[repr(align(128))]
-        pub struct ShardStats { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct ShardStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Publish→write latency of the events this shard wrote.
+            pub publish_to_write: LatencyHistogram,
+        }
 
         /// A plain copy of a shard's counters.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +49,32 @@ shard_stats! {
     connections,
     /// Upgrades that became WebSocket connections.
     upgrades_accepted,
-    /// Upgrades refused with 4xx/5xx.
-    upgrades_refused,
-    /// Client messages decoded.
-    messages_in,
+    /// Upgrades refused, by reason (exported as one counter with a `reason` label).
+    /// 404: not the WebSocket path.
+    upgrades_refused_not_found,
+    /// 400/431: not a valid WebSocket upgrade, or no acceptable subprotocol.
+    upgrades_refused_bad_request,
+    /// 401: the token did not verify.
+    upgrades_refused_unauthorized,
+    /// 429: too many attempts from one address.
+    upgrades_refused_ip_rate,
+    /// 429: the user holds its maximum of connections.
+    upgrades_refused_user_limit,
+    /// 503: the node holds its maximum of connections, or is draining.
+    upgrades_refused_unavailable,
+    /// Client messages decoded, by op class (exported with a `class` label).
+    /// identify, ping, refresh.
+    messages_in_control,
+    /// subscribe, unsubscribe.
+    messages_in_subscription,
+    /// typing_start, typing_stop.
+    messages_in_typing,
+    /// Every other op (voice, presence, history).
+    messages_in_other,
+    /// Messages written, by class: replies and control messages on the priority lane.
+    messages_out_control,
+    /// Events written from the normal lane (each event of a batch counts).
+    messages_out_event,
     /// Client messages that could not be decoded or had an unknown op.
     messages_bad,
     /// Events queued for a subscriber.
@@ -71,6 +102,8 @@ shard_stats! {
     closes_token_expired,
     /// 4008: flooding.
     closes_rate_limited,
+    /// 4011: `identify` for a user that holds its maximum of connections.
+    closes_too_many_connections,
     /// 4009: no identify or no heartbeat.
     closes_session_timed_out,
     /// 4010: the outbound queue stayed over budget.
@@ -81,9 +114,70 @@ shard_stats! {
     unrouted_events,
     /// Interest changes that could not be handed to the ingestor at once (retried).
     interest_backlog,
+    /// The most bytes one connection's outbound queue has held (a high-water gauge).
+    outbox_high_water_bytes,
+    /// The most events the shard's inbox from the ingestor has held (a high-water gauge).
+    inbox_high_water_events,
+}
+
+/// Upper bounds, in microseconds, of the publish→write latency histogram's buckets.
+pub const LATENCY_BUCKETS_US: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Time from the node receiving a publication to its event being handed to a
+/// subscriber's socket; one per shard, summed at scrape time like the counters.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Per bucket of [`LATENCY_BUCKETS_US`], then one for everything slower.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records `count` events that waited `waited` (events of one batch share it).
+    pub fn observe(&self, waited: std::time::Duration, count: u64) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        ShardStats::add(&self.buckets[bucket], count);
+        ShardStats::add(&self.sum_us, us.saturating_mul(count));
+    }
+
+    /// Events per bucket (not cumulative), and the sum of their latencies in µs.
+    pub fn snapshot(&self) -> ([u64; LATENCY_BUCKETS_US.len() + 1], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            self.sum_us.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl ShardStats {
+    /// The per-class counter of a client message with op `op`.
+    pub fn message_in_counter(&self, op: &str) -> &AtomicU64 {
+        match op {
+            "identify" | "ping" | "refresh" => &self.messages_in_control,
+            "subscribe" | "unsubscribe" => &self.messages_in_subscription,
+            "typing_start" | "typing_stop" => &self.messages_in_typing,
+            _ => &self.messages_in_other,
+        }
+    }
+
+    /// The per-reason counter of a refused upgrade.
+    pub fn refusal_counter(&self, refusal: &Refusal) -> &AtomicU64 {
+        match refusal {
+            Refusal::NotFound => &self.upgrades_refused_not_found,
+            Refusal::BadRequest(_) | Refusal::TooLarge => &self.upgrades_refused_bad_request,
+            Refusal::Unauthorized(_) => &self.upgrades_refused_unauthorized,
+            Refusal::TooManyRequests { .. } => &self.upgrades_refused_ip_rate,
+            Refusal::UserLimit => &self.upgrades_refused_user_limit,
+            Refusal::Unavailable { .. } => &self.upgrades_refused_unavailable,
+        }
+    }
+
     /// The per-reason counter of a server close.
     pub fn close_counter(&self, code: u16) -> Option<&AtomicU64> {
         Some(match code {
@@ -96,15 +190,29 @@ impl ShardStats {
             4008 => &self.closes_rate_limited,
             4009 => &self.closes_session_timed_out,
             4010 => &self.closes_slow_consumer,
+            4011 => &self.closes_too_many_connections,
             1002 | 1007 => &self.closes_protocol_error,
             _ => return None,
         })
     }
 
+    /// Adds to a counter of the calling shard's own (see the module docs).
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     pub fn sub(counter: &AtomicU64, n: u64) {
-        counter.fetch_sub(n, Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+    /// Raises a high-water gauge of the calling shard's own to `value` if it is higher.
+    pub fn raise(gauge: &AtomicU64, value: u64) {
+        if value > gauge.load(Ordering::Relaxed) {
+            gauge.store(value, Ordering::Relaxed);
+        }
     }
 }

@@ -35,6 +35,8 @@ pub enum Refusal {
     Unavailable { retry_after_secs: u64 },
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("this user holds its maximum of connections")]
+    UserLimit,
 }
 
 impl Refusal {
@@ -56,6 +58,8 @@ impl Refusal {
                 "429 Too Many Requests",
                 format!("Retry-After: {retry_after_secs}\r\n"),
             ),
+            // No Retry-After: a place frees up only when one of the user's others closes.
+            Refusal::UserLimit => ("429 Too Many Requests", String::new()),
         };
         let body = format!("{self}\n");
         format!(

@@ -116,6 +116,16 @@ impl Gateway {
         let (_, text) = self.get("/metrics").await;
         metric_samples(&text, name).iter().map(|(_, v)| v).sum()
     }
+
+    /// The samples of metric `name` whose labels are exactly `labels` (`reason="x"`).
+    pub async fn metric_labelled(&self, name: &str, labels: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        metric_samples(&text, name)
+            .iter()
+            .filter(|(l, _)| l == labels)
+            .map(|(_, v)| v)
+            .sum()
+    }
 }
 
 impl Gateway {

@@ -1,0 +1,227 @@
+//! Node-wide admission limits, shared by every shard: how many connections the node
+//! holds, how fast one IP address may open them, and how many one user may hold.
+//!
+//! These are the only structures shards share, and they are touched once per
+//! connection (on upgrade, identify and close), never per event, so a short mutex is
+//! cheaper than anything cleverer. Slots are guards: dropping one gives it back, so a
+//! connection that ends in any way cannot leak its place.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::ShardConfig;
+use crate::rate_limit::TokenBucket;
+
+/// Per-IP buckets kept at most; past this, full (idle) buckets are forgotten first.
+const MAX_TRACKED_IPS: usize = 65_536;
+
+/// Why a connection or a user was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("the node holds its maximum of connections")]
+    NodeFull,
+    #[error("too many connection attempts from this address")]
+    IpRate { retry_after: Duration },
+    #[error("the user holds its maximum of connections")]
+    UserLimit,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Admission {
+    max_connections: usize,
+    ip_connect_rate: u32,
+    ip_connect_burst: u32,
+    max_connections_per_user: usize,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, TokenBucket>>,
+    per_user: Mutex<HashMap<Box<str>, usize>>,
+}
+
+impl Admission {
+    pub fn new(config: &ShardConfig) -> Admission {
+        Admission {
+            max_connections: config.max_connections,
+            ip_connect_rate: config.ip_connect_rate,
+            ip_connect_burst: config.ip_connect_burst,
+            max_connections_per_user: config.max_connections_per_user,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits one more connection from `ip`: within the node's maximum and the
+    /// address's attempt rate. Every attempt counts against the rate, admitted or not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionSlot, Denied> {
+        if self.ip_connect_rate > 0 {
+            self.take_ip_attempt(ip, now)?;
+        }
+        let open = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnectionSlot(self.clone());
+        if self.max_connections > 0 && open >= self.max_connections {
+            return Err(Denied::NodeFull); // `slot` gives the place back
+        }
+        Ok(slot)
+    }
+
+    fn take_ip_attempt(&self, ip: IpAddr, now: Instant) -> Result<(), Denied> {
+        let mut per_ip = lock(&self.per_ip);
+        if per_ip.len() >= MAX_TRACKED_IPS && !per_ip.contains_key(&ip) {
+            per_ip.retain(|_, bucket| !bucket.is_full(now));
+            if per_ip.len() >= MAX_TRACKED_IPS {
+                per_ip.clear();
+            }
+        }
+        let bucket = per_ip.entry(ip).or_insert_with(|| {
+            TokenBucket::new(
+                self.ip_connect_rate,
+                Duration::from_secs(1),
+                self.ip_connect_burst.max(self.ip_connect_rate),
+                now,
+            )
+        });
+        if bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(Denied::IpRate {
+                retry_after: bucket.retry_after(now),
+            })
+        }
+    }
+
+    /// Claims one of `user_id`'s connection places.
+    pub fn claim_user(self: &Arc<Self>, user_id: &str) -> Result<UserSlot, Denied> {
+        if self.max_connections_per_user == 0 {
+            return Ok(UserSlot(None));
+        }
+        let mut per_user = lock(&self.per_user);
+        let held = per_user.entry(user_id.into()).or_insert(0);
+        if *held >= self.max_connections_per_user {
+            return Err(Denied::UserLimit);
+        }
+        *held += 1;
+        Ok(UserSlot(Some((self.clone(), user_id.into()))))
+    }
+
+    /// Connections admitted and not yet closed, node-wide.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A poisoned lock only means another shard panicked mid-update of a counter map;
+/// the map is still usable, and refusing every connection would be worse.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One connection's place in the node's maximum; given back on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<Admission>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One of a user's connection places; given back on drop. Empty when unlimited.
+#[derive(Debug)]
+pub struct UserSlot(Option<(Arc<Admission>, Box<str>)>);
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let Some((admission, user_id)) = self.0.take() else {
+            return;
+        };
+        let mut per_user = lock(&admission.per_user);
+        if let Some(held) = per_user.get_mut(&user_id) {
+            *held -= 1;
+            if *held == 0 {
+                per_user.remove(&user_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn admission(edit: impl FnOnce(&mut ShardConfig)) -> Arc<Admission> {
+        let mut config = ShardConfig::default();
+        edit(&mut config);
+        Arc::new(Admission::new(&config))
+    }
+
+    #[test]
+    fn node_maximum_counts_open_slots_and_takes_them_back_on_drop() {
+        let admission = admission(|c| c.max_connections = 2);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let now = Instant::now();
+        let a = admission.admit(ip, now).unwrap();
+        let _b = admission.admit(ip, now).unwrap();
+        assert_eq!(admission.admit(ip, now).unwrap_err(), Denied::NodeFull);
+        assert_eq!(admission.open_connections(), 2, "a refusal holds no place");
+        drop(a);
+        assert!(admission.admit(ip, now).is_ok());
+    }
+
+    #[test]
+    fn each_address_has_its_own_attempt_rate() {
+        let admission = admission(|c| {
+            c.ip_connect_rate = 1;
+            c.ip_connect_burst = 2;
+        });
+        let (one, two) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let now = Instant::now();
+        let _held: Vec<_> = (0..2).map(|_| admission.admit(one, now).unwrap()).collect();
+        let Err(Denied::IpRate { retry_after }) = admission.admit(one, now) else {
+            panic!("the third attempt within the burst must be refused");
+        };
+        assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+        assert!(
+            admission.admit(two, now).is_ok(),
+            "another address is not affected"
+        );
+        assert!(admission.admit(one, now + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn users_hold_at_most_their_maximum_and_get_places_back() {
+        let admission = admission(|c| c.max_connections_per_user = 2);
+        let a = admission.claim_user("alice").unwrap();
+        let _b = admission.claim_user("alice").unwrap();
+        assert_eq!(
+            admission.claim_user("alice").unwrap_err(),
+            Denied::UserLimit
+        );
+        assert!(admission.claim_user("bob").is_ok());
+        drop(a);
+        assert!(admission.claim_user("alice").is_ok());
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let admission = admission(|c| {
+            c.max_connections = 0;
+            c.max_connections_per_user = 0;
+            c.ip_connect_rate = 0;
+        });
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let slots: Vec<_> = (0..100)
+            .map(|_| admission.admit(ip, Instant::now()).unwrap())
+            .collect();
+        let users: Vec<_> = (0..100)
+            .map(|_| admission.claim_user("u").unwrap())
+            .collect();
+        assert_eq!(slots.len() + users.len(), 200);
+    }
+}
