@@ -69,6 +69,48 @@ async fn batch_delay_joins_events_published_apart_into_one_frame() {
 }
 
 #[tokio::test]
+async fn a_pong_overtakes_a_full_normal_lane() {
+    let gw = Gateway::start(&["--shards", "1", "--outbound-budget", "16777216"]);
+    let t = token("busy", &["channel:*"]);
+    let mut client = Client::ready_with_small_receive_buffer(&gw, &t, Encoding::Json).await;
+    client.subscribe(&["channel:backlog"]).await;
+    // The client reads nothing while 9 MB of events queue up behind its small window.
+    const EVENTS: u64 = 300;
+    let filler = "x".repeat(30_000);
+    for seq in 0..EVENTS {
+        let body = json!({"topic": "channel:backlog", "op": "message_new", "d": {"seq": seq, "filler": filler}});
+        gw.publish(body).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric("coregate_outbox_high_water_bytes").await < 1_000_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the normal lane never filled: {} bytes",
+            gw.metric("coregate_outbox_high_water_bytes").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.send(ClientMessage::Ping).await;
+    let mut events_before_pong = 0;
+    loop {
+        let message = client.next().await.expect("open");
+        match message.op.as_str() {
+            "message_new" => events_before_pong += 1,
+            "pong" => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        events_before_pong < EVENTS - 10,
+        "the pong waited behind {events_before_pong} of {EVENTS} queued events"
+    );
+    // Nothing was shed or lost: every event still arrives after the pong.
+    for _ in events_before_pong..EVENTS {
+        client.expect_op("message_new").await;
+    }
+}
+
+#[tokio::test]
 async fn flooding_gets_rate_limited_errors_then_4008() {
     let gw = Gateway::start(&[
         "--rate-limit-burst",
