@@ -287,7 +287,11 @@ async fn redis_authorizer_allows_members_only() {
             "m:",
             "--authorizer-cache-ttl",
             "1h",
-            // Verdicts are cached per shard: one shard makes the cache observable.
+            // Longer than the pause below: the slow check is answered, not timed out.
+            "--authorizer-timeout",
+            "2s",
+            // Verdicts are cached per shard, and the non-blocking check needs two
+            // connections on one shard: one shard makes both observable.
             "--shards",
             "1",
         ],
@@ -295,15 +299,16 @@ async fn redis_authorizer_allows_members_only() {
     gw.wait_ready_status(200, WAIT).await;
     redis.sadd("m:channel:1", "alice").await;
     redis.sadd("m:server:1", "bob").await;
-    let mut alice = Client::ready(
-        &gw,
-        &token("alice", &["channel:*", "server:*"]),
-        Encoding::Json,
-    )
-    .await;
+    // Membership alone decides the gated namespaces: alice's token allows no topic.
+    let mut alice = Client::ready(&gw, &token("alice", &[]), Encoding::Json).await;
     let r#ref = alice
         .send(ClientMessage::Subscribe {
-            topics: vec!["channel:1".into(), "server:1".into(), "channel:2".into()],
+            topics: vec![
+                "channel:1".into(),
+                "server:1".into(),
+                "channel:2".into(),
+                "voice:1".into(),
+            ],
             since: None,
         })
         .await;
@@ -311,20 +316,87 @@ async fn redis_authorizer_allows_members_only() {
     assert_eq!(subscribed.r#ref, Some(r#ref));
     assert_eq!(subscribed.d["topics"], json!(["channel:1"]));
     let error = alice.expect_op("error").await;
+    assert_eq!(error.r#ref, Some(r#ref));
     assert_eq!(error.d["code"], json!("forbidden"));
-    assert_eq!(error.d["topics"], json!(["server:1", "channel:2"]));
-    // The claims still apply: membership alone is not enough.
+    // The fixed rules (voice: only through voice_join) first, then the non-members.
+    assert_eq!(
+        error.d["topics"],
+        json!(["voice:1", "server:1", "channel:2"])
+    );
+    // A claim that would allow the topic does not make a non-member one.
     let mut bob = Client::ready(&gw, &token("bob", &["channel:*"]), Encoding::MsgPack).await;
     bob.send(ClientMessage::Subscribe {
-        topics: vec!["server:1".into()],
+        topics: vec!["channel:1".into()],
         since: None,
     })
     .await;
-    assert_eq!(bob.wait_op("error").await.d["code"], json!("forbidden"));
+    let error = bob.wait_op("error").await;
+    assert_eq!(error.d["code"], json!("forbidden"));
+    assert_eq!(error.d["topics"], json!(["channel:1"]));
     assert_eq!(
         gw.metric("coregate_redis_membership_checks_total").await,
-        1.0,
-        "one pipelined check for alice's three topics, none for bob's refused claim"
+        2.0,
+        "one pipelined check for alice's three gated topics, one for bob's"
+    );
+
+    // A slow check does not hold the shard: while dave's waits on a paused Redis, erin,
+    // on the same shard, gets her pong at once. (`CLIENT PAUSE` rather than `DEBUG
+    // SLEEP`: Redis 7 refuses DEBUG unless `enable-debug-command` is set.)
+    redis.sadd("m:channel:3", "dave").await;
+    redis.sadd("m:channel:4", "frank").await;
+    let mut dave = Client::ready(&gw, &token("dave", &[]), Encoding::Json).await;
+    let mut erin = Client::ready(&gw, &token("erin", &[]), Encoding::MsgPack).await;
+    let mut frank = Client::ready(&gw, &token("frank", &[]), Encoding::Json).await;
+    let pause = Duration::from_millis(500);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    let paused = Instant::now();
+    let dave_ref = dave
+        .send(ClientMessage::Subscribe {
+            topics: vec!["channel:3".into()],
+            since: None,
+        })
+        .await;
+    // Frank leaves before his check is answered: the late answer must not subscribe
+    // a connection that is gone.
+    frank
+        .send(ClientMessage::Subscribe {
+            topics: vec!["channel:4".into()],
+            since: None,
+        })
+        .await;
+    drop(frank);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pinged = Instant::now();
+    let ping_ref = erin.send(ClientMessage::Ping).await;
+    let pong = erin.expect_op("pong").await;
+    let pong_took = pinged.elapsed();
+    assert_eq!(pong.r#ref, Some(ping_ref));
+    assert!(
+        pong_took < Duration::from_millis(250),
+        "pong took {pong_took:?} while a membership check was outstanding"
+    );
+    let subscribed = dave.expect_op("subscribed").await;
+    let check_took = paused.elapsed();
+    assert_eq!(subscribed.r#ref, Some(dave_ref));
+    assert_eq!(subscribed.d["topics"], json!(["channel:3"]));
+    // Redis answered only once the pause was over, long after erin's pong: the check
+    // was outstanding all along.
+    assert!(
+        check_took >= pause - Duration::from_millis(50),
+        "dave was answered after {check_took:?}, within the pause"
+    );
+    redis.wait_numsub("channel:3", 1).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        redis.numsub("channel:4").await,
+        0,
+        "frank was not subscribed"
     );
 
     // Redis down: a topic that cannot be checked is refused `not_ready`, never granted;
@@ -341,9 +413,22 @@ async fn redis_authorizer_allows_members_only() {
     let error = carol.wait_op("error").await;
     assert_eq!(error.d["code"], json!("not_ready"));
     assert_eq!(error.d["topics"], json!(["channel:1"]));
-    let mut alice_again = Client::ready(&gw, &token("alice", &["channel:*"]), Encoding::Json).await;
+    let mut alice_again = Client::ready(&gw, &token("alice", &[]), Encoding::Json).await;
     let reply = alice_again.subscribe(&["channel:1"]).await;
     assert_eq!(reply.d["topics"], json!(["channel:1"]));
+    let mut bob_again = Client::ready(&gw, &token("bob", &["channel:*"]), Encoding::Json).await;
+    bob_again
+        .send(ClientMessage::Subscribe {
+            topics: vec!["channel:1".into()],
+            since: None,
+        })
+        .await;
+    let error = bob_again.wait_op("error").await;
+    assert_eq!(
+        error.d["code"],
+        json!("forbidden"),
+        "a cached denial stands too"
+    );
     assert!(
         gw.metric("coregate_redis_membership_check_errors_total")
             .await

@@ -1,6 +1,8 @@
-//! The optional `redis` subscribe authorizer (PROTOCOL.md §3): a user may subscribe to
-//! `channel:`, `server:` and `presence:` topics only if `SISMEMBER <members-prefix><topic>
-//! <sub>` says so. It is an extra gate after the namespace and claims rules.
+//! The optional `redis` subscribe authorizer (PROTOCOL.md §3). Authorization of
+//! `subscribe` is pluggable: with `claims` (the default, nothing installed here) the token's
+//! `topics` claim decides; with `redis` (installed) `SISMEMBER <members-prefix><topic>
+//! <sub>` alone decides for the gated namespaces, `channel:`, `server:` and `presence:`.
+//! The fixed rules for `user:`, `global` and `voice:` apply either way.
 //!
 //! Shards are glommio executors and cannot run the redis crate's tokio code, so a check
 //! goes to the node's ingestor thread as a [`MembershipCheck`] over flume, with a reply
@@ -11,10 +13,11 @@
 //! The check is installed once per process ([`install`]): the shards' configuration and
 //! connection types do not carry it, and every shard of a node shares the same one.
 //!
-//! A cache miss waits for the answer on the shard's thread, bounded by the configured
-//! timeout (a loopback Redis answers in well under a millisecond). The subscribe path is
-//! synchronous today; making it wait without holding the shard needs a way for a task
-//! other than the connection's own to queue the connection's reply.
+//! A shard serves thousands of connections, so nothing here waits: the subscribe path
+//! (`session.rs`) takes the cached verdicts (`SharedAuthorizer::lookup`); on a miss it
+//! sends the check (`SharedAuthorizer::send_check`), awaits the reply in a task of its
+//! own, bounded by `SharedAuthorizer::timeout`, and hands the answer to
+//! `SharedAuthorizer::record`, which caches it and merges it with the cached verdicts.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -32,7 +35,7 @@ const MAX_CACHED_VERDICTS: usize = 65_536;
 pub struct MembershipCheck {
     pub user_id: String,
     pub topics: Vec<Topic>,
-    pub reply: flume::Sender<Result<Vec<bool>, MembershipError>>,
+    pub reply: flume::Sender<MembershipAnswer>,
 }
 
 /// Why membership could not be checked. The topic is refused (`not_ready`), not granted.
@@ -54,9 +57,12 @@ pub struct SharedAuthorizer {
     checks: flume::Sender<MembershipCheck>,
     /// How long a verdict is reused.
     cache_ttl: Duration,
-    /// How long a shard waits for an answer.
+    /// How long a subscribe waits for an answer before refusing with `not_ready`.
     timeout: Duration,
 }
+
+/// The ingestor's answer to one [`MembershipCheck`].
+pub type MembershipAnswer = Result<Vec<bool>, MembershipError>;
 
 impl SharedAuthorizer {
     pub fn new(
@@ -71,9 +77,24 @@ impl SharedAuthorizer {
         }
     }
 
-    /// Asks the ingestor and waits (bounded) for the answer.
-    fn ask(&self, user_id: &str, topics: Vec<Topic>) -> Result<Vec<bool>, MembershipError> {
-        let expected = topics.len();
+    /// How long the caller should wait for an answer to [`Self::send_check`].
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The verdicts this shard has cached for `user_id` on `topics` (only gated ones).
+    pub(crate) fn lookup(&self, user_id: &str, topics: &[Topic], now: Instant) -> Lookup {
+        CACHE.with(|cache| cache.borrow().lookup(user_id, topics, now))
+    }
+
+    /// Sends the question to the ingestor without waiting; the answer comes on the
+    /// returned receiver. Refused at once when the ingestor's queue is full or gone, so
+    /// that a shard never waits for room either.
+    pub(crate) fn send_check(
+        &self,
+        user_id: &str,
+        topics: Vec<Topic>,
+    ) -> Result<flume::Receiver<MembershipAnswer>, MembershipError> {
         let (reply, answer) = flume::bounded(1);
         self.checks
             .try_send(MembershipCheck {
@@ -85,17 +106,24 @@ impl SharedAuthorizer {
                 flume::TrySendError::Full(_) => MembershipError::Overloaded,
                 flume::TrySendError::Disconnected(_) => MembershipError::Unavailable,
             })?;
-        let verdicts = answer.recv_timeout(self.timeout).map_err(|e| match e {
-            flume::RecvTimeoutError::Timeout => MembershipError::TimedOut(self.timeout),
-            flume::RecvTimeoutError::Disconnected => MembershipError::Unavailable,
-        })??;
-        if verdicts.len() != expected {
-            return Err(MembershipError::Store(format!(
-                "{} answers for {expected} topics",
-                verdicts.len()
-            )));
-        }
-        Ok(verdicts)
+        Ok(answer)
+    }
+
+    /// Completes `lookup` with the answer about its missing topics (or why there is
+    /// none): caches what was answered, logs a failure (rate-limited), and returns one
+    /// verdict per topic originally looked up.
+    pub(crate) fn record(
+        &self,
+        user_id: &str,
+        lookup: Lookup,
+        answer: MembershipAnswer,
+        now: Instant,
+    ) -> Vec<Verdict> {
+        CACHE.with(|cache| {
+            cache
+                .borrow_mut()
+                .record(user_id, lookup, answer, now, self.cache_ttl)
+        })
     }
 }
 
@@ -110,6 +138,11 @@ static AUTHORIZER: OnceLock<SharedAuthorizer> = OnceLock::new();
 /// the shards start.
 pub fn install(authorizer: SharedAuthorizer) -> Result<(), AlreadyInstalled> {
     AUTHORIZER.set(authorizer).map_err(|_| AlreadyInstalled)
+}
+
+/// The `redis` authorizer, if installed; `None` means the `claims` rules apply.
+pub(crate) fn installed() -> Option<&'static SharedAuthorizer> {
+    AUTHORIZER.get()
 }
 
 /// What the authorizer says about one topic.
@@ -133,18 +166,27 @@ thread_local! {
     static CACHE: RefCell<LocalVerdictCache> = RefCell::new(LocalVerdictCache::default());
 }
 
-/// One verdict per topic for `user_id`; every topic is allowed when no authorizer is
-/// installed. Only gated topics should be passed.
-pub fn check(user_id: &str, topics: &[Topic], now: Instant) -> Vec<Verdict> {
-    let Some(authorizer) = AUTHORIZER.get() else {
-        return vec![Verdict::Allowed; topics.len()];
-    };
-    CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        cache.check(user_id, topics, now, authorizer.cache_ttl, |missing| {
-            authorizer.ask(user_id, missing)
-        })
-    })
+/// The cached verdicts on some topics, and the topics that must be asked about.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    /// One per topic looked up, in order; `None` where nothing fresh is cached.
+    cached: Vec<Option<bool>>,
+    missing: Vec<Topic>,
+}
+
+impl Lookup {
+    /// The topics without a fresh verdict, in order: what to send to the ingestor.
+    pub(crate) fn missing(&self) -> &[Topic] {
+        &self.missing
+    }
+
+    /// Every verdict, when all were cached; `None` when some must be asked for.
+    pub(crate) fn complete(&self) -> Option<Vec<Verdict>> {
+        self.cached
+            .iter()
+            .map(|cached| cached.map(verdict))
+            .collect()
+    }
 }
 
 /// A shard's recent verdicts, keyed by user and topic.
@@ -156,39 +198,47 @@ struct LocalVerdictCache {
 }
 
 impl LocalVerdictCache {
-    /// Answers from the cache where it can, asks `fetch` once for the rest.
-    fn check(
-        &mut self,
-        user_id: &str,
-        topics: &[Topic],
-        now: Instant,
-        ttl: Duration,
-        fetch: impl FnOnce(Vec<Topic>) -> Result<Vec<bool>, MembershipError>,
-    ) -> Vec<Verdict> {
-        let mut verdicts = Vec::with_capacity(topics.len());
+    fn lookup(&self, user_id: &str, topics: &[Topic], now: Instant) -> Lookup {
+        let mut cached = Vec::with_capacity(topics.len());
         let mut missing = Vec::new();
         for topic in topics {
             let key = (Box::<str>::from(user_id), topic.clone());
             match self.verdicts.get(&key) {
-                Some(&(allowed, expires)) if expires > now => verdicts.push(Some(allowed)),
+                Some(&(allowed, expires)) if expires > now => cached.push(Some(allowed)),
                 _ => {
-                    verdicts.push(None);
+                    cached.push(None);
                     missing.push(topic.clone());
                 }
             }
         }
-        if missing.is_empty() {
-            return verdicts
-                .into_iter()
-                .map(|v| verdict(v == Some(true)))
-                .collect();
-        }
-        let fetched = fetch(missing.clone());
-        let fetched = match fetched {
+        Lookup { cached, missing }
+    }
+
+    fn record(
+        &mut self,
+        user_id: &str,
+        lookup: Lookup,
+        answer: MembershipAnswer,
+        now: Instant,
+        ttl: Duration,
+    ) -> Vec<Verdict> {
+        let Lookup { cached, missing } = lookup;
+        let answer = answer.and_then(|fetched| {
+            if fetched.len() == missing.len() {
+                Ok(fetched)
+            } else {
+                Err(MembershipError::Store(format!(
+                    "{} answers for {} topics",
+                    fetched.len(),
+                    missing.len()
+                )))
+            }
+        });
+        let fetched = match answer {
             Ok(fetched) => fetched,
             Err(error) => {
                 self.warn(now, &error);
-                return verdicts
+                return cached
                     .into_iter()
                     .map(|v| v.map_or(Verdict::Unavailable, verdict))
                     .collect();
@@ -200,7 +250,7 @@ impl LocalVerdictCache {
                 .insert((user_id.into(), topic), (*allowed, now + ttl));
         }
         let mut fetched = fetched.into_iter();
-        verdicts
+        cached
             .into_iter()
             .map(|v| verdict(v.or_else(|| fetched.next()).unwrap_or(false)))
             .collect()
@@ -242,6 +292,25 @@ mod tests {
 
     fn topics(names: &[&str]) -> Vec<Topic> {
         names.iter().map(|n| Topic::parse(n).unwrap()).collect()
+    }
+
+    impl LocalVerdictCache {
+        /// What a subscribe does: look up, ask `fetch` for the missing ones if any, record.
+        fn check(
+            &mut self,
+            user_id: &str,
+            topics: &[Topic],
+            now: Instant,
+            ttl: Duration,
+            fetch: impl FnOnce(Vec<Topic>) -> MembershipAnswer,
+        ) -> Vec<Verdict> {
+            let lookup = self.lookup(user_id, topics, now);
+            if let Some(verdicts) = lookup.complete() {
+                return verdicts;
+            }
+            let answer = fetch(lookup.missing().to_vec());
+            self.record(user_id, lookup, answer, now, ttl)
+        }
     }
 
     #[test]
@@ -293,6 +362,19 @@ mod tests {
             vec![Verdict::Allowed],
             "the failure was not remembered"
         );
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_length_is_a_failure() {
+        let mut cache = LocalVerdictCache::default();
+        let ttl = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let short = |_: Vec<Topic>| Ok(vec![true]);
+        assert_eq!(
+            cache.check("u", &topics(&["channel:1", "channel:2"]), t0, ttl, short),
+            vec![Verdict::Unavailable, Verdict::Unavailable]
+        );
+        assert!(cache.verdicts.is_empty());
     }
 
     #[test]

@@ -519,17 +519,7 @@ impl ConnDriver {
 
     /// Queues a server message on the priority lane.
     pub(crate) fn reply(&self, message: &ServerMessage, r#ref: Option<u64>) {
-        let frame = self.shard.encode_frame(
-            self.conn.encoding,
-            &ServerEnvelope {
-                message,
-                r#ref,
-                topic: None,
-                offset: None,
-            },
-        );
-        self.conn.outbox.borrow_mut().push_priority(frame);
-        ShardStats::add(&self.shard.stats.messages_out_control, 1);
+        queue_reply(&self.shard, &self.conn, message, r#ref);
     }
 
     pub(crate) fn reply_error(
@@ -621,6 +611,30 @@ impl ConnDriver {
         };
         futures_lite::future::or(linger, glommio::timer::sleep(CLOSE_LINGER)).await;
     }
+}
+
+/// Encodes a server message for `conn` and queues it on its priority lane, waking its
+/// task. A free function so that a task other than the connection's own (a subscribe
+/// that waited for a membership check) can answer; that caller must first make sure
+/// the connection is still registered and not closing, or the reply would follow the
+/// close frame.
+pub(crate) fn queue_reply(
+    shard: &LocalShard,
+    conn: &LocalConn,
+    message: &ServerMessage,
+    r#ref: Option<u64>,
+) {
+    let frame = shard.encode_frame(
+        conn.encoding,
+        &ServerEnvelope {
+            message,
+            r#ref,
+            topic: None,
+            offset: None,
+        },
+    );
+    conn.outbox.borrow_mut().push_priority(frame);
+    ShardStats::add(&shard.stats.messages_out_control, 1);
 }
 
 /// Counts `events` handed to a socket and their publish→write latency, `first`'s.

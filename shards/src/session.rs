@@ -1,18 +1,22 @@
 //! What a connection does with each client message (PROTOCOL.md §4): identify,
-//! refresh, ping, subscribe, unsubscribe, typing. Replies go to the priority lane.
+//! refresh, ping, subscribe, unsubscribe, typing. Replies go to the priority lane; a
+//! subscribe waiting for a membership check is answered later, from a task of its own.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use coregate_protocol::{
     ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Namespace, Publication, ServerMessage,
     Topic,
 };
+use futures_lite::future;
 
 use crate::admission::UserSlot;
 use crate::auth::Identity;
-use crate::authorizer::{self, Verdict};
-use crate::conn::{self, ConnDriver, Flow};
+use crate::authorizer::{self, MembershipError, Verdict};
+use crate::conn::{self, ConnDriver, Flow, LocalConn};
+use crate::shard::LocalShard;
 
 impl ConnDriver {
     pub(crate) fn handle_message(&mut self, envelope: ClientEnvelope) -> Flow {
@@ -111,166 +115,129 @@ impl ConnDriver {
         }
     }
 
-    /// Whether this connection's user may subscribe to `topic` (PROTOCOL.md §3).
-    fn may_subscribe(&self, topic: &Topic) -> bool {
+    /// What the rules of PROTOCOL.md §3 say about this connection's user subscribing to
+    /// `topic`. With the `redis` authorizer (`membership`), the gated namespaces are left
+    /// to Redis membership alone, except a topic already subscribed, which stays granted.
+    fn subscribe_rule(&self, topic: &Topic, membership: bool) -> Rule {
+        let allowed = |allowed: bool| {
+            if allowed {
+                Rule::Allowed
+            } else {
+                Rule::Forbidden
+            }
+        };
         conn::with_identity(&self.conn, |identity| {
             let Some(identity) = identity else {
-                return false;
+                return Rule::Forbidden;
             };
             match topic.namespace() {
-                Namespace::Global => true,
-                Namespace::User => topic.id() == identity.user_id,
+                Namespace::Global => Rule::Allowed,
+                Namespace::User => allowed(topic.id() == identity.user_id),
                 // Joined through voice_join only.
-                Namespace::Voice => false,
+                Namespace::Voice => Rule::Forbidden,
+                Namespace::Channel | Namespace::Server | Namespace::Presence if membership => {
+                    if self.conn.subscriptions().contains(topic) {
+                        Rule::Allowed
+                    } else {
+                        Rule::AskMembership
+                    }
+                }
                 Namespace::Channel | Namespace::Server | Namespace::Presence => {
-                    identity.topics.allows(topic)
+                    allowed(identity.topics.allows(topic))
                 }
             }
         })
     }
 
+    /// Answers at once when every verdict is known (always with the `claims` authorizer,
+    /// and with `redis` when the shard's cache holds them all). Otherwise the membership
+    /// check is sent and a task of its own finishes the subscribe when the answer comes:
+    /// the shard goes on serving its other connections meanwhile.
     fn subscribe(
         &mut self,
         requested: &[String],
         since: Option<&BTreeMap<String, u64>>,
         r#ref: Option<u64>,
     ) {
-        let max = self.shard.config.max_subscriptions;
-        let mut granted = Vec::new();
-        let mut forbidden = Vec::new();
-        let mut invalid = Vec::new();
-        let mut over_limit = Vec::new();
-        let mut unavailable = Vec::new();
-        let mut allowed = Vec::new();
+        let authorizer = authorizer::installed();
+        let mut request = PendingSubscribe {
+            r#ref,
+            candidates: Vec::new(),
+            forbidden: Vec::new(),
+            invalid: Vec::new(),
+        };
         for raw in dedup(requested) {
             let Ok(topic) = Topic::parse(raw) else {
-                invalid.push(raw.to_owned());
+                request.invalid.push(raw.to_owned());
                 continue;
             };
-            if !self.may_subscribe(&topic) {
-                forbidden.push(raw.to_owned());
-                continue;
-            }
-            allowed.push((raw, topic));
-        }
-        for ((raw, topic), verdict) in self.check_membership(allowed) {
-            match verdict {
-                Verdict::Allowed => {}
-                Verdict::Denied => {
-                    forbidden.push(raw.to_owned());
+            let verdict = match self.subscribe_rule(&topic, authorizer.is_some()) {
+                Rule::Forbidden => {
+                    request.forbidden.push(raw.to_owned());
                     continue;
                 }
-                Verdict::Unavailable => {
-                    unavailable.push(raw.to_owned());
-                    continue;
-                }
-            }
-            let already = self.conn.subscriptions().contains(&topic);
-            if !already && self.conn.subscriptions().len() >= max {
-                over_limit.push(raw.to_owned());
-                continue;
-            }
-            if !already {
-                self.shard.subscribe(&self.conn, &topic);
-            }
-            granted.push(raw.to_owned());
+                Rule::Allowed => Some(Verdict::Allowed),
+                Rule::AskMembership => None,
+            };
+            request.candidates.push((raw.to_owned(), topic, verdict));
         }
-        self.shard.flush_interest();
-        let nothing_refused = forbidden.is_empty()
-            && invalid.is_empty()
-            && over_limit.is_empty()
-            && unavailable.is_empty();
-        if !granted.is_empty() || nothing_refused {
-            // No history is kept yet, so nothing missed can be recovered.
-            let recovered = since.map(|since| {
-                granted
-                    .iter()
-                    .filter(|t| since.contains_key(*t))
-                    .map(|t| (t.clone(), false))
-                    .collect()
-            });
-            self.reply(
-                &ServerMessage::Subscribed {
-                    topics: granted,
-                    recovered,
-                },
-                r#ref,
-            );
-        }
-        let refusals = [
-            (
-                ErrorCode::Forbidden,
-                forbidden,
-                "not allowed to subscribe to these topics",
-            ),
-            (
-                ErrorCode::InvalidTopic,
-                invalid,
-                "these are not valid topics",
-            ),
-            (ErrorCode::Limit, over_limit, "subscription limit reached"),
-            (
-                ErrorCode::NotReady,
-                unavailable,
-                "membership could not be checked now; try again",
-            ),
-        ];
-        for (code, topics, message) in refusals {
-            if !topics.is_empty() {
-                let message = if code == ErrorCode::Limit {
-                    format!("{message} (at most {max} per connection)")
-                } else {
-                    message.to_owned()
-                };
-                self.reply(
-                    &ServerMessage::Error {
-                        code,
-                        message,
-                        topics: Some(topics),
-                        retry_after_ms: None,
-                    },
-                    r#ref,
-                );
-            }
-        }
-    }
-
-    /// The configured authorizer's verdict on each topic the namespace and claims rules
-    /// allowed (PROTOCOL.md §3). Topics already subscribed, and namespaces it does not
-    /// gate, are not asked about.
-    fn check_membership<'r>(
-        &self,
-        allowed: Vec<(&'r str, Topic)>,
-    ) -> impl Iterator<Item = ((&'r str, Topic), Verdict)> {
-        let asked: Vec<Topic> = allowed
-            .iter()
-            .map(|(_, topic)| topic)
-            .filter(|topic| {
-                authorizer::is_gated(topic) && !self.conn.subscriptions().contains(topic)
-            })
-            .cloned()
-            .collect();
-        let verdicts = if asked.is_empty() {
-            Vec::new()
-        } else {
-            let user_id = conn::with_identity(&self.conn, |identity| {
-                identity.map(|i| i.user_id.clone()).unwrap_or_default()
-            });
-            authorizer::check(&user_id, &asked, Instant::now())
+        let asked = request.undecided();
+        let Some(authorizer) = authorizer.filter(|_| !asked.is_empty()) else {
+            request.finish(&self.shard, &self.conn, since);
+            return;
         };
-        let mut verdicts = asked.into_iter().zip(verdicts);
-        let mut next_asked = verdicts.next();
-        allowed.into_iter().map(move |(raw, topic)| {
-            let verdict = match &next_asked {
-                Some((asked, verdict)) if *asked == topic => {
-                    let verdict = *verdict;
-                    next_asked = verdicts.next();
-                    verdict
-                }
-                _ => Verdict::Allowed,
+        let user_id = conn::with_identity(&self.conn, |identity| {
+            identity.map(|i| i.user_id.clone()).unwrap_or_default()
+        });
+        let now = Instant::now();
+        let lookup = authorizer.lookup(&user_id, &asked, now);
+        if let Some(verdicts) = lookup.complete() {
+            request.decide(verdicts);
+            request.finish(&self.shard, &self.conn, since);
+            return;
+        }
+        let answer = match authorizer.send_check(&user_id, lookup.missing().to_vec()) {
+            Ok(answer) => answer,
+            Err(error) => {
+                request.decide(authorizer.record(&user_id, lookup, Err(error), now));
+                request.finish(&self.shard, &self.conn, since);
+                return;
+            }
+        };
+        let shard = self.shard.clone();
+        // Weak: the shard's table and the connection's task let go of their references
+        // together, in the same step, when the connection ends (`run_session`), so a
+        // failed upgrade means the connection is gone; and a slow check keeps no closed
+        // connection's memory alive.
+        let conn = Rc::downgrade(&self.conn);
+        let since = since.cloned();
+        let timeout = authorizer.timeout();
+        glommio::spawn_local(async move {
+            let answer = future::or(
+                async {
+                    answer
+                        .recv_async()
+                        .await
+                        .unwrap_or(Err(MembershipError::Unavailable))
+                },
+                async {
+                    glommio::timer::sleep(timeout).await;
+                    Err(MembershipError::TimedOut(timeout))
+                },
+            )
+            .await;
+            // Recorded even for a connection gone meanwhile: the next subscribe uses it.
+            let verdicts = authorizer.record(&user_id, lookup, answer, Instant::now());
+            let Some(conn) = conn.upgrade() else {
+                return;
             };
-            ((raw, topic), verdict)
+            if conn.is_closing() {
+                return;
+            }
+            request.decide(verdicts);
+            request.finish(&shard, &conn, since.as_ref());
         })
+        .detach();
     }
 
     fn unsubscribe(&mut self, requested: &[String], r#ref: Option<u64>) {
@@ -320,4 +287,144 @@ fn dedup(requested: &[String]) -> impl Iterator<Item = &str> {
         .enumerate()
         .filter(move |(i, t)| !requested[..*i].contains(t))
         .map(|(_, t)| t.as_str())
+}
+
+/// What the fixed rules say about one requested topic.
+enum Rule {
+    Allowed,
+    Forbidden,
+    /// Gated, and the `redis` authorizer decides.
+    AskMembership,
+}
+
+/// A subscribe request once the rules were applied, until it is answered; it outlives
+/// the message's handling when membership must be asked for.
+struct PendingSubscribe {
+    r#ref: Option<u64>,
+    /// The topics the rules did not refuse, in request order, with their verdict; `None`
+    /// while membership is being asked for.
+    candidates: Vec<(String, Topic, Option<Verdict>)>,
+    forbidden: Vec<String>,
+    invalid: Vec<String>,
+}
+
+impl PendingSubscribe {
+    /// The topics waiting for a membership verdict, in order.
+    fn undecided(&self) -> Vec<Topic> {
+        self.candidates
+            .iter()
+            .filter(|(_, _, verdict)| verdict.is_none())
+            .map(|(_, topic, _)| topic.clone())
+            .collect()
+    }
+
+    /// Gives the undecided topics their verdicts, in the order of [`Self::undecided`].
+    fn decide(&mut self, verdicts: Vec<Verdict>) {
+        let mut verdicts = verdicts.into_iter();
+        for (_, _, verdict) in &mut self.candidates {
+            if verdict.is_none() {
+                *verdict = verdicts.next();
+            }
+        }
+    }
+
+    /// Subscribes what was allowed, within the connection's limit, and queues the
+    /// replies: `subscribed` (unless every topic was refused), then one `error` per
+    /// reason. A topic still without a verdict is refused `not_ready`, never granted.
+    fn finish(self, shard: &LocalShard, conn: &LocalConn, since: Option<&BTreeMap<String, u64>>) {
+        let max = shard.config.max_subscriptions;
+        let PendingSubscribe {
+            r#ref,
+            candidates,
+            mut forbidden,
+            invalid,
+        } = self;
+        let mut granted = Vec::new();
+        let mut over_limit = Vec::new();
+        let mut unavailable = Vec::new();
+        for (raw, topic, verdict) in candidates {
+            match verdict.unwrap_or(Verdict::Unavailable) {
+                Verdict::Allowed => {}
+                Verdict::Denied => {
+                    forbidden.push(raw);
+                    continue;
+                }
+                Verdict::Unavailable => {
+                    unavailable.push(raw);
+                    continue;
+                }
+            }
+            let already = conn.subscriptions().contains(&topic);
+            if !already && conn.subscriptions().len() >= max {
+                over_limit.push(raw);
+                continue;
+            }
+            if !already {
+                shard.subscribe(conn, &topic);
+            }
+            granted.push(raw);
+        }
+        shard.flush_interest();
+        let nothing_refused = forbidden.is_empty()
+            && invalid.is_empty()
+            && over_limit.is_empty()
+            && unavailable.is_empty();
+        if !granted.is_empty() || nothing_refused {
+            // No history is kept yet, so nothing missed can be recovered.
+            let recovered = since.map(|since| {
+                granted
+                    .iter()
+                    .filter(|t| since.contains_key(*t))
+                    .map(|t| (t.clone(), false))
+                    .collect()
+            });
+            conn::queue_reply(
+                shard,
+                conn,
+                &ServerMessage::Subscribed {
+                    topics: granted,
+                    recovered,
+                },
+                r#ref,
+            );
+        }
+        let refusals = [
+            (
+                ErrorCode::Forbidden,
+                forbidden,
+                "not allowed to subscribe to these topics",
+            ),
+            (
+                ErrorCode::InvalidTopic,
+                invalid,
+                "these are not valid topics",
+            ),
+            (ErrorCode::Limit, over_limit, "subscription limit reached"),
+            (
+                ErrorCode::NotReady,
+                unavailable,
+                "membership could not be checked now; try again",
+            ),
+        ];
+        for (code, topics, message) in refusals {
+            if !topics.is_empty() {
+                let message = if code == ErrorCode::Limit {
+                    format!("{message} (at most {max} per connection)")
+                } else {
+                    message.to_owned()
+                };
+                conn::queue_reply(
+                    shard,
+                    conn,
+                    &ServerMessage::Error {
+                        code,
+                        message,
+                        topics: Some(topics),
+                        retry_after_ms: None,
+                    },
+                    r#ref,
+                );
+            }
+        }
+    }
 }
