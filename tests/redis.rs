@@ -344,6 +344,8 @@ async fn redis_authorizer_allows_members_only() {
     // SLEEP`: Redis 7 refuses DEBUG unless `enable-debug-command` is set.)
     redis.sadd("m:channel:3", "dave").await;
     redis.sadd("m:channel:4", "frank").await;
+    redis.sadd("m:channel:5", "gina").await;
+    let mut gina = Client::ready(&gw, &token("gina", &[]), Encoding::Json).await;
     let mut dave = Client::ready(&gw, &token("dave", &[]), Encoding::Json).await;
     let mut erin = Client::ready(&gw, &token("erin", &[]), Encoding::MsgPack).await;
     let mut frank = Client::ready(&gw, &token("frank", &[]), Encoding::Json).await;
@@ -371,6 +373,17 @@ async fn redis_authorizer_allows_members_only() {
         })
         .await;
     drop(frank);
+    // Gina changes her mind before her check is answered: her unsubscribe, the later
+    // word, wins over the late answer.
+    gina.send(ClientMessage::Subscribe {
+        topics: vec!["channel:5".into()],
+        since: None,
+    })
+    .await;
+    gina.send(ClientMessage::Unsubscribe {
+        topics: vec!["channel:5".into()],
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let pinged = Instant::now();
     let ping_ref = erin.send(ClientMessage::Ping).await;
@@ -397,6 +410,18 @@ async fn redis_authorizer_allows_members_only() {
         redis.numsub("channel:4").await,
         0,
         "frank was not subscribed"
+    );
+    gina.wait_op("unsubscribed").await;
+    let late = gina.wait_op("subscribed").await;
+    assert_eq!(
+        late.d["topics"],
+        json!([]),
+        "channel:5 left out of the late answer"
+    );
+    assert_eq!(
+        redis.numsub("channel:5").await,
+        0,
+        "gina stays unsubscribed"
     );
 
     // Redis down: a topic that cannot be checked is refused `not_ready`, never granted;

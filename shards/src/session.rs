@@ -205,6 +205,8 @@ impl ConnDriver {
             }
         };
         let shard = self.shard.clone();
+        shard.check_started(&self.conn);
+        let key = self.conn.key;
         // Weak: the shard's table and the connection's task let go of their references
         // together, in the same step, when the connection ends (`run_session`), so a
         // failed upgrade means the connection is gone; and a slow check keeps no closed
@@ -228,6 +230,7 @@ impl ConnDriver {
             .await;
             // Recorded even for a connection gone meanwhile: the next subscribe uses it.
             let verdicts = authorizer.record(&user_id, lookup, answer, Instant::now());
+            let unsubscribed_meanwhile = shard.check_finished(key);
             let Some(conn) = conn.upgrade() else {
                 return;
             };
@@ -235,6 +238,7 @@ impl ConnDriver {
                 return;
             }
             request.decide(verdicts);
+            request.forget(&unsubscribed_meanwhile);
             request.finish(&shard, &conn, since.as_ref());
         })
         .detach();
@@ -316,6 +320,13 @@ impl PendingSubscribe {
             .filter(|(_, _, verdict)| verdict.is_none())
             .map(|(_, topic, _)| topic.clone())
             .collect()
+    }
+
+    /// Leaves out topics the client unsubscribed from while this request waited: its
+    /// later word wins, so they are neither subscribed nor reported.
+    fn forget(&mut self, unsubscribed: &[Topic]) {
+        self.candidates
+            .retain(|(_, topic, _)| !unsubscribed.contains(topic));
     }
 
     /// Gives the undecided topics their verdicts, in the order of [`Self::undecided`].

@@ -3,7 +3,7 @@
 //! here is touched from another thread except through the inbox and the stats.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -58,6 +58,8 @@ pub struct LocalShard {
     pub(crate) decode_buf: RefCell<Vec<u8>>,
     encode_buf: RefCell<Vec<u8>>,
     pub(crate) batch_buf: RefCell<Vec<u8>>,
+    /// Connections with membership checks outstanding; see [`PendingChecks`].
+    pending_checks: RefCell<HashMap<ConnKey, PendingChecks>>,
     /// Connections holding events deferred by `batch_delay`, woken at the next tick.
     deferred: RefCell<Vec<ConnKey>>,
     /// Set when the node drains; wakes the accept loop so it stops listening.
@@ -89,6 +91,7 @@ impl LocalShard {
             encode_buf: RefCell::new(Vec::new()),
             batch_buf: RefCell::new(Vec::new()),
             deferred: RefCell::new(Vec::new()),
+            pending_checks: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
             drain_waker: RefCell::new(None),
         }
@@ -118,6 +121,36 @@ impl LocalShard {
             .unsubscribe(topic, conn.key, conn.encoding);
         conn::subscriptions_mut(conn).retain(|t| t != topic);
         self.queue_interest(conn, topic, change);
+        if let Some(checks) = self.pending_checks.borrow_mut().get_mut(&conn.key) {
+            checks.unsubscribed.push(topic.clone());
+        }
+    }
+
+    /// A subscribe of `conn` now waits for a membership check.
+    pub(crate) fn check_started(&self, conn: &LocalConn) {
+        self.pending_checks
+            .borrow_mut()
+            .entry(conn.key)
+            .or_default()
+            .outstanding += 1;
+    }
+
+    /// A check of `conn` was answered: the topics it unsubscribed from while checks were
+    /// outstanding, which the answered subscribe must not subscribe again.
+    pub(crate) fn check_finished(&self, key: ConnKey) -> Vec<Topic> {
+        let mut pending = self.pending_checks.borrow_mut();
+        let Some(checks) = pending.get_mut(&key) else {
+            return Vec::new();
+        };
+        checks.outstanding = checks.outstanding.saturating_sub(1);
+        if checks.outstanding == 0 {
+            pending
+                .remove(&key)
+                .map(|c| c.unsubscribed)
+                .unwrap_or_default()
+        } else {
+            checks.unsubscribed.clone()
+        }
     }
 
     /// Tells the ingestor when a (topic, encoding) gained its first or lost its last
@@ -509,6 +542,15 @@ async fn run_sweeper(shard: Rc<LocalShard>) {
         glommio::timer::sleep(interval).await;
         shard.sweep(Instant::now());
     }
+}
+
+/// A connection's subscribes waiting for membership checks. A client may unsubscribe
+/// before the answer comes; the late subscribe must then leave that topic alone, or
+/// the client would end up subscribed against its last word.
+#[derive(Default)]
+struct PendingChecks {
+    outstanding: u32,
+    unsubscribed: Vec<Topic>,
 }
 
 /// Where each shard runs.
