@@ -38,6 +38,8 @@ const READ_BUF_SIZE: usize = 64 * 1024;
 const ROUTE_BATCH: usize = 256;
 /// glommio's storage I/O memory per executor; coregate does no file I/O.
 const IO_MEMORY: usize = 128 * 1024;
+/// Pending connections a shard's listener queues before the kernel drops SYNs.
+const LISTEN_BACKLOG: i32 = 65_535;
 /// `Retry-After` of a node at its maximum of connections: long enough for others to close.
 const NODE_FULL_RETRY_AFTER_SECS: u64 = 5;
 
@@ -631,7 +633,7 @@ pub fn start_shards(
                 .name(&format!("shard-{shard_id}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {
-                    let listener = match TcpListener::bind(addr) {
+                    let listener = match bind_listener(addr) {
                         Ok(listener) => listener,
                         Err(e) => {
                             let _ = bound_tx.send(Err(e.to_string()));
@@ -657,6 +659,25 @@ pub fn start_shards(
         running.handles.push(handle);
     }
     Ok(running)
+}
+
+/// A shard's `SO_REUSEPORT` listener, with a backlog deep enough for a reconnect
+/// storm. glommio's own `bind` listens with a backlog of 1,024: when every client of a
+/// node reconnects at once, the overflow's SYNs are dropped and retried by their
+/// kernels only after 1, 3, 7 s…, so a storm that should take a second takes many.
+/// The kernel clamps the backlog to `net.core.somaxconn`.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: `into_raw_fd` hands over the only owner of a listening TCP socket.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalInbox) {
