@@ -19,6 +19,14 @@ use crate::bus::SharedDelivery;
 /// non-atomic clones per subscriber (no cross-core cache-line traffic per subscriber).
 pub type LocalDelivery = Rc<Arc<SharedDelivery>>;
 
+/// Gives an emptied lane's buffer back: most connections are idle most of the time,
+/// and an idle connection should not keep the capacity its last burst needed.
+fn release_if_empty<T>(lane: &mut VecDeque<T>) {
+    if lane.is_empty() && lane.capacity() > 0 {
+        *lane = VecDeque::new();
+    }
+}
+
 #[derive(Default)]
 pub struct Outbox {
     priority: VecDeque<Bytes>,
@@ -49,6 +57,7 @@ impl Outbox {
     pub fn pop_priority(&mut self) -> Option<Bytes> {
         let frame = self.priority.pop_front()?;
         self.queued_bytes -= frame.len();
+        release_if_empty(&mut self.priority);
         Some(frame)
     }
 
@@ -59,6 +68,7 @@ impl Outbox {
     ) -> Option<LocalDelivery> {
         let delivery = self.normal.pop_front()?;
         self.queued_bytes -= len_of(&delivery);
+        release_if_empty(&mut self.normal);
         Some(delivery)
     }
 

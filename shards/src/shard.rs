@@ -308,17 +308,16 @@ impl LocalShard {
     }
 }
 
-/// Serves one accepted TCP connection: the upgrade, then the WebSocket session.
+/// Serves one accepted TCP connection's upgrade, then hands the WebSocket session to
+/// a task of its own.
 ///
-/// The task's future lives as long as the connection, and its size is that of its
-/// largest state, so the handshake (request parsing, timers, the response) runs boxed:
-/// its memory is returned once the upgrade is done, and an idle connection keeps only
-/// what the session needs.
+/// A task's future is allocated once, at the size of its largest state, and lives as
+/// long as the task: the handshake (request parsing, timers, the response) ends with
+/// this task, so an idle connection keeps only what its session needs.
 async fn serve_connection(shard: Rc<LocalShard>, stream: TcpStream) {
-    let Some(upgraded) = Box::pin(upgrade_connection(&shard, stream)).await else {
-        return;
-    };
-    run_session(shard, upgraded).await;
+    if let Some(upgraded) = upgrade_connection(&shard, stream).await {
+        glommio::spawn_local(run_session(shard, upgraded)).detach();
+    }
 }
 
 /// A connection whose upgrade succeeded: the 101 response has been written.
