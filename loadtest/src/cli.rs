@@ -302,6 +302,11 @@ pub struct SlowOptions {
     /// At the end, how long slow subscribers read to find their close frame.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_drain: Duration,
+    /// Kernel receive buffer (SO_RCVBUF) of the slow subscribers' sockets, bytes. On
+    /// loopback the kernel otherwise buffers megabytes for a stalled reader, and the
+    /// gateway's own queue (and its shedding) is reached only much later.
+    #[arg(long, value_name = "BYTES")]
+    pub slow_recv_buffer: Option<u32>,
 }
 
 #[cfg(test)]

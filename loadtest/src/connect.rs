@@ -29,6 +29,8 @@ pub struct Params {
     pub target: Target,
     pub encoding: Encoding,
     pub read_buffer: usize,
+    /// SO_RCVBUF of the socket; the kernel's default when `None`.
+    pub recv_buffer: Option<u32>,
 }
 
 /// An open, ready (and possibly subscribed) connection.
@@ -46,7 +48,7 @@ pub async fn open(
     token: &str,
     topics: Vec<String>,
 ) -> Result<Opened, String> {
-    let stream = tcp(params.target.addr, source).await?;
+    let stream = tcp(params.target.addr, source, params.recv_buffer).await?;
     let sep = if params.target.path.contains('?') {
         '&'
     } else {
@@ -121,13 +123,23 @@ pub async fn open(
     })
 }
 
-async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+async fn tcp(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+) -> Result<TcpStream, String> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(|e| io_kind("socket", &e))?;
+    if let Some(bytes) = recv_buffer {
+        // Before connect, so that the window offered in the handshake is small too.
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| io_kind("socket", &e))?;
+    }
     if let Some(ip) = source {
         let _ = socket.set_reuseaddr(true);
         socket

@@ -44,6 +44,9 @@ pub struct FleetSpec {
     pub connect_timeout_ms: u64,
     pub heartbeat_ms: Option<u64>,
     pub slow_drain_ms: u64,
+    /// SO_RCVBUF of slow subscribers' sockets; the kernel's default when `None`.
+    #[serde(default)]
+    pub slow_recv_buffer: Option<u32>,
     pub read_buffer: usize,
     /// What the connections do beyond subscribing and reading.
     #[serde(default)]
@@ -190,6 +193,11 @@ pub async fn run(
         target,
         encoding,
         read_buffer: spec.read_buffer,
+        recv_buffer: None,
+    });
+    let slow_params = Arc::new(Params {
+        recv_buffer: spec.slow_recv_buffer,
+        ..(*params).clone()
     });
     let shared = Arc::new(Shared {
         encoding,
@@ -223,12 +231,11 @@ pub async fn run(
         let role = spec.role(i);
         let source = (!spec.source_addrs.is_empty())
             .then(|| spec.source_addrs[(i % spec.source_addrs.len() as u64) as usize]);
-        let (params, shared, counters, tokens) = (
-            params.clone(),
-            shared.clone(),
-            counters.clone(),
-            tokens.clone(),
-        );
+        let params = match role {
+            Role::Slow { .. } => slow_params.clone(),
+            _ => params.clone(),
+        };
+        let (shared, counters, tokens) = (shared.clone(), counters.clone(), tokens.clone());
         let (connect_hist, errors, healthy_by_topic) = (
             connect_hist.clone(),
             errors.clone(),

@@ -87,6 +87,7 @@ async fn plan(common: &Common, shape: &Shape) -> anyhow::Result<(Vec<FleetSpec>,
             connect_timeout_ms: common.connect_timeout.as_millis() as u64,
             heartbeat_ms: common.heartbeat.map(|h| h.as_millis() as u64),
             slow_drain_ms: shape.slow.map_or(0, |s| s.slow_drain.as_millis() as u64),
+            slow_recv_buffer: shape.slow.and_then(|s| s.slow_recv_buffer),
             read_buffer: common.read_buffer,
             kind: shape.kind.clone(),
         });
