@@ -123,6 +123,28 @@ pub async fn open(
     })
 }
 
+/// Binding to a source address with port 0 makes the kernel pick a free port at `bind`,
+/// without knowing the destination: with thousands of sockets (and TIME_WAITs) from one
+/// address that search is linear per socket, and a reconnect storm spent seconds in it
+/// (the harness, not the gateway, was then the bottleneck). With
+/// `IP_BIND_ADDRESS_NO_PORT` the port is chosen at `connect`, per 4-tuple, as an
+/// unbound socket's would be. Best effort: without it the harness is only slower.
+fn defer_port_choice(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and an option value that is a live c_int of the
+    // length given.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of_val(&on) as libc::socklen_t,
+        )
+    };
+}
+
 async fn tcp(
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -142,6 +164,7 @@ async fn tcp(
     }
     if let Some(ip) = source {
         let _ = socket.set_reuseaddr(true);
+        defer_port_choice(&socket);
         socket
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| io_kind("bind", &e))?;
