@@ -45,6 +45,8 @@ pub struct Config {
     /// How long events may wait to be joined into fewer frames (default 0: no wait).
     #[serde(with = "duration_text")]
     pub batch_delay: Duration,
+    /// `SO_SNDBUF` of accepted sockets, in bytes (default none: the kernel autotunes).
+    pub socket_send_buffer: Option<usize>,
     /// Queued output per connection before shedding, in bytes (default 1 MiB).
     pub outbound_budget: usize,
     /// Time over budget before a slow client is closed 4010 (default 5 s).
@@ -132,6 +134,7 @@ impl Default for Config {
             max_message_size: shard.max_message_size,
             max_frame_size: shard.max_frame_size,
             batch_delay: shard.batch_delay,
+            socket_send_buffer: shard.socket_send_buffer,
             outbound_budget: shard.outbound_budget,
             slow_client_grace: shard.slow_client_grace,
             rate_limit_events: shard.rate_limit_events,
@@ -204,6 +207,8 @@ pub struct ConfigArgs {
     pub max_frame_size: Option<usize>,
     #[arg(long, env = "COREGATE_BATCH_DELAY", value_parser = parse_duration)]
     pub batch_delay: Option<Duration>,
+    #[arg(long, env = "COREGATE_SOCKET_SEND_BUFFER", value_name = "BYTES")]
+    pub socket_send_buffer: Option<usize>,
     #[arg(long, env = "COREGATE_OUTBOUND_BUDGET", value_name = "BYTES")]
     pub outbound_budget: Option<usize>,
     #[arg(long, env = "COREGATE_SLOW_CLIENT_GRACE", value_parser = parse_duration)]
@@ -320,7 +325,8 @@ impl ConfigArgs {
             jwt_public_key,
             jwt_issuer,
             jwt_audience,
-            redis_url
+            redis_url,
+            socket_send_buffer
         );
     }
 }
@@ -437,6 +443,7 @@ impl Config {
             max_message_size: self.max_message_size,
             max_frame_size: self.max_frame_size,
             batch_delay: self.batch_delay,
+            socket_send_buffer: self.socket_send_buffer,
             outbound_budget: self.outbound_budget,
             slow_client_grace: self.slow_client_grace,
             rate_limit_events: self.rate_limit_events,

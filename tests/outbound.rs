@@ -223,6 +223,41 @@ async fn slow_reader_is_closed_4010_while_a_healthy_one_gets_everything() {
 }
 
 #[tokio::test]
+async fn a_small_socket_send_buffer_brings_a_stalled_reader_to_4010() {
+    // Without --socket-send-buffer, loopback's autotuned kernel buffers absorb this
+    // whole backlog and the reader is never found slow.
+    let gw = Gateway::start(&[
+        "--shards",
+        "1",
+        "--socket-send-buffer",
+        "16384",
+        "--outbound-budget",
+        "65536",
+        "--slow-client-grace",
+        "1s",
+    ]);
+    let mut stalled = Client::ready(&gw, &token("stalled", &["channel:*"]), Encoding::Json).await;
+    stalled.subscribe(&["channel:backlog"]).await;
+    let filler = "x".repeat(30_000);
+    for seq in 0..100 {
+        let body = json!({"topic": "channel:backlog", "op": "message_new", "d": {"seq": seq, "filler": filler}});
+        assert_eq!(gw.publish(body).await, 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while gw
+        .metric_labelled("coregate_closes_total", r#"reason="slow_consumer""#)
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled reader was not closed 4010"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn sigterm_sends_reconnect_then_1012_to_everyone_and_exits_0() {
     let mut gw = Gateway::start(&["--drain-window", "1s"]);
     let mut clients = Vec::new();

@@ -20,6 +20,11 @@ pub struct ShardConfig {
     /// How long events may wait to be joined into fewer, larger frames (default 0:
     /// written as soon as the connection's task runs). Trades latency for fewer writes.
     pub batch_delay: Duration,
+    /// `SO_SNDBUF` of every accepted socket (default `None`: the kernel autotunes it,
+    /// to several MiB per socket on fast paths). Bounds the kernel's memory per
+    /// connection, and makes a stalled reader's backlog reach the connection's own
+    /// queue, where the budget and the slow-consumer close apply, that much sooner.
+    pub socket_send_buffer: Option<usize>,
     /// Bytes of queued output a connection may hold before events are shed (default 1 MiB).
     pub outbound_budget: usize,
     /// How long a connection may stay over its budget before it is closed 4010 (default 5 s).
@@ -61,6 +66,7 @@ impl Default for ShardConfig {
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
             batch_delay: Duration::ZERO,
+            socket_send_buffer: None,
             outbound_budget: 1024 * 1024,
             slow_client_grace: Duration::from_secs(5),
             inbox_capacity: 65_536,

@@ -333,6 +333,9 @@ struct Upgraded {
 /// Reads and answers the upgrade request; `None` when it was refused or the peer left.
 async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option<Upgraded> {
     let _ = stream.set_nodelay(true);
+    if let Some(bytes) = shard.config.socket_send_buffer {
+        set_send_buffer(&stream, bytes);
+    }
     match admit_upgrade(shard, &mut stream).await {
         Ok((request, slot, identity)) => {
             let response = upgrade::accept_response(&request);
@@ -677,6 +680,16 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     // SAFETY: `into_raw_fd` hands over the only owner of a listening TCP socket.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Sets `SO_SNDBUF` (see `ShardConfig::socket_send_buffer`); best effort.
+fn set_send_buffer(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    if let Err(e) = socket2::SockRef::from(&fd).set_send_buffer_size(bytes) {
+        tracing::debug!(error = %e, "SO_SNDBUF not set");
+    }
 }
 
 async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalInbox) {
