@@ -147,8 +147,21 @@ pub enum HandOffError {
 #[derive(Clone)]
 pub struct ShardSender {
     shard_id: usize,
+    // Declared before `_closer`: a clone's queue handle is dropped before its share of
+    // the closer, so the last wake-up finds the queue disconnected.
     queue: crossbeam_channel::Sender<ShardMessage>,
     waker: Arc<AtomicWaker>,
+    _closer: Arc<WakeOnLastDrop>,
+}
+
+/// Wakes the shard once the last sender is gone, so that a parked router sees the
+/// disconnection at once instead of at its next unrelated wake-up.
+struct WakeOnLastDrop(Arc<AtomicWaker>);
+
+impl Drop for WakeOnLastDrop {
+    fn drop(&mut self) {
+        self.0.wake();
+    }
 }
 
 impl ShardSender {
@@ -211,6 +224,7 @@ pub fn shard_inbox(shard_id: usize, capacity: usize) -> (ShardSender, LocalInbox
             shard_id,
             queue: tx,
             waker: waker.clone(),
+            _closer: Arc::new(WakeOnLastDrop(waker.clone())),
         },
         LocalInbox { queue: rx, waker },
     )
@@ -242,6 +256,30 @@ pub type IngestorSender = flume::Sender<IngestorCommand>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropping_the_last_sender_wakes_a_waiting_shard() {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::new(Flag(false.into()));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (sender, inbox) = shard_inbox(0, 4);
+        let second = sender.clone();
+        assert!(inbox.poll_recv(&mut cx).is_pending());
+        drop(sender);
+        assert!(
+            !flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "one sender is left"
+        );
+        drop(second);
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(matches!(inbox.poll_recv(&mut cx), Poll::Ready(None)));
+    }
 
     #[test]
     fn shard_set_iterates_members_in_order() {
