@@ -145,8 +145,8 @@ pub struct PublishArgs {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
-    /// Redis channel prefix (the gateway's --redis-prefix).
-    #[arg(long, default_value = "coregate:")]
+    /// Redis channel prefix: the gateway's --redis-prefix (empty by default, as there).
+    #[arg(long, default_value = "")]
     pub redis_prefix: String,
     /// Publications per second.
     #[arg(short = 'r', long, default_value_t = 100.0)]
@@ -345,7 +345,10 @@ mod tests {
             panic!("not chat");
         };
         assert_eq!(chat.users, 50);
-        assert_eq!(chat.publish.redis_prefix, "coregate:");
+        assert_eq!(
+            chat.publish.redis_prefix, "",
+            "the gateway's default (PROTOCOL.md §6)"
+        );
         assert!(chat.publish.redis_url.is_some());
         assert!(chat.common.plot.is_some());
     }
