@@ -157,6 +157,41 @@ fn connect_figures(requested: u64, m: &report::Merged, phase_s: f64) -> ConnectF
     }
 }
 
+/// The gateway's and the harness's CPU time over one measured window.
+struct CpuWindow {
+    pid: Option<u32>,
+    gateway0: Option<f64>,
+    harness0: Option<f64>,
+    started: Instant,
+}
+
+/// What a [`CpuWindow`] measured.
+struct CpuSpent {
+    window_s: f64,
+    gateway_s: Option<f64>,
+    harness_s: Option<f64>,
+}
+
+impl CpuWindow {
+    fn start(pid: Option<u32>, fleets: &Fleets) -> CpuWindow {
+        CpuWindow {
+            pid,
+            gateway0: pid.and_then(procfs::cpu_seconds),
+            harness0: harness_cpu(fleets),
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(&self, fleets: &Fleets) -> CpuSpent {
+        let since = |now: Option<f64>, then: Option<f64>| now.zip(then).map(|(b, a)| b - a);
+        CpuSpent {
+            window_s: self.started.elapsed().as_secs_f64(),
+            gateway_s: since(self.pid.and_then(procfs::cpu_seconds), self.gateway0),
+            harness_s: since(harness_cpu(fleets), self.harness0),
+        }
+    }
+}
+
 /// CPU seconds of this process and its workers.
 fn harness_cpu(fleets: &Fleets) -> Option<f64> {
     let mut total = procfs::self_cpu_seconds()?;
@@ -204,14 +239,11 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
     collector.pump_for(args.settle).await;
     let rss_after = pid.and_then(procfs::rss_bytes);
     let open_after_settle = collector.open();
-    let cpu0 = pid.and_then(procfs::cpu_seconds);
-    let harness0 = harness_cpu(&fleets);
-    let window = Instant::now();
+    let cpu = CpuWindow::start(pid, &fleets);
     collector.phase = "idle";
     collector.pump_for(common.duration).await;
-    let window_s = window.elapsed().as_secs_f64();
-    let cpu1 = pid.and_then(procfs::cpu_seconds);
-    let harness1 = harness_cpu(&fleets);
+    let spent = cpu.finish(&fleets);
+    let window_s = spent.window_s;
     let merged = stop_phase(
         &mut fleets,
         &mut collector,
@@ -222,7 +254,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
 
     let gateway = pid.map(|pid| {
         let delta = rss_after.zip(rss_before).map(|(a, b)| a as i64 - b as i64);
-        let cpu_s = cpu1.zip(cpu0).map(|(b, a)| b - a);
+        let cpu_s = spent.gateway_s;
         GatewayFigures {
             pid,
             rss_before_bytes: rss_before,
@@ -245,7 +277,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
         connect: connect_figures(args.connections, &merged, phase_s),
         gateway,
         ends: merged.sum.ends.clone(),
-        harness_cpu_s: harness1.zip(harness0).map(|(b, a)| b - a),
+        harness_cpu_s: spent.harness_s,
         fleet_failures: collector.failures.clone(),
         timeline: collector.timeline.clone(),
         ..Summary::default()
@@ -386,10 +418,8 @@ async fn publishing(
         }
     }
     let rss_before = pid.and_then(procfs::rss_bytes);
-    let cpu0 = pid.and_then(procfs::cpu_seconds);
-    let harness0 = harness_cpu(&fleets);
+    let cpu = CpuWindow::start(pid, &fleets);
     let publish_start_ns = unix_now().as_nanos() as u64;
-    let started = Instant::now();
     collector.phase = "publish";
     let publisher = tokio::spawn(publisher::run(publisher::Plan {
         sink,
@@ -403,9 +433,10 @@ async fn publishing(
     }));
     // Publishing is bounded by --duration; allow a little for the last requests.
     collector
-        .pump_until(started + common.duration + Duration::from_secs(10), |_| {
-            publisher.is_finished()
-        })
+        .pump_until(
+            cpu.started + common.duration + Duration::from_secs(10),
+            |_| publisher.is_finished(),
+        )
         .await;
     if !publisher.is_finished() {
         publisher.abort();
@@ -424,10 +455,9 @@ async fn publishing(
             c.deliveries() >= expected && !matches!(flavor, Flavor::Chat(_))
         })
         .await;
-    let cpu1 = pid.and_then(procfs::cpu_seconds);
     let rss_after = pid.and_then(procfs::rss_bytes);
-    let harness1 = harness_cpu(&fleets);
-    let cpu_window_s = started.elapsed().as_secs_f64();
+    let spent = cpu.finish(&fleets);
+    let cpu_window_s = spent.window_s;
     let wait = slow.map_or(Duration::ZERO, |s| s.slow_drain) + Duration::from_secs(30);
     let merged = stop_phase(
         &mut fleets,
@@ -444,7 +474,7 @@ async fn publishing(
         published.elapsed.as_secs_f64()
     };
     let deliveries = merged.latency.len();
-    let cpu_s = cpu1.zip(cpu0).map(|(b, a)| b - a);
+    let cpu_s = spent.gateway_s;
     let gateway = pid.map(|pid| GatewayFigures {
         pid,
         rss_before_bytes: rss_before,
@@ -501,7 +531,7 @@ async fn publishing(
         }),
         chat,
         ends: sum.ends.clone(),
-        harness_cpu_s: harness1.zip(harness0).map(|(b, a)| b - a),
+        harness_cpu_s: spent.harness_s,
         fleet_failures: collector.failures.clone(),
         timeline: collector.timeline.clone(),
         ..Summary::default()
@@ -551,9 +581,7 @@ pub async fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     let pid = common.gateway_pid;
     let (mut fleets, mut collector, phase_s) = connect_phase(common, &shape).await?;
     let participants: u64 = collector.connected.iter().flatten().map(|c| c.open).sum();
-    let cpu0 = pid.and_then(procfs::cpu_seconds);
-    let harness0 = harness_cpu(&fleets);
-    let window = Instant::now();
+    let cpu = CpuWindow::start(pid, &fleets);
     for round in 0..args.rounds {
         collector.phase = "settle";
         collector.pump_for(args.settle).await;
@@ -569,9 +597,8 @@ pub async fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     }
     collector.phase = "settle";
     collector.pump_for(args.settle).await;
-    let window_s = window.elapsed().as_secs_f64();
-    let cpu1 = pid.and_then(procfs::cpu_seconds);
-    let harness1 = harness_cpu(&fleets);
+    let spent = cpu.finish(&fleets);
+    let window_s = spent.window_s;
     let merged = stop_phase(
         &mut fleets,
         &mut collector,
@@ -593,7 +620,7 @@ pub async fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         }
     }
     let gateway = pid.map(|pid| {
-        let cpu_s = cpu1.zip(cpu0).map(|(b, a)| b - a);
+        let cpu_s = spent.gateway_s;
         GatewayFigures {
             pid,
             rss_after_bytes: procfs::rss_bytes(pid),
@@ -617,7 +644,7 @@ pub async fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             errors,
         }),
         ends: merged.sum.ends.clone(),
-        harness_cpu_s: harness1.zip(harness0).map(|(b, a)| b - a),
+        harness_cpu_s: spent.harness_s,
         fleet_failures: collector.failures.clone(),
         timeline: collector.timeline.clone(),
         ..Summary::default()

@@ -395,6 +395,8 @@ fn fanout_through_redis() {
             "fanout",
             "--redis-url",
             &url,
+            "--redis-prefix",
+            "coregate:",
             "-s",
             "100",
             "-t",
