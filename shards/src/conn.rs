@@ -170,6 +170,11 @@ impl LocalConn {
         first
     }
 
+    /// Frees the outbox's buffers if it is empty (see `Outbox::release_idle_buffers`).
+    pub(crate) fn release_idle_buffers(&self) {
+        self.outbox.borrow_mut().release_idle_buffers();
+    }
+
     /// Wakes the connection's task to write what its outbox holds.
     pub(crate) fn wake_writer(&self) {
         self.outbox.borrow_mut().wake();

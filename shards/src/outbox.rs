@@ -19,8 +19,7 @@ use crate::bus::SharedDelivery;
 /// non-atomic clones per subscriber (no cross-core cache-line traffic per subscriber).
 pub type LocalDelivery = Rc<Arc<SharedDelivery>>;
 
-/// Gives an emptied lane's buffer back: most connections are idle most of the time,
-/// and an idle connection should not keep the capacity its last burst needed.
+/// Gives an emptied lane's buffer back (see [`Outbox::release_idle_buffers`]).
 fn release_if_empty<T>(lane: &mut VecDeque<T>) {
     if lane.is_empty() && lane.capacity() > 0 {
         *lane = VecDeque::new();
@@ -57,7 +56,6 @@ impl Outbox {
     pub fn pop_priority(&mut self) -> Option<Bytes> {
         let frame = self.priority.pop_front()?;
         self.queued_bytes -= frame.len();
-        release_if_empty(&mut self.priority);
         Some(frame)
     }
 
@@ -68,7 +66,6 @@ impl Outbox {
     ) -> Option<LocalDelivery> {
         let delivery = self.normal.pop_front()?;
         self.queued_bytes -= len_of(&delivery);
-        release_if_empty(&mut self.normal);
         Some(delivery)
     }
 
@@ -117,6 +114,15 @@ impl Outbox {
         self.queued_bytes
     }
 
+    /// Frees the buffers of empty lanes. Most connections are idle most of the time, and
+    /// an idle one should not keep the capacity its last burst needed; called by the
+    /// shard's sweeper, not after every write, so that a busy connection keeps its
+    /// buffers instead of reallocating them for each batch.
+    pub fn release_idle_buffers(&mut self) {
+        release_if_empty(&mut self.priority);
+        release_if_empty(&mut self.normal);
+    }
+
     /// Remembers the task to wake; cheap when it is the same task as before.
     pub fn register(&mut self, waker: &Waker) {
         match &self.waker {
@@ -129,5 +135,28 @@ impl Outbox {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_buffers_are_released_only_when_their_lane_is_empty() {
+        let mut outbox = Outbox::default();
+        outbox.push_priority(Bytes::from_static(b"one"));
+        outbox.push_priority(Bytes::from_static(b"two"));
+        outbox.pop_priority();
+        outbox.release_idle_buffers();
+        assert!(
+            outbox.priority.capacity() > 0,
+            "a lane still holding a frame"
+        );
+        outbox.pop_priority();
+        assert!(outbox.priority.capacity() > 0, "writing keeps the buffer");
+        outbox.release_idle_buffers();
+        assert_eq!(outbox.priority.capacity(), 0);
+        assert_eq!(outbox.queued_bytes(), 0);
     }
 }

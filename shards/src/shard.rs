@@ -241,6 +241,7 @@ impl LocalShard {
                 }
                 continue;
             }
+            conn.release_idle_buffers();
             let code = match conn.expires_at() {
                 None if now.duration_since(conn.connected_at) > config.identify_timeout => {
                     Some(CloseCode::SessionTimedOut)
