@@ -19,8 +19,15 @@ const LABELLED: [(&str, &str, &str); 4] = [
     ("closes_", "closes", "reason"),
 ];
 
-/// Shard figures that are gauges, not counters; high-water marks are the highest shard's.
-const SHARD_GAUGES: [&str; 2] = ["outbox_high_water_bytes", "inbox_high_water_events"];
+/// Reads one field of a shard's snapshot.
+type ReadField = fn(&StatsSnapshot) -> u64;
+
+/// Shard figures that are high-water gauges, not counters: exported as the highest
+/// shard's, not summed.
+const HIGH_WATER: [(&str, ReadField); 2] = [
+    ("outbox_high_water_bytes", |s| s.outbox_high_water_bytes),
+    ("inbox_high_water_events", |s| s.inbox_high_water_events),
+];
 
 /// Renders every shard's and the ingestor's figures.
 pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> String {
@@ -43,7 +50,8 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
         );
     }
     render_shard_counters(&mut out, &total);
-    render_latency(&mut out, shard_stats);
+    render_high_water(&mut out, &per_shard);
+    render_publish_to_write(&mut out, shard_stats);
     let counters = [
         ("ingestor_publications", &ingestor.publications),
         (
@@ -111,7 +119,7 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
 fn render_shard_counters(out: &mut String, total: &StatsSnapshot) {
     let mut family_started = [false; LABELLED.len()];
     for (name, value) in total.fields() {
-        if name == "connections" || SHARD_GAUGES.contains(&name) {
+        if name == "connections" || HIGH_WATER.iter().any(|(gauge, _)| *gauge == name) {
             continue;
         }
         let labelled = LABELLED
@@ -138,21 +146,18 @@ fn render_shard_counters(out: &mut String, total: &StatsSnapshot) {
     }
 }
 
-/// The high-water gauges (the highest shard's) and the publish→write histogram
-/// (every shard's buckets summed), in seconds as Prometheus expects.
-fn render_latency(out: &mut String, shard_stats: &[Arc<ShardStats>]) {
-    let snapshots: Vec<StatsSnapshot> = shard_stats.iter().map(|s| s.snapshot()).collect();
-    for gauge in SHARD_GAUGES {
-        let highest = snapshots
-            .iter()
-            .flat_map(|s| s.fields())
-            .filter(|(name, _)| *name == gauge)
-            .map(|(_, value)| value)
-            .max()
-            .unwrap_or(0);
+/// The high-water gauges, the highest shard's.
+fn render_high_water(out: &mut String, per_shard: &[StatsSnapshot]) {
+    for (gauge, value) in HIGH_WATER {
+        let highest = per_shard.iter().map(value).max().unwrap_or(0);
         let _ = writeln!(out, "# TYPE coregate_{gauge} gauge");
         let _ = writeln!(out, "coregate_{gauge} {highest}");
     }
+}
+
+/// The publish→write histogram: every shard's buckets summed, in seconds as Prometheus
+/// expects.
+fn render_publish_to_write(out: &mut String, shard_stats: &[Arc<ShardStats>]) {
     let mut buckets = [0u64; LATENCY_BUCKETS_US.len() + 1];
     let mut sum_us = 0u64;
     for stats in shard_stats {
