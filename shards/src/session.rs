@@ -135,7 +135,7 @@ impl ConnDriver {
                 Namespace::User => allowed(topic.id() == identity.user_id),
                 // Joined through voice_join only.
                 Namespace::Voice => Rule::Forbidden,
-                Namespace::Channel | Namespace::Server | Namespace::Presence if membership => {
+                _ if membership && authorizer::is_gated(topic) => {
                     if self.conn.subscriptions().contains(topic) {
                         Rule::Allowed
                     } else {

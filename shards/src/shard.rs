@@ -302,11 +302,6 @@ impl LocalShard {
         })
         .await
     }
-
-    /// Connections open on this shard now.
-    pub fn connection_count(&self) -> usize {
-        self.conns.borrow().len()
-    }
 }
 
 /// Serves one accepted TCP connection's upgrade, then hands the WebSocket session to
