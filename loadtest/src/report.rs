@@ -8,6 +8,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::chat::ChatReport;
 use crate::collect::Tick;
 use crate::fleet::FleetReport;
 use crate::histo::{self, Percentiles};
@@ -164,14 +165,9 @@ pub struct ChatFigures {
     /// Publications on stable users' channels × those users.
     pub stable_expected: u64,
     pub stable_received: u64,
-    pub typing_sent: u64,
-    pub typing_received: u64,
-    pub resubscribes: u64,
-    pub reconnects: u64,
-    /// `error` messages the gateway sent.
-    pub server_errors: u64,
-    /// Failed churn reconnects and sends, by kind.
-    pub churn_errors: BTreeMap<String, u64>,
+    /// Typing, churn and errors, summed over the fleets (flattened into this object).
+    #[serde(flatten)]
+    pub activity: ChatReport,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -257,14 +253,15 @@ impl Summary {
                 c.stable_received,
                 c.stable_expected
             ));
+            let a = &c.activity;
             line(format!(
                 "typing: {} sent, {} received; churn: {} resubscribes, {} reconnects, errors {}; server errors {}",
-                c.typing_sent,
-                c.typing_received,
-                c.resubscribes,
-                c.reconnects,
-                fmt_map(&c.churn_errors),
-                c.server_errors
+                a.typing_sent,
+                a.typing_received,
+                a.resubscribes,
+                a.reconnects,
+                fmt_map(&a.churn_errors),
+                a.server_errors
             ));
         }
         if let Some(s) = &self.storm {

@@ -551,12 +551,7 @@ fn chat_figures(
         stable_users,
         stable_expected,
         stable_received: merged.sum.tracked_received,
-        typing_sent: c.typing_sent,
-        typing_received: c.typing_received,
-        resubscribes: c.resubscribes,
-        reconnects: c.reconnects,
-        server_errors: c.server_errors,
-        churn_errors: c.churn_errors.clone(),
+        activity: c.clone(),
     }
 }
 
