@@ -24,19 +24,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::poll_fn;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coregate_protocol::{Publication, Topic};
 use coregate_shards::bus::{shard_inbox, ShardMessage, ShardSender, SharedDelivery};
+use coregate_shards::shard::{route_in_batches, ROUTER_LATENCY};
+use coregate_shards::ShardStats;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use hdrhistogram::Histogram;
 
 /// Same as the shard's (`shard.rs`): coregate does no file I/O.
 const IO_MEMORY: usize = 128 * 1024;
-/// Same as the shard's router.
-const ROUTE_BATCH: usize = 256;
 /// The gateway's default inbox capacity (`ShardConfig::inbox_capacity`).
 const INBOX_CAPACITY: usize = 65_536;
 
@@ -92,32 +92,23 @@ fn spawn_shard(
                         first: None,
                         last: None,
                     };
-                    // The shard's `run_router`, recording instead of routing.
-                    while let Some(first) = poll_fn(|cx| inbox.poll_recv(cx)).await {
-                        let mut next = Some(first);
-                        let mut routed = 0;
-                        while let Some(message) = next {
+                    // The shard's own router loop, recording instead of routing. Each
+                    // event is timed when it is handled, not at its batch's start.
+                    let stats = ShardStats::default();
+                    route_in_batches(&inbox, &stats, |message, _| match message {
+                        ShardMessage::Deliver(delivery) => {
                             let now = Instant::now();
-                            match message {
-                                ShardMessage::Deliver(delivery) => {
-                                    let ns = now.duration_since(delivery.received_at).as_nanos();
-                                    received.latency_ns.saturating_record(ns as u64);
-                                    received.count += 1;
-                                    received.first.get_or_insert(now);
-                                    received.last = Some(now);
-                                }
-                                // The end of a run (see `run`).
-                                ShardMessage::Drain { .. } => return received,
-                            }
-                            routed += 1;
-                            next = if routed < ROUTE_BATCH {
-                                inbox.try_recv()
-                            } else {
-                                None
-                            };
+                            let ns = now.duration_since(delivery.received_at).as_nanos();
+                            received.latency_ns.saturating_record(ns as u64);
+                            received.count += 1;
+                            received.first.get_or_insert(now);
+                            received.last = Some(now);
+                            ControlFlow::Continue(())
                         }
-                        futures_lite::future::yield_now().await;
-                    }
+                        // The end of a run (see `run`).
+                        ShardMessage::Drain { .. } => ControlFlow::Break(()),
+                    })
+                    .await;
                     received
                 },
                 router_queue,
@@ -279,7 +270,8 @@ fn main() {
     let spin = env_u64("HANDOFF_SPIN_US").map(Duration::from_micros);
     // The router's task queue: `Latency::Matters(200µs)` like `serve_shard`, or
     // `HANDOFF_LATENCY_US=0` for `Latency::NotImportant`.
-    let latency = match env_u64("HANDOFF_LATENCY_US").unwrap_or(200) {
+    let default_us = ROUTER_LATENCY.as_micros() as u64;
+    let latency = match env_u64("HANDOFF_LATENCY_US").unwrap_or(default_us) {
         0 => Latency::NotImportant,
         us => Latency::Matters(Duration::from_micros(us)),
     };

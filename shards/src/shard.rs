@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,7 +36,10 @@ use crate::ws;
 /// needs more, and idle connections then hold no read buffer of their own.
 const READ_BUF_SIZE: usize = 64 * 1024;
 /// Events routed per inbox drain before the shard lets connections write.
-const ROUTE_BATCH: usize = 256;
+pub const ROUTE_BATCH: usize = 256;
+/// The router's task queue is latency-sensitive: deliveries arrive from another thread,
+/// and the executor should react to their wake-up promptly.
+pub const ROUTER_LATENCY: Duration = Duration::from_micros(200);
 /// glommio's storage I/O memory per executor; coregate does no file I/O.
 const IO_MEMORY: usize = 128 * 1024;
 /// Pending connections a shard's listener queues before the kernel drops SYNs.
@@ -471,18 +475,36 @@ async fn read_upgrade(
     }
 }
 
-/// Moves events from the inbox to connections, in batches, waking only when
-/// something arrives.
+/// Moves events from the inbox to connections.
 async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
+    route_in_batches(&inbox, &shard.stats, |message, now| {
+        match message {
+            ShardMessage::Deliver(delivery) => shard.route(delivery, now),
+            ShardMessage::Drain { window } => shard.start_drain(window),
+        }
+        ControlFlow::Continue(())
+    })
+    .await;
+}
+
+/// The shard's inbox loop: waits for the inbox without spinning, then hands up to
+/// [`ROUTE_BATCH`] queued messages to `handle`, with the time the batch started, before
+/// yielding, so that connections write what one batch queued before the next is
+/// routed. Ends when every sender is gone or `handle` breaks. Public so that the
+/// hand-off bench measures this loop, not a copy of it.
+pub async fn route_in_batches(
+    inbox: &LocalInbox,
+    stats: &ShardStats,
+    mut handle: impl FnMut(ShardMessage, Instant) -> ControlFlow<()>,
+) {
     while let Some(first) = poll_fn(|cx| inbox.poll_recv(cx)).await {
         let now = Instant::now();
-        ShardStats::raise(&shard.stats.inbox_high_water_events, inbox.len() as u64 + 1);
+        ShardStats::raise(&stats.inbox_high_water_events, inbox.len() as u64 + 1);
         let mut next = Some(first);
         let mut routed = 0;
         while let Some(message) = next {
-            match message {
-                ShardMessage::Deliver(delivery) => shard.route(delivery, now),
-                ShardMessage::Drain { window } => shard.start_drain(window),
+            if handle(message, now).is_break() {
+                return;
             }
             routed += 1;
             next = if routed < ROUTE_BATCH {
@@ -491,7 +513,6 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
                 None
             };
         }
-        // Connections write what this batch queued before the next batch is routed.
         futures_lite::future::yield_now().await;
     }
 }
@@ -690,11 +711,9 @@ fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 
 async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalInbox) {
     let executor = glommio::executor();
-    // Deliveries arrive from another thread: a latency-sensitive queue makes the
-    // executor react to the cross-thread wake-up promptly.
     let router_queue = executor.create_task_queue(
         Shares::default(),
-        Latency::Matters(Duration::from_micros(200)),
+        Latency::Matters(ROUTER_LATENCY),
         "router",
     );
     let _ = glommio::spawn_local_into(run_router(shard.clone(), inbox), router_queue)
