@@ -2,8 +2,8 @@
 //!
 //! Uses the real plumbing: [`shard_inbox`], [`ShardSender::try_send`] on a plain std thread
 //! (as the ingestor does) and [`LocalInbox::poll_recv`] inside a glommio `LocalExecutor`
-//! built like a shard's (same `io_memory`, router on a `Latency::Matters(200µs)` task
-//! queue, a sweeper timer and an accept loop beside it so that the executor parks the way
+//! built like a shard's (same `io_memory`, router on a task queue of the shard's
+//! [`ROUTER_QUEUE_LATENCY`], a sweeper timer and an accept loop beside it so that the executor parks the way
 //! a real shard does). Latency is `Instant::now()` at the router minus the
 //! `received_at` the sender stamped just before `try_send`.
 //!
@@ -17,8 +17,8 @@
 //!
 //! Run: `cargo bench -p coregate-shards --bench handoff`. Knobs (environment):
 //! `HANDOFF_SPIN_US` sets `LocalExecutorBuilder::spin_before_park` on the bench shard
-//! (default: unset, as in `start_shards`), `HANDOFF_LATENCY_US` the router queue's
-//! `Latency::Matters` (default 200; 0: `NotImportant`), `HANDOFF_CPU` the CPU the shard is
+//! (default: unset, as in `start_shards`), `HANDOFF_LATENCY_US` a `Latency::Matters` for the
+//! router queue instead of the shard's (unset or 0: the shard's), `HANDOFF_CPU` the CPU the shard is
 //! pinned to (default: the last one; the sender is left unpinned, like the ingestor),
 //! `HANDOFF_IDLE_EVENTS` the number of events of the idle scenario (default 5,000).
 
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use coregate_protocol::{Publication, Topic};
 use coregate_shards::bus::{shard_inbox, ShardMessage, ShardSender, SharedDelivery};
-use coregate_shards::shard::{route_in_batches, ROUTER_LATENCY};
+use coregate_shards::shard::{route_in_batches, ROUTER_QUEUE_LATENCY};
 use coregate_shards::ShardStats;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use hdrhistogram::Histogram;
@@ -268,11 +268,9 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = env_u64("HANDOFF_CPU").map_or(cpus - 1, |c| c as usize);
     let spin = env_u64("HANDOFF_SPIN_US").map(Duration::from_micros);
-    // The router's task queue: `Latency::Matters(200µs)` like `serve_shard`, or
-    // `HANDOFF_LATENCY_US=0` for `Latency::NotImportant`.
-    let default_us = ROUTER_LATENCY.as_micros() as u64;
-    let latency = match env_u64("HANDOFF_LATENCY_US").unwrap_or(default_us) {
-        0 => Latency::NotImportant,
+    // The router's task queue: the shard's, or `Matters(HANDOFF_LATENCY_US)` to compare.
+    let latency = match env_u64("HANDOFF_LATENCY_US").unwrap_or(0) {
+        0 => ROUTER_QUEUE_LATENCY,
         us => Latency::Matters(Duration::from_micros(us)),
     };
     let idle_events = env_u64("HANDOFF_IDLE_EVENTS").unwrap_or(5_000);

@@ -37,9 +37,19 @@ use crate::ws;
 const READ_BUF_SIZE: usize = 64 * 1024;
 /// Events routed per inbox drain before the shard lets connections write.
 pub const ROUTE_BATCH: usize = 256;
-/// The router's task queue is latency-sensitive: deliveries arrive from another thread,
-/// and the executor should react to their wake-up promptly.
-pub const ROUTER_LATENCY: Duration = Duration::from_micros(200);
+/// The latency class of the router's task queue: `NotImportant`, on purpose.
+///
+/// A `Latency::Matters(d)` queue makes glommio arm a preemption timer of `d` whenever
+/// the queue is runnable, and glommio 0.9 parks the executor, runnable tasks and
+/// all, when that timer completes after the reactor's poll and before any task queue
+/// ran (fixed upstream in glommio/glommio#53, not released). The router is then
+/// runnable but asleep, and since its waker was already taken, the ingestor's later
+/// pushes wake nothing until an unrelated event does. With `Matters(200µs)`, a shard
+/// descheduled for 200 µs at that point (two shards on a busy 2-core host) held
+/// ~1,000 events for up to ~200 ms: Redis publish→deliver p99 95–200 ms at 50,000
+/// deliveries/s, against 1.4 ms with this queue (BENCHMARKS.md). `NotImportant`
+/// leaves glommio's 100 ms default timer, which would need a 100 ms stall there.
+pub const ROUTER_QUEUE_LATENCY: Latency = Latency::NotImportant;
 /// glommio's storage I/O memory per executor; coregate does no file I/O.
 const IO_MEMORY: usize = 128 * 1024;
 /// Pending connections a shard's listener queues before the kernel drops SYNs.
@@ -711,11 +721,8 @@ fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 
 async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalInbox) {
     let executor = glommio::executor();
-    let router_queue = executor.create_task_queue(
-        Shares::default(),
-        Latency::Matters(ROUTER_LATENCY),
-        "router",
-    );
+    let router_queue =
+        executor.create_task_queue(Shares::default(), ROUTER_QUEUE_LATENCY, "router");
     let _ = glommio::spawn_local_into(run_router(shard.clone(), inbox), router_queue)
         .map(|t| t.detach());
     glommio::spawn_local(run_sweeper(shard.clone())).detach();
