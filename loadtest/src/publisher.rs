@@ -4,6 +4,10 @@
 //! sequence number (`seq`, from 0, advanced only when the previous one was accepted),
 //! padded to about `payload_bytes`. Topics are spread over a few lanes (keep-alive
 //! connections); a topic always uses the same one, so its order is kept.
+//!
+//! Publishing stops at `duration` even when the endpoint could not keep up: what was not
+//! sent by then is not sent, and a lane drops what it still holds [`LANE_GRACE`] later.
+//! So a saturated run still ends on time and reports what was really published.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +18,9 @@ use tokio::time::Instant;
 use crate::chatmix::ChatMix;
 use crate::sink::{Sink, SinkSpec};
 use crate::tokens::unix_now;
+
+/// How long after `duration` a lane may still send what it was handed before the end.
+const LANE_GRACE: Duration = Duration::from_secs(1);
 
 /// How publication `n` picks its topic.
 #[derive(Clone, Debug)]
@@ -54,19 +61,28 @@ impl Outcome {
 pub async fn run(plan: Plan) -> Outcome {
     let topics = plan.topics.max(1);
     let lanes = plan.connections.clamp(1, topics as usize);
+    let start = Instant::now();
+    let end = start + plan.duration;
     let mut senders = Vec::with_capacity(lanes);
     let mut handles = Vec::with_capacity(lanes);
     for _ in 0..lanes {
         let (tx, rx) = mpsc::channel::<u32>(64);
         senders.push(tx);
-        handles.push(tokio::spawn(lane(plan.clone(), topics, rx)));
+        handles.push(tokio::spawn(lane(
+            plan.clone(),
+            topics,
+            rx,
+            end + LANE_GRACE,
+        )));
     }
     let total = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
-    let start = Instant::now();
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / plan.rate.max(1e-9));
-        if due > Instant::now() {
+        let now = Instant::now();
+        if due > now {
             tokio::time::sleep_until(due).await;
+        } else if now >= end {
+            break;
         }
         let topic = match &plan.pick {
             TopicPick::RoundRobin => (i % u64::from(topics)) as u32,
@@ -95,7 +111,8 @@ pub async fn run(plan: Plan) -> Outcome {
     outcome
 }
 
-async fn lane(plan: Plan, topics: u32, mut jobs: mpsc::Receiver<u32>) -> Outcome {
+/// Publishes the topics it is handed until the channel closes or `stop_at` passes.
+async fn lane(plan: Plan, topics: u32, mut jobs: mpsc::Receiver<u32>, stop_at: Instant) -> Outcome {
     let mut sink = Sink::new(&plan.sink).await;
     let mut outcome = Outcome {
         published: vec![0; topics as usize],
@@ -103,6 +120,9 @@ async fn lane(plan: Plan, topics: u32, mut jobs: mpsc::Receiver<u32>) -> Outcome
     };
     let mut body = Vec::with_capacity(plan.payload_bytes + 128);
     while let Some(topic) = jobs.recv().await {
+        if Instant::now() >= stop_at {
+            break;
+        }
         let seq = outcome.published[topic as usize];
         body.clear();
         outcome.attempted += 1;
@@ -160,6 +180,60 @@ fn write_op_and_d(out: &mut Vec<u8>, op: &str, seq: u64, payload_bytes: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An admin endpoint that takes `delay` to accept each publication.
+    async fn slow_endpoint(delay: Duration) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        tokio::time::sleep(delay).await;
+                        let reply =
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                        let _ = stream.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_publisher_that_falls_behind_stops_at_its_duration() {
+        let admin = slow_endpoint(Duration::from_millis(200)).await;
+        let plan = Plan {
+            sink: SinkSpec::Http {
+                admin,
+                host: "test".into(),
+            },
+            pick: TopicPick::RoundRobin,
+            rate: 200.0,
+            topics: 1,
+            duration: Duration::from_millis(300),
+            payload_bytes: 50,
+            op: "message_new".into(),
+            connections: 1,
+        };
+        // 60 publications due within 300 ms, at 5 per second: sending them all would take
+        // 12 s. The publisher stops handing them out at 300 ms and the lane at 1.3 s.
+        let outcome = run(plan).await;
+        assert!(
+            outcome.elapsed < Duration::from_secs(3),
+            "took {:?}",
+            outcome.elapsed
+        );
+        assert!(
+            (2..60).contains(&outcome.total()),
+            "published {}",
+            outcome.total()
+        );
+        assert_eq!(outcome.attempted, outcome.total(), "{:?}", outcome.errors);
+    }
 
     #[test]
     fn body_shape_and_size() {

@@ -431,7 +431,8 @@ async fn publishing(
         op: publish.op.clone(),
         connections: publish.publishers,
     }));
-    // Publishing is bounded by --duration; allow a little for the last requests.
+    // The publisher stops by itself shortly after --duration (see `publisher`); the abort
+    // below only ends one whose endpoint stopped answering.
     collector
         .pump_until(
             cpu.started + common.duration + Duration::from_secs(10),
