@@ -47,8 +47,14 @@ pub const ROUTE_BATCH: usize = 256;
 /// pushes wake nothing until an unrelated event does. With `Matters(200µs)`, a shard
 /// descheduled for 200 µs at that point (two shards on a busy 2-core host) held
 /// ~1,000 events for up to ~200 ms: Redis publish→deliver p99 95–200 ms at 50,000
-/// deliveries/s, against 1.4 ms with this queue (BENCHMARKS.md). `NotImportant`
+/// deliveries/s, against 1.2–1.3 ms with this queue (BENCHMARKS.md). `NotImportant`
 /// leaves glommio's 100 ms default timer, which would need a 100 ms stall there.
+///
+/// What `Matters` would buy is a forced wake-up that preempts a busy executor as soon
+/// as a delivery arrives; without it the router waits for the running task queue to
+/// finish its turn, which is short because every connection task is. A parked shard
+/// wakes no slower: the hand-off bench's idle p50 is 15–54 µs, against 25–60 µs with
+/// `Matters(200µs)`.
 pub const ROUTER_QUEUE_LATENCY: Latency = Latency::NotImportant;
 /// glommio's storage I/O memory per executor; coregate does no file I/O.
 const IO_MEMORY: usize = 128 * 1024;
