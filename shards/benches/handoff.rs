@@ -3,9 +3,9 @@
 //! Uses the real plumbing: [`shard_inbox`], [`ShardSender::try_send`] on a plain std thread
 //! (as the ingestor does) and [`LocalInbox::poll_recv`] inside a glommio `LocalExecutor`
 //! built like a shard's (same `io_memory`, router on a task queue of the shard's
-//! [`ROUTER_QUEUE_LATENCY`], a sweeper timer and an accept loop beside it so that the executor parks the way
-//! a real shard does). Latency is `Instant::now()` at the router minus the
-//! `received_at` the sender stamped just before `try_send`.
+//! [`ROUTER_QUEUE_LATENCY`], a sweeper timer and an accept loop beside it so that the
+//! executor parks the way a real shard does). Latency is `Instant::now()` at the router
+//! minus the `received_at` the sender stamped just before `try_send`.
 //!
 //! Scenarios:
 //! - `idle`: one event, then the sender sleeps 200 µs–1 ms, so the shard has parked
@@ -17,10 +17,10 @@
 //!
 //! Run: `cargo bench -p coregate-shards --bench handoff`. Knobs (environment):
 //! `HANDOFF_SPIN_US` sets `LocalExecutorBuilder::spin_before_park` on the bench shard
-//! (default: unset, as in `start_shards`), `HANDOFF_LATENCY_US` a `Latency::Matters` for the
-//! router queue instead of the shard's (unset or 0: the shard's), `HANDOFF_CPU` the CPU the shard is
-//! pinned to (default: the last one; the sender is left unpinned, like the ingestor),
-//! `HANDOFF_IDLE_EVENTS` the number of events of the idle scenario (default 5,000).
+//! (default: unset, as in `start_shards`), `HANDOFF_LATENCY_US` a `Latency::Matters` for
+//! the router queue instead of the shard's (unset or 0: the shard's), `HANDOFF_CPU` the CPU
+//! the shard is pinned to (default: the last one; the sender is left unpinned, like the
+//! ingestor), `HANDOFF_IDLE_EVENTS` the number of events of the idle scenario (default 5,000).
 
 #![allow(clippy::unwrap_used)]
 
