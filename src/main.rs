@@ -185,7 +185,7 @@ fn serve(args: ConfigArgs) -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     let verifier = verifier(&config).map_err(|e| anyhow::anyhow!(e))?;
     let (ingestor_tx, ingestor_rx) = flume::bounded(INGESTOR_QUEUE);
-    let membership = install_authorizer(&config)?;
+    let (authorizer, membership) = membership_authorizer(&config).unzip();
     let placement = coregate_shards::ShardPlacement {
         nr_shards: config.shard_count(),
         cpus: config.cpu_list()?,
@@ -196,6 +196,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(config.shard_config()),
         verifier,
         ingestor_tx.clone(),
+        authorizer,
     )?;
     let ingestor_stats = Arc::new(ingest::IngestorStats::default());
     let redis = config.redis_url.as_ref().map(|url| ingest::RedisSettings {
@@ -240,21 +241,24 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(drain_on_signal(&shards, &draining, config.drain_window))
 }
 
-/// With `authorizer = "redis"`: installs the shards' membership gate and returns the
-/// receiving side of its checks, which the ingestor answers.
-fn install_authorizer(
+/// With `authorizer = "redis"`: the shards' membership authorizer, and the receiving
+/// side of its checks, which the ingestor answers.
+fn membership_authorizer(
     config: &Config,
-) -> anyhow::Result<Option<flume::Receiver<coregate_shards::MembershipCheck>>> {
+) -> Option<(
+    coregate_shards::SharedAuthorizer,
+    flume::Receiver<coregate_shards::MembershipCheck>,
+)> {
     if config.authorizer != config::AuthorizerKind::Redis {
-        return Ok(None);
+        return None;
     }
     let (checks_tx, checks_rx) = flume::bounded(MEMBERSHIP_QUEUE);
-    coregate_shards::authorizer::install(coregate_shards::SharedAuthorizer::new(
+    let authorizer = coregate_shards::SharedAuthorizer::new(
         checks_tx,
         config.authorizer_cache_ttl,
         config.authorizer_timeout,
-    ))?;
-    Ok(Some(checks_rx))
+    );
+    Some((authorizer, checks_rx))
 }
 
 /// Waits for SIGINT or SIGTERM, then drains: `/ready` turns 503 (`draining`), shards stop

@@ -6,6 +6,10 @@
 pub enum CloseCode {
     /// Normal closure.
     Normal = 1000,
+    /// The peer broke RFC 6455's framing rules (masking, control frame sizes, …).
+    ProtocolError = 1002,
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1).
+    InvalidPayload = 1007,
     /// A client message (or frame) exceeded `max_message_size`.
     MessageTooBig = 1009,
     /// The node is draining for a restart.
@@ -64,8 +68,10 @@ impl Reconnect {
 
 impl CloseCode {
     /// Every close code, for exhaustive tests and docs.
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 15] = [
         CloseCode::Normal,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
         CloseCode::MessageTooBig,
         CloseCode::ServiceRestart,
         CloseCode::TryAgainLater,
@@ -94,6 +100,8 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal closure",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::InvalidPayload => "invalid payload",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::ServiceRestart => "service restart",
             CloseCode::TryAgainLater => "try again later",
@@ -113,6 +121,8 @@ impl CloseCode {
     pub fn reconnect(self) -> Reconnect {
         match self {
             CloseCode::Normal => Reconnect::No,
+            CloseCode::ProtocolError => Reconnect::AfterFix,
+            CloseCode::InvalidPayload => Reconnect::AfterFix,
             CloseCode::MessageTooBig => Reconnect::AfterFix,
             CloseCode::ServiceRestart => Reconnect::AfterRetryAfter,
             CloseCode::TryAgainLater => Reconnect::WithBackoff,
@@ -135,8 +145,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_match_the_table() {
-        let table: [(u16, Reconnect); 13] = [
+        let table: [(u16, Reconnect); 15] = [
             (1000, Reconnect::No),
+            (1002, Reconnect::AfterFix),
+            (1007, Reconnect::AfterFix),
             (1009, Reconnect::AfterFix),
             (1012, Reconnect::AfterRetryAfter),
             (1013, Reconnect::WithBackoff),

@@ -120,6 +120,15 @@ pub fn split_server_frame(encoding: Encoding, frame: &[u8]) -> Result<Vec<&[u8]>
     }
 }
 
+/// What goes between two messages of one frame (§2): `\n` in JSON, nothing in
+/// MessagePack, whose values delimit themselves.
+pub fn message_separator(encoding: Encoding) -> &'static [u8] {
+    match encoding {
+        Encoding::Json => b"\n",
+        Encoding::MsgPack => b"",
+    }
+}
+
 /// [`FrameBuilder::push`] refused a message: the frame is full; send it and start another.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 #[error("frame full")]
@@ -170,13 +179,15 @@ impl FrameBuilder {
     /// one would take it past `max_frame_size`. A single message larger than the maximum is
     /// accepted alone: the bound limits batching, not message size.
     pub fn push(&mut self, message: &[u8]) -> Result<(), FrameFull> {
-        let sep = usize::from(self.count > 0 && self.encoding == Encoding::Json);
-        if self.count > 0 && self.buf.len() + sep + message.len() > self.max_frame_size {
+        let sep: &[u8] = if self.count > 0 {
+            message_separator(self.encoding)
+        } else {
+            b""
+        };
+        if self.count > 0 && self.buf.len() + sep.len() + message.len() > self.max_frame_size {
             return Err(FrameFull);
         }
-        if sep == 1 {
-            self.buf.push(b'\n');
-        }
+        self.buf.extend_from_slice(sep);
         self.buf.extend_from_slice(message);
         self.count += 1;
         Ok(())

@@ -47,7 +47,8 @@ pub use encoding::{
 };
 pub use error::{DecodeError, DecodeErrorWithRef};
 pub use framing::{
-    decode_client_frame, split_server_frame, ClientFrameMessages, FrameBuilder, FrameFull,
+    decode_client_frame, message_separator, split_server_frame, ClientFrameMessages, FrameBuilder,
+    FrameFull,
 };
 pub use message::{
     ClientEnvelope, ClientMessage, ErrorCode, PresenceEntry, PresenceStatus, ServerEnvelope,

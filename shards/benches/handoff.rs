@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use coregate_protocol::{Publication, Topic};
 use coregate_shards::bus::{shard_inbox, ShardMessage, ShardSender, SharedDelivery};
-use coregate_shards::shard::{route_in_batches, ROUTER_QUEUE_LATENCY};
+use coregate_shards::driver::{route_in_batches, ROUTER_QUEUE_LATENCY};
 use coregate_shards::ShardStats;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use hdrhistogram::Histogram;

@@ -6,22 +6,20 @@
 //!
 //! Shards are glommio executors and cannot run the redis crate's tokio code, so a check
 //! goes to the node's ingestor thread as a [`MembershipCheck`] over flume, with a reply
-//! channel. Verdicts are cached per shard (a thread-local: one shard per thread) for a
-//! short configurable time, so a user re-subscribing, or many connections of one user,
-//! cost one round trip. Failures are never cached.
+//! channel. Verdicts are cached per shard (each shard's hub owns a [`MembershipGate`])
+//! for a short configurable time, so a user re-subscribing, or many connections of one
+//! user, cost one round trip. Failures are never cached.
 //!
-//! The check is installed once per process ([`install`]): the shards' configuration and
-//! connection types do not carry it, and every shard of a node shares the same one.
+//! The binary makes one [`SharedAuthorizer`] per node and hands it to `start_shards`;
+//! every shard wraps it in a gate of its own.
 //!
-//! A shard serves thousands of connections, so nothing here waits: the subscribe path
-//! (`session.rs`) takes the cached verdicts (`SharedAuthorizer::lookup`); on a miss it
-//! sends the check (`SharedAuthorizer::send_check`), awaits the reply in a task of its
-//! own, bounded by `SharedAuthorizer::timeout`, and hands the answer to
-//! `SharedAuthorizer::record`, which caches it and merges it with the cached verdicts.
+//! A shard serves thousands of connections, so nothing here waits: the session's
+//! subscribe takes the cached verdicts ([`MembershipGate::lookup`]); on a miss the hub
+//! sends the check ([`MembershipGate::send_check`]), the driver awaits the reply in a
+//! task of its own, bounded by [`MembershipGate::timeout`], and the hub hands the answer
+//! to [`MembershipGate::record`], which caches it and merges it with the cached verdicts.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use coregate_protocol::{Namespace, Topic};
@@ -76,15 +74,32 @@ impl SharedAuthorizer {
             timeout,
         }
     }
+}
+
+/// A shard's side of the `redis` authorizer: the node's checker and this shard's
+/// cached verdicts. Owned by the shard's hub, so no lock and no thread-local.
+#[derive(Debug)]
+pub struct MembershipGate {
+    authorizer: SharedAuthorizer,
+    cache: LocalVerdictCache,
+}
+
+impl MembershipGate {
+    pub fn new(authorizer: SharedAuthorizer) -> MembershipGate {
+        MembershipGate {
+            authorizer,
+            cache: LocalVerdictCache::default(),
+        }
+    }
 
     /// How long the caller should wait for an answer to [`Self::send_check`].
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+    pub fn timeout(&self) -> Duration {
+        self.authorizer.timeout
     }
 
     /// The verdicts this shard has cached for `user_id` on `topics` (only gated ones).
     pub(crate) fn lookup(&self, user_id: &str, topics: &[Topic], now: Instant) -> Lookup {
-        CACHE.with(|cache| cache.borrow().lookup(user_id, topics, now))
+        self.cache.lookup(user_id, topics, now)
     }
 
     /// Sends the question to the ingestor without waiting; the answer comes on the
@@ -96,7 +111,8 @@ impl SharedAuthorizer {
         topics: Vec<Topic>,
     ) -> Result<flume::Receiver<MembershipAnswer>, MembershipError> {
         let (reply, answer) = flume::bounded(1);
-        self.checks
+        self.authorizer
+            .checks
             .try_send(MembershipCheck {
                 user_id: user_id.to_owned(),
                 topics,
@@ -113,36 +129,15 @@ impl SharedAuthorizer {
     /// none): caches what was answered, logs a failure (rate-limited), and returns one
     /// verdict per topic originally looked up.
     pub(crate) fn record(
-        &self,
+        &mut self,
         user_id: &str,
         lookup: Lookup,
         answer: MembershipAnswer,
         now: Instant,
     ) -> Vec<Verdict> {
-        CACHE.with(|cache| {
-            cache
-                .borrow_mut()
-                .record(user_id, lookup, answer, now, self.cache_ttl)
-        })
+        let ttl = self.authorizer.cache_ttl;
+        self.cache.record(user_id, lookup, answer, now, ttl)
     }
-}
-
-/// Installed a second time.
-#[derive(Debug, thiserror::Error)]
-#[error("a subscribe authorizer is already installed")]
-pub struct AlreadyInstalled;
-
-static AUTHORIZER: OnceLock<SharedAuthorizer> = OnceLock::new();
-
-/// Makes every shard of this process check membership through `authorizer`. Call before
-/// the shards start.
-pub fn install(authorizer: SharedAuthorizer) -> Result<(), AlreadyInstalled> {
-    AUTHORIZER.set(authorizer).map_err(|_| AlreadyInstalled)
-}
-
-/// The `redis` authorizer, if installed; `None` means the `claims` rules apply.
-pub(crate) fn installed() -> Option<&'static SharedAuthorizer> {
-    AUTHORIZER.get()
 }
 
 /// What the authorizer says about one topic.
@@ -160,10 +155,6 @@ pub fn is_gated(topic: &Topic) -> bool {
         topic.namespace(),
         Namespace::Channel | Namespace::Server | Namespace::Presence
     )
-}
-
-thread_local! {
-    static CACHE: RefCell<LocalVerdictCache> = RefCell::new(LocalVerdictCache::default());
 }
 
 /// The cached verdicts on some topics, and the topics that must be asked about.
@@ -190,7 +181,7 @@ impl Lookup {
 }
 
 /// A shard's recent verdicts, keyed by user and topic.
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct LocalVerdictCache {
     verdicts: HashMap<(Box<str>, Topic), (bool, Instant)>,
     /// When a warning was last logged, so that an outage logs once a second at most.
@@ -289,6 +280,7 @@ fn verdict(allowed: bool) -> Verdict {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::cell::RefCell;
 
     fn topics(names: &[&str]) -> Vec<Topic> {
         names.iter().map(|n| Topic::parse(n).unwrap()).collect()

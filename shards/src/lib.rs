@@ -1,34 +1,48 @@
 //! coregate's shards: everything that lives on one core.
 //!
-//! - [`shard`]: executors, placement, the listener and the per-shard tasks (router,
-//!   sweeper, accept loop) and the shard's state;
-//! - [`upgrade`]: the HTTP upgrade (path, subprotocol, token);
-//! - [`conn`]: a connection's state and the task that drives its socket;
-//! - [`session`]: what a connection does with each client message;
-//! - [`topic_table`]: topic → local connections, owned by the shard (no locks);
-//! - [`outbox`]: a connection's priority and normal lanes;
+//! The crate is split in two: sans-IO parts (no glommio, no socket, no clock: they take
+//! bytes and `now`, and are unit-tested with a virtual clock) and the glommio driver
+//! that runs them.
+//!
+//! Sans-IO:
+//! - [`session`]: one connection's protocol as a state machine: bytes in, frames out,
+//!   deadlines, closes, and the events its shard acts on; every close decided in
+//!   [`session::close`], rate limits in [`session::allowance`], the lanes in
+//!   [`session::outbox`];
+//! - [`hub`]: a shard's connections under generational keys, its topic table
+//!   ([`hub::topic_table`]), membership checks and routing;
+//! - [`upgrade`]: the HTTP upgrade request (path, subprotocol, token);
 //! - [`ws`]: WebSocket framing over tungstenite without tungstenite owning the socket;
-//! - [`bus`]: the queues between shards and the node's ingestor;
 //! - [`admission`]: node-wide connection limits (per node, per address, per user);
 //! - [`auth`]: the verifier trait the binary implements with JWTs;
 //! - [`authorizer`]: the optional Redis membership gate on `subscribe`, cached per shard;
-//! - [`rate_limit`]: the token bucket behind per-connection event limits;
+//! - [`config`]: the settings every shard reads;
+//! - [`bus`]: the queues between shards and the node's ingestor;
+//! - [`rate_limit`]: the token bucket behind the rate limits;
 //! - [`stats`]: per-shard counters summed at scrape time.
+//!
+//! The driver ([`driver`]): executors and placement, the accept loop and upgrade I/O,
+//! one task per connection moving bytes between its socket and its session, the router,
+//! the sweeper, the batch ticker and the drain.
+//!
+//! `testing` (tests only) is the harness that drives a hub and its sessions with literal
+//! bytes and a virtual clock, like quinn-proto's `Pair`.
 
 pub mod admission;
 pub mod auth;
 pub mod authorizer;
 pub mod bus;
 pub mod config;
-pub mod conn;
-pub mod outbox;
+pub mod driver;
+pub mod hub;
 pub mod rate_limit;
-mod session;
-pub mod shard;
+pub mod session;
 pub mod stats;
-pub mod topic_table;
 pub mod upgrade;
 pub mod ws;
+
+#[cfg(test)]
+mod testing;
 
 pub use auth::{AuthError, Identity, TokenVerifier};
 pub use authorizer::{MembershipCheck, MembershipError, SharedAuthorizer};
@@ -37,5 +51,5 @@ pub use bus::{
     ShardSender, ShardSet, SharedDelivery, WireMessage, MAX_SHARDS,
 };
 pub use config::ShardConfig;
-pub use shard::{start_shards, RunningShards, ShardPlacement, StartError};
+pub use driver::{start_shards, RunningShards, ShardPlacement, StartError};
 pub use stats::{ShardStats, StatsSnapshot};

@@ -1,5 +1,5 @@
-//! A token bucket for per-connection event rates. Sans-IO: the caller passes `now`,
-//! so tests drive time by hand.
+//! A token bucket for rates: per-connection event limits and per-address connect
+//! limits. Sans-IO: the caller passes `now`, so tests drive time by hand.
 
 use std::time::{Duration, Instant};
 

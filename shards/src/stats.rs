@@ -110,6 +110,8 @@ shard_stats! {
     closes_slow_consumer,
     /// 1002/1007: WebSocket protocol violations.
     closes_protocol_error,
+    /// Any other close code (none is sent today; kept so that every close counts).
+    closes_other,
     /// Events that arrived for a topic with no local subscriber left.
     unrouted_events,
     /// Interest changes that could not be handed to the ingestor at once (retried).
@@ -176,24 +178,6 @@ impl ShardStats {
             Refusal::UserLimit => &self.upgrades_refused_user_limit,
             Refusal::Unavailable { .. } => &self.upgrades_refused_unavailable,
         }
-    }
-
-    /// The per-reason counter of a server close.
-    pub fn close_counter(&self, code: u16) -> Option<&AtomicU64> {
-        Some(match code {
-            1009 => &self.closes_message_too_big,
-            1012 => &self.closes_service_restart,
-            4003 => &self.closes_not_authenticated,
-            4004 => &self.closes_authentication_failed,
-            4005 => &self.closes_already_authenticated,
-            4006 => &self.closes_token_expired,
-            4008 => &self.closes_rate_limited,
-            4009 => &self.closes_session_timed_out,
-            4010 => &self.closes_slow_consumer,
-            4011 => &self.closes_too_many_connections,
-            1002 | 1007 => &self.closes_protocol_error,
-            _ => return None,
-        })
     }
 
     /// Adds to a counter of the calling shard's own (see the module docs).

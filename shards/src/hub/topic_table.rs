@@ -10,10 +10,8 @@ use std::collections::HashMap;
 use coregate_protocol::{Encoding, Topic};
 use indexmap::IndexSet;
 
+use super::ConnKey;
 use crate::bus::InterestChange;
-
-/// A connection's key in the shard's connection slab.
-pub type ConnKey = usize;
 
 #[derive(Default)]
 struct TopicEntry {
@@ -159,29 +157,40 @@ mod tests {
         Topic::parse(s).expect("valid topic")
     }
 
+    fn key(index: u32) -> ConnKey {
+        ConnKey {
+            index,
+            generation: 0,
+        }
+    }
+
     #[test]
     fn interest_changes_only_at_first_and_last_subscriber_per_encoding() {
         let mut table = LocalTopicTable::default();
         let t = topic("channel:1");
         assert_eq!(
-            table.subscribe(&t, 1, Encoding::Json),
+            table.subscribe(&t, key(1), Encoding::Json),
             Some(InterestChange::Gained)
         );
-        assert_eq!(table.subscribe(&t, 2, Encoding::Json), None);
-        assert_eq!(table.subscribe(&t, 2, Encoding::Json), None, "repeat");
+        assert_eq!(table.subscribe(&t, key(2), Encoding::Json), None);
+        assert_eq!(table.subscribe(&t, key(2), Encoding::Json), None, "repeat");
         assert_eq!(
-            table.subscribe(&t, 3, Encoding::MsgPack),
+            table.subscribe(&t, key(3), Encoding::MsgPack),
             Some(InterestChange::Gained)
         );
         assert_eq!(table.subscriber_count(&t), 3);
-        assert_eq!(table.unsubscribe(&t, 1, Encoding::Json), None);
+        assert_eq!(table.unsubscribe(&t, key(1), Encoding::Json), None);
         assert_eq!(
-            table.unsubscribe(&t, 2, Encoding::Json),
+            table.unsubscribe(&t, key(2), Encoding::Json),
             Some(InterestChange::Lost)
         );
-        assert_eq!(table.unsubscribe(&t, 2, Encoding::Json), None, "repeat");
         assert_eq!(
-            table.unsubscribe(&t, 3, Encoding::MsgPack),
+            table.unsubscribe(&t, key(2), Encoding::Json),
+            None,
+            "repeat"
+        );
+        assert_eq!(
+            table.unsubscribe(&t, key(3), Encoding::MsgPack),
             Some(InterestChange::Lost)
         );
         assert_eq!(table.topic_count(), 0, "empty topics are dropped");
@@ -192,18 +201,22 @@ mod tests {
     fn a_single_subscriber_grows_into_a_set_and_back() {
         let mut table = LocalTopicTable::default();
         let t = topic("user:alice");
-        table.subscribe(&t, 7, Encoding::Json);
-        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), vec![7]);
-        assert_eq!(table.subscribe(&t, 7, Encoding::Json), None, "repeat");
-        table.subscribe(&t, 9, Encoding::Json);
+        table.subscribe(&t, key(7), Encoding::Json);
+        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), vec![key(7)]);
+        assert_eq!(table.subscribe(&t, key(7), Encoding::Json), None, "repeat");
+        table.subscribe(&t, key(9), Encoding::Json);
         let mut both: Vec<_> = table.subscribers(&t).collect();
-        both.sort_unstable();
-        assert_eq!(both, vec![7, 9]);
-        assert_eq!(table.unsubscribe(&t, 3, Encoding::Json), None, "not there");
-        table.unsubscribe(&t, 7, Encoding::Json);
-        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), vec![9]);
+        both.sort_unstable_by_key(|k| k.index);
+        assert_eq!(both, vec![key(7), key(9)]);
         assert_eq!(
-            table.unsubscribe(&t, 9, Encoding::Json),
+            table.unsubscribe(&t, key(3), Encoding::Json),
+            None,
+            "not there"
+        );
+        table.unsubscribe(&t, key(7), Encoding::Json);
+        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), vec![key(9)]);
+        assert_eq!(
+            table.unsubscribe(&t, key(9), Encoding::Json),
             Some(InterestChange::Lost)
         );
         assert_eq!(table.topic_count(), 0);

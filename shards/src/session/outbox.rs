@@ -4,12 +4,11 @@
 //! signaling, close) and is always written first and never shed. The normal lane
 //! holds shared deliveries; events queued in the same shard tick are joined into one
 //! frame when the connection next writes. Queued bytes are counted so that a reader
-//! that cannot keep up is noticed (see `LocalConn`).
+//! that cannot keep up is noticed (see `Session::enqueue`).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
 
 use bytes::Bytes;
 
@@ -32,30 +31,27 @@ pub struct Outbox {
     normal: VecDeque<LocalDelivery>,
     /// Bytes queued in both lanes.
     queued_bytes: usize,
-    /// The connection task, woken when something is queued.
-    waker: Option<Waker>,
+    /// Bytes queued in the priority lane alone.
+    priority_bytes: usize,
 }
 
 impl Outbox {
     pub fn push_priority(&mut self, frame: Bytes) {
         self.queued_bytes += frame.len();
+        self.priority_bytes += frame.len();
         self.priority.push_back(frame);
-        self.wake();
     }
 
-    /// Queues an event whose encoded size is `len`. With `wake` false the connection is
-    /// left asleep: the shard's batch ticker wakes it later (`batch_delay`).
-    pub fn push_normal(&mut self, delivery: LocalDelivery, len: usize, wake: bool) {
+    /// Queues an event whose encoded size is `len`.
+    pub fn push_normal(&mut self, delivery: LocalDelivery, len: usize) {
         self.queued_bytes += len;
         self.normal.push_back(delivery);
-        if wake {
-            self.wake();
-        }
     }
 
     pub fn pop_priority(&mut self) -> Option<Bytes> {
         let frame = self.priority.pop_front()?;
         self.queued_bytes -= frame.len();
+        self.priority_bytes -= frame.len();
         Some(frame)
     }
 
@@ -69,8 +65,9 @@ impl Outbox {
         Some(delivery)
     }
 
-    pub fn peek_normal(&self) -> Option<&LocalDelivery> {
-        self.normal.front()
+    /// The queued events, oldest first.
+    pub fn normal_iter(&self) -> impl Iterator<Item = &LocalDelivery> {
+        self.normal.iter()
     }
 
     /// Drops queued ephemeral events (typing), oldest first, until the queue holds at
@@ -113,6 +110,9 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
+    pub fn priority_bytes(&self) -> usize {
+        self.priority_bytes
+    }
 
     /// Frees the buffers of empty lanes. Most connections are idle most of the time, and
     /// an idle one should not keep the capacity its last burst needed; called by the
@@ -121,20 +121,6 @@ impl Outbox {
     pub fn release_idle_buffers(&mut self) {
         release_if_empty(&mut self.priority);
         release_if_empty(&mut self.normal);
-    }
-
-    /// Remembers the task to wake; cheap when it is the same task as before.
-    pub fn register(&mut self, waker: &Waker) {
-        match &self.waker {
-            Some(current) if current.will_wake(waker) => {}
-            _ => self.waker = Some(waker.clone()),
-        }
-    }
-
-    pub fn wake(&mut self) {
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
     }
 }
 

@@ -1,0 +1,204 @@
+//! One connection's task: moves bytes between its socket and its session in the hub.
+//!
+//! Each wake-up it writes what the session hands out ([`LocalHub::poll_transmit`]) until
+//! the socket would block, then reads what arrived and feeds it to the session. The
+//! session decides everything else; this task only notices when to stop: the session is
+//! flushed after a close (half-close, then a short linger for the client's close), the
+//! session gave up on a close that did not get out, or the peer went away.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use super::LocalShard;
+use crate::authorizer::MembershipError;
+use crate::hub::{ConnKey, MembershipWait};
+use crate::session::{Now, Transmit};
+use crate::stats::ShardStats;
+
+/// How long to wait for the client's side of the close after ours is written.
+pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Why the connection's loop stopped.
+enum End {
+    /// Closing, and everything queued has been written.
+    Flushed,
+    /// The peer went away, the socket failed, or the close took too long.
+    Gone,
+}
+
+/// A transmit being written, and how much of it is.
+struct Writing {
+    transmit: Transmit,
+    written: usize,
+}
+
+struct Connection<'a> {
+    shard: &'a Rc<LocalShard>,
+    stream: TcpStream,
+    key: ConnKey,
+    writing: Option<Writing>,
+    /// The socket's read side has ended (EOF while closing).
+    eof: bool,
+}
+
+/// Runs the connection `key` over `stream` until it ends; the caller removes it from the hub.
+pub(super) async fn run(shard: &Rc<LocalShard>, stream: TcpStream, key: ConnKey) {
+    let mut connection = Connection {
+        shard,
+        stream,
+        key,
+        writing: None,
+        eof: false,
+    };
+    if let End::Flushed = poll_fn(|cx| connection.poll(cx)).await {
+        // Boxed: the linger's timer and buffer are needed only while closing.
+        Box::pin(connection.finish_close()).await;
+    }
+}
+
+impl Connection<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            if let Poll::Ready(end) = self.poll_write(cx) {
+                return Poll::Ready(end);
+            }
+            let (aborted, closing, peer_closed) = match self.shard.hub.borrow().session(self.key) {
+                Some(s) => (s.is_aborted(), s.is_closing(), s.peer_closed()),
+                None => return Poll::Ready(End::Gone),
+            };
+            if aborted {
+                return Poll::Ready(End::Gone);
+            }
+            // The session handed out nothing more: closing, that means flushed.
+            if closing && self.writing.is_none() {
+                return Poll::Ready(End::Flushed);
+            }
+            if self.eof || peer_closed {
+                // Nothing more to read; wait for the socket to take what is queued.
+                self.shard
+                    .hub
+                    .borrow_mut()
+                    .register_waker(self.key, cx.waker());
+                return Poll::Pending;
+            }
+            let shard = self.shard;
+            let mut buf = shard.read_buf.borrow_mut();
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    if !closing {
+                        return Poll::Ready(End::Gone);
+                    }
+                    self.eof = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    let waits = {
+                        let mut hub = shard.hub.borrow_mut();
+                        hub.handle_input(self.key, &buf[..n], Now::system());
+                        hub.take_membership_waits()
+                    };
+                    drop(buf);
+                    // Spawned with no borrow held: glommio may run a new task at once.
+                    for wait in waits {
+                        glommio::spawn_local(await_membership(shard.clone(), wait)).detach();
+                    }
+                }
+                Poll::Pending => {
+                    shard.hub.borrow_mut().register_waker(self.key, cx.waker());
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Writes what the session hands out until the socket would block. `Ready` only
+    /// when the socket failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let shard = self.shard;
+        loop {
+            if self.writing.is_none() {
+                let transmit = shard
+                    .hub
+                    .borrow_mut()
+                    .poll_transmit(self.key, Instant::now());
+                self.writing = transmit.map(|transmit| Writing {
+                    transmit,
+                    written: 0,
+                });
+            }
+            let Some(writing) = &mut self.writing else {
+                return Poll::Pending;
+            };
+            let Some(encoding) = shard.hub.borrow().session(self.key).map(|s| s.encoding()) else {
+                return Poll::Ready(End::Gone);
+            };
+            let bytes = &writing.transmit.bytes(encoding)[writing.written..];
+            match Pin::new(&mut self.stream).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(n)) => {
+                    ShardStats::add(&shard.stats.bytes_out, n as u64);
+                    writing.written += n;
+                    if n == bytes.len() {
+                        self.writing = None;
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Our close frame is written: half-close, and give the client a moment to answer
+    /// so that the kernel does not reset the connection under its last bytes.
+    async fn finish_close(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let peer_closed = self
+            .shard
+            .hub
+            .borrow()
+            .session(self.key)
+            .is_some_and(|s| s.peer_closed());
+        if peer_closed || self.eof {
+            return;
+        }
+        let linger = async {
+            let mut sink = vec![0u8; 512];
+            while let Ok(n) = futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(linger, glommio::timer::sleep(CLOSE_LINGER)).await;
+    }
+}
+
+/// Waits for a membership check's answer, at most its timeout, and gives it to the hub.
+async fn await_membership(shard: Rc<LocalShard>, wait: MembershipWait) {
+    let MembershipWait {
+        check_id,
+        answer,
+        timeout,
+    } = wait;
+    let answer = futures_lite::future::or(
+        async {
+            answer
+                .recv_async()
+                .await
+                .unwrap_or(Err(MembershipError::Unavailable))
+        },
+        async {
+            glommio::timer::sleep(timeout).await;
+            Err(MembershipError::TimedOut(timeout))
+        },
+    )
+    .await;
+    shard
+        .hub
+        .borrow_mut()
+        .finish_check(check_id, answer, Instant::now());
+}

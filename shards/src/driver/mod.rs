@@ -1,0 +1,388 @@
+//! The glommio driver: the only code of the shards that touches sockets, timers, task
+//! queues and the real clock. Each shard is a glommio executor pinned to a core with
+//! its own `SO_REUSEPORT` listener and these tasks:
+//!
+//! - the accept loop ([`serve_shard`]), one task per accepted socket for its upgrade
+//!   ([`handshake`]), then one per connection ([`connection`]) that moves bytes between
+//!   the socket and its session in the [`LocalHub`];
+//! - the router, which hands the ingestor's deliveries to the hub;
+//! - the sweeper, which gives the hub the time every `sweep_interval`;
+//! - the batch ticker (with `batch_delay`) and, on a drain, the drain task.
+//!
+//! Nothing here is touched from another thread except through the inbox and the stats.
+
+mod connection;
+mod handshake;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+
+use crate::admission::Admission;
+use crate::auth::TokenVerifier;
+use crate::authorizer::SharedAuthorizer;
+use crate::bus::{shard_inbox, IngestorSender, LocalInbox, ShardMessage, ShardSender, MAX_SHARDS};
+use crate::config::ShardConfig;
+use crate::hub::LocalHub;
+use crate::session::{CloseReason, CLOSE_FLUSH_LIMIT};
+use crate::stats::ShardStats;
+
+/// Size of the shard's read buffer, shared by all its connections: a read never
+/// needs more, and idle connections then hold no read buffer of their own.
+const READ_BUF_SIZE: usize = 64 * 1024;
+/// Events routed per inbox drain before the shard lets connections write.
+pub const ROUTE_BATCH: usize = 256;
+/// The latency class of the router's task queue: `NotImportant`, on purpose.
+///
+/// A `Latency::Matters(d)` queue makes glommio arm a preemption timer of `d` whenever
+/// the queue is runnable, and glommio 0.9 parks the executor, runnable tasks and
+/// all, when that timer completes after the reactor's poll and before any task queue
+/// ran (fixed upstream in glommio/glommio#53, not released). The router is then
+/// runnable but asleep, and since its waker was already taken, the ingestor's later
+/// pushes wake nothing until an unrelated event does. With `Matters(200µs)`, a shard
+/// descheduled for 200 µs at that point (two shards on a busy 2-core host) held
+/// ~1,000 events for up to ~200 ms: Redis publish→deliver p99 95–200 ms at 50,000
+/// deliveries/s, against 1.2–1.3 ms with this queue (BENCHMARKS.md). `NotImportant`
+/// leaves glommio's 100 ms default timer, which would need a 100 ms stall there.
+///
+/// What `Matters` would buy is a forced wake-up that preempts a busy executor as soon
+/// as a delivery arrives; without it the router waits for the running task queue to
+/// finish its turn, which is short because every connection task is. A parked shard
+/// wakes no slower: the hand-off bench's idle p50 is 15–54 µs, against 25–60 µs with
+/// `Matters(200µs)`.
+pub const ROUTER_QUEUE_LATENCY: Latency = Latency::NotImportant;
+/// glommio's storage I/O memory per executor; coregate does no file I/O.
+const IO_MEMORY: usize = 128 * 1024;
+/// Pending connections a shard's listener queues before the kernel drops SYNs.
+const LISTEN_BACKLOG: i32 = 65_535;
+/// How often the drain closes its next batch of connections.
+const DRAIN_STEP: Duration = Duration::from_millis(100);
+
+/// A shard's driver state, shared by its tasks (all on one thread).
+pub(crate) struct LocalShard {
+    pub(crate) shard_id: usize,
+    pub(crate) config: Arc<ShardConfig>,
+    pub(crate) verifier: Arc<dyn TokenVerifier>,
+    pub(crate) stats: Arc<ShardStats>,
+    /// The node-wide connection limits, shared by every shard.
+    pub(crate) admission: Arc<Admission>,
+    /// The connections and routing; borrowed for one synchronous step at a time,
+    /// never across an `await`.
+    pub(crate) hub: RefCell<LocalHub>,
+    pub(crate) read_buf: RefCell<Vec<u8>>,
+    /// The drain's window, once the node drains; wakes the accept loop so it stops
+    /// listening and drains.
+    drain_window: Cell<Option<Duration>>,
+    drain_waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl LocalShard {
+    fn start_drain(&self, window: Duration) {
+        if self.drain_window.get().is_some() {
+            return;
+        }
+        self.drain_window.set(Some(window));
+        if let Some(waker) = self.drain_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves with the drain's window once the node starts draining.
+    async fn drain_started(&self) -> Duration {
+        poll_fn(|cx| {
+            if let Some(window) = self.drain_window.get() {
+                return std::task::Poll::Ready(window);
+            }
+            *self.drain_waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Moves events from the inbox to connections.
+async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
+    route_in_batches(&inbox, &shard.stats, |message, now| {
+        match message {
+            ShardMessage::Deliver(delivery) => shard.hub.borrow_mut().route(delivery, now),
+            ShardMessage::Drain { window } => shard.start_drain(window),
+        }
+        ControlFlow::Continue(())
+    })
+    .await;
+}
+
+/// The shard's inbox loop: waits for the inbox without spinning, then hands up to
+/// [`ROUTE_BATCH`] queued messages to `handle`, with the time the batch started, before
+/// yielding, so that connections write what one batch queued before the next is
+/// routed. Ends when every sender is gone or `handle` breaks. Public so that the
+/// hand-off bench measures this loop, not a copy of it.
+pub async fn route_in_batches(
+    inbox: &LocalInbox,
+    stats: &ShardStats,
+    mut handle: impl FnMut(ShardMessage, Instant) -> ControlFlow<()>,
+) {
+    while let Some(first) = poll_fn(|cx| inbox.poll_recv(cx)).await {
+        let now = Instant::now();
+        ShardStats::raise(&stats.inbox_high_water_events, inbox.len() as u64 + 1);
+        let mut next = Some(first);
+        let mut routed = 0;
+        while let Some(message) = next {
+            if handle(message, now).is_break() {
+                return;
+            }
+            routed += 1;
+            next = if routed < ROUTE_BATCH {
+                inbox.try_recv()
+            } else {
+                None
+            };
+        }
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// Closes every connection with `reconnect` + 1012 in batches spread over `window`,
+/// then waits until they are gone, or until the last batch's close had the time to
+/// get out: the shard then ends.
+async fn drain(shard: &LocalShard, window: Duration) {
+    let keys = shard.hub.borrow().keys();
+    let steps = (window.as_millis() / DRAIN_STEP.as_millis()).max(1) as usize;
+    let per_step = keys.len().div_ceil(steps).max(1);
+    tracing::info!(
+        shard = shard.shard_id,
+        connections = keys.len(),
+        ?window,
+        "draining"
+    );
+    for batch in keys.chunks(per_step) {
+        let now = Instant::now();
+        for key in batch {
+            shard.hub.borrow_mut().close(*key, CloseReason::Drain, now);
+        }
+        glommio::timer::sleep(DRAIN_STEP).await;
+    }
+    let give_up = Instant::now() + CLOSE_FLUSH_LIMIT + connection::CLOSE_LINGER;
+    while shard.hub.borrow().connection_count() > 0 && Instant::now() < give_up {
+        glommio::timer::sleep(DRAIN_STEP).await;
+    }
+}
+
+/// With a `batch_delay`, wakes the connections that hold deferred events once per
+/// delay: what arrived in between goes out joined in one frame and one write.
+async fn run_batch_ticker(shard: Rc<LocalShard>) {
+    let delay = shard.config.batch_delay;
+    loop {
+        glommio::timer::sleep(delay).await;
+        shard.hub.borrow_mut().wake_deferred();
+    }
+}
+
+/// Gives the hub the time: deadlines are checked for every connection at once on a
+/// fixed interval, not with a timer per connection.
+async fn run_sweeper(shard: Rc<LocalShard>) {
+    let interval = shard.config.sweep_interval();
+    loop {
+        glommio::timer::sleep(interval).await;
+        shard.hub.borrow_mut().handle_timeouts(Instant::now());
+    }
+}
+
+/// Where each shard runs.
+#[derive(Clone, Debug)]
+pub struct ShardPlacement {
+    pub nr_shards: usize,
+    /// CPUs to pin shards to, round-robin; `None`: shard i on CPU i when there are
+    /// enough CPUs, unpinned otherwise.
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl ShardPlacement {
+    fn placement(&self, shard_id: usize) -> Placement {
+        match &self.cpus {
+            Some(cpus) if !cpus.is_empty() => Placement::Fixed(cpus[shard_id % cpus.len()]),
+            _ => {
+                let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if self.nr_shards <= available {
+                    Placement::Fixed(shard_id)
+                } else {
+                    Placement::Unbound
+                }
+            }
+        }
+    }
+}
+
+/// Everything another thread holds of the running shards.
+pub struct RunningShards {
+    pub local_addr: SocketAddr,
+    pub senders: Vec<ShardSender>,
+    pub stats: Vec<Arc<ShardStats>>,
+    pub handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl RunningShards {
+    /// Waits until every shard has ended (after a drain, once its connections are
+    /// gone). Blocks the calling thread.
+    pub fn join(self) {
+        for handle in self.handles {
+            if let Err(e) = handle.join() {
+                tracing::warn!(error = %e, "a shard ended with an error");
+            }
+        }
+    }
+}
+
+/// Why the shards could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("shard count must be between 1 and {MAX_SHARDS}, not {0}")]
+    ShardCount(usize),
+    #[error("shard {shard_id} could not start: {message}")]
+    Shard { shard_id: usize, message: String },
+}
+
+/// Starts `placement.nr_shards` shards listening on `listen`. Shards bind one after
+/// the other so that port 0 resolves once and every shard shares the port.
+pub fn start_shards(
+    listen: SocketAddr,
+    placement: &ShardPlacement,
+    config: Arc<ShardConfig>,
+    verifier: Arc<dyn TokenVerifier>,
+    ingestor: IngestorSender,
+    authorizer: Option<SharedAuthorizer>,
+) -> Result<RunningShards, StartError> {
+    let nr_shards = placement.nr_shards;
+    if nr_shards == 0 || nr_shards > MAX_SHARDS {
+        return Err(StartError::ShardCount(nr_shards));
+    }
+    let mut addr = listen;
+    let admission = Arc::new(Admission::new(&config));
+    let mut running = RunningShards {
+        local_addr: listen,
+        senders: Vec::new(),
+        stats: Vec::new(),
+        handles: Vec::new(),
+    };
+    for shard_id in 0..nr_shards {
+        let (sender, inbox) = shard_inbox(shard_id, config.inbox_capacity);
+        let stats = Arc::new(ShardStats::default());
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let shard_error = |message: String| StartError::Shard { shard_id, message };
+        let spawn = {
+            let config = config.clone();
+            let verifier = verifier.clone();
+            let stats = stats.clone();
+            let ingestor = ingestor.clone();
+            let admission = admission.clone();
+            let authorizer = authorizer.clone();
+            LocalExecutorBuilder::new(placement.placement(shard_id))
+                .name(&format!("shard-{shard_id}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || async move {
+                    let listener = match bind_listener(addr) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                    let hub = LocalHub::new(
+                        shard_id,
+                        config.clone(),
+                        stats.clone(),
+                        verifier.clone(),
+                        admission.clone(),
+                        ingestor,
+                        authorizer,
+                    );
+                    let shard = Rc::new(LocalShard {
+                        shard_id,
+                        config,
+                        verifier,
+                        stats,
+                        admission,
+                        hub: RefCell::new(hub),
+                        read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
+                        drain_window: Cell::new(None),
+                        drain_waker: RefCell::new(None),
+                    });
+                    serve_shard(shard, listener, inbox).await;
+                })
+        };
+        let handle = spawn.map_err(|e| shard_error(e.to_string()))?;
+        let bound = bound_rx
+            .recv()
+            .map_err(|_| shard_error("it stopped before binding".into()))?
+            .map_err(shard_error)?;
+        addr = bound;
+        running.local_addr = bound;
+        running.senders.push(sender);
+        running.stats.push(stats);
+        running.handles.push(handle);
+    }
+    Ok(running)
+}
+
+/// A shard's `SO_REUSEPORT` listener, with a backlog deep enough for a reconnect
+/// storm. glommio's own `bind` listens with a backlog of 1,024: when every client of a
+/// node reconnects at once, the overflow's SYNs are dropped and retried by their
+/// kernels only after 1, 3, 7 s…, so a storm that should take a second takes many.
+/// The kernel clamps the backlog to `net.core.somaxconn`.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: `into_raw_fd` hands over the only owner of a listening TCP socket.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Runs a shard until it has drained: accepts connections until the node drains, then
+/// closes them and ends, which stops the executor and its other tasks.
+async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalInbox) {
+    let executor = glommio::executor();
+    let router_queue =
+        executor.create_task_queue(Shares::default(), ROUTER_QUEUE_LATENCY, "router");
+    let _ = glommio::spawn_local_into(run_router(shard.clone(), inbox), router_queue)
+        .map(|t| t.detach());
+    glommio::spawn_local(run_sweeper(shard.clone())).detach();
+    if !shard.config.batch_delay.is_zero() {
+        glommio::spawn_local(run_batch_ticker(shard.clone())).detach();
+    }
+    let window = loop {
+        let accepted = futures_lite::future::or(async { Ok(listener.accept().await) }, async {
+            Err(shard.drain_started().await)
+        })
+        .await;
+        match accepted {
+            Ok(Ok(stream)) => {
+                glommio::spawn_local(handshake::serve_connection(shard.clone(), stream)).detach();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(shard = shard.shard_id, error = %e, "accept failed");
+                // Out of descriptors or similar: back off instead of spinning.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            Err(window) => break window,
+        }
+    };
+    // The listener is dropped first, so the kernel stops routing connections here and
+    // a successor process on the same port takes them.
+    drop(listener);
+    drain(&shard, window).await;
+    tracing::info!(shard = shard.shard_id, "drained");
+}

@@ -1,0 +1,449 @@
+//! A shard's connections, sans-IO: the slab of [`Session`]s under generational keys, the
+//! topic table, the outstanding membership checks, the connections holding deferred
+//! events, and the commands waiting for the ingestor's queue. It routes deliveries
+//! ([`LocalHub::route`]), sweeps deadlines ([`LocalHub::handle_timeouts`]) and applies
+//! what sessions ask for ([`SessionEvent`]s). No glommio, no socket, no clock: the
+//! driver passes `now`, and the test harness drives a virtual clock.
+//!
+//! The one thing it knows of tasks is a [`Waker`] per connection: the driver's task
+//! registers it, and the hub wakes it when something was queued for that connection
+//! from outside its own task (a routed event, a close, a membership answer).
+
+#[cfg(test)]
+mod tests;
+pub mod topic_table;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use coregate_protocol::Encoding;
+use slab::Slab;
+
+use crate::admission::{Admission, UserSlot};
+use crate::auth::{Identity, TokenVerifier};
+use crate::authorizer::{MembershipAnswer, MembershipGate, SharedAuthorizer};
+use crate::bus::{IngestorCommand, IngestorSender, InterestChange, SharedDelivery};
+use crate::config::ShardConfig;
+use crate::session::outbox::LocalDelivery;
+use crate::session::{
+    CloseReason, Enqueued, Now, PendingSubscribe, Scratch, Session, SessionCtx, SessionEvent,
+    Transmit,
+};
+use crate::stats::ShardStats;
+use topic_table::LocalTopicTable;
+
+/// A connection's key: its slab index and the generation of the connection that holds
+/// it, so that a key kept past its connection's end (a membership check, a deferred
+/// wake, a drain list) never reaches the next connection on the same index.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    index: u32,
+    generation: u32,
+}
+
+/// A membership check sent to the ingestor; the driver awaits `answer` (at most
+/// `timeout`) and hands it to [`LocalHub::finish_check`].
+#[derive(Debug)]
+pub struct MembershipWait {
+    pub check_id: u64,
+    pub answer: flume::Receiver<MembershipAnswer>,
+    pub timeout: Duration,
+}
+
+struct Slot {
+    generation: u32,
+    session: Box<Session>,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The parts of the hub every session call borrows, apart from the slab.
+struct Parts {
+    config: Arc<ShardConfig>,
+    stats: Arc<ShardStats>,
+    verifier: Arc<dyn TokenVerifier>,
+    admission: Arc<Admission>,
+    membership: Option<MembershipGate>,
+    scratch: Scratch,
+    events: Vec<SessionEvent>,
+}
+
+impl Parts {
+    fn ctx(&mut self) -> SessionCtx<'_> {
+        SessionCtx {
+            config: &self.config,
+            stats: &self.stats,
+            verifier: &*self.verifier,
+            admission: &self.admission,
+            membership: self.membership.as_mut(),
+            scratch: &mut self.scratch,
+            events: &mut self.events,
+        }
+    }
+}
+
+/// One shard's connections and routing; see the module docs.
+pub struct LocalHub {
+    shard_id: usize,
+    slots: Slab<Slot>,
+    next_generation: u32,
+    topics: LocalTopicTable,
+    parts: Parts,
+    ingestor: IngestorSender,
+    /// Commands the ingestor's queue could not take yet, retried at every flush.
+    commands: VecDeque<IngestorCommand>,
+    /// Subscribes waiting for the membership store, by check id.
+    checks: HashMap<u64, (ConnKey, PendingSubscribe)>,
+    next_check_id: u64,
+    /// Checks sent since the driver last took them.
+    waits: Vec<MembershipWait>,
+    /// Connections holding events deferred by `batch_delay`, woken at the next tick.
+    deferred: Vec<ConnKey>,
+}
+
+impl LocalHub {
+    pub fn new(
+        shard_id: usize,
+        config: Arc<ShardConfig>,
+        stats: Arc<ShardStats>,
+        verifier: Arc<dyn TokenVerifier>,
+        admission: Arc<Admission>,
+        ingestor: IngestorSender,
+        authorizer: Option<SharedAuthorizer>,
+    ) -> LocalHub {
+        LocalHub {
+            shard_id,
+            slots: Slab::new(),
+            next_generation: 0,
+            topics: LocalTopicTable::default(),
+            parts: Parts {
+                config,
+                stats,
+                verifier,
+                admission,
+                membership: authorizer.map(MembershipGate::new),
+                scratch: Scratch::default(),
+                events: Vec::new(),
+            },
+            ingestor,
+            commands: VecDeque::new(),
+            checks: HashMap::new(),
+            next_check_id: 0,
+            waits: Vec::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.parts.config
+    }
+
+    /// Registers a new connection and greets it (`hello`, then `ready` when the upgrade
+    /// carried a verified token).
+    pub fn connect(
+        &mut self,
+        encoding: Encoding,
+        identity: Option<(Identity, UserSlot)>,
+        now: Now,
+    ) -> ConnKey {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let entry = self.slots.vacant_entry();
+        let key = ConnKey {
+            index: entry.key() as u32,
+            generation,
+        };
+        let mut session = Box::new(Session::new(encoding, &self.parts.config, now.instant));
+        session.start(identity, now, &mut self.parts.ctx());
+        entry.insert(Slot {
+            generation,
+            session,
+            waker: None,
+        });
+        ShardStats::add(&self.parts.stats.connections, 1);
+        self.apply_events(key, now.instant);
+        key
+    }
+
+    /// The session of `key`, if that connection is still registered.
+    pub fn session(&self, key: ConnKey) -> Option<&Session> {
+        self.slots
+            .get(key.index as usize)
+            .filter(|slot| slot.generation == key.generation)
+            .map(|slot| &*slot.session)
+    }
+
+    /// Bytes read from `key`'s socket.
+    pub fn handle_input(&mut self, key: ConnKey, input: &[u8], now: Now) {
+        let Some(slot) = slot_mut(&mut self.slots, key) else {
+            return;
+        };
+        slot.session.handle_input(input, now, &mut self.parts.ctx());
+        self.apply_events(key, now.instant);
+    }
+
+    /// The next bytes to write to `key`'s socket.
+    pub fn poll_transmit(&mut self, key: ConnKey, now: Instant) -> Option<Transmit> {
+        let slot = slot_mut(&mut self.slots, key)?;
+        slot.session.poll_transmit(now, &self.parts.ctx())
+    }
+
+    /// Remembers the task to wake when something is queued for `key`.
+    pub fn register_waker(&mut self, key: ConnKey, waker: &Waker) {
+        if let Some(slot) = slot_mut(&mut self.slots, key) {
+            match &slot.waker {
+                Some(current) if current.will_wake(waker) => {}
+                _ => slot.waker = Some(waker.clone()),
+            }
+        }
+    }
+
+    /// Closes `key` for `reason` (drain); a connection already closing is left alone.
+    pub fn close(&mut self, key: ConnKey, reason: CloseReason, now: Instant) {
+        if let Some(slot) = slot_mut(&mut self.slots, key) {
+            slot.session.close(reason, now, &mut self.parts.ctx());
+            slot.wake();
+        }
+    }
+
+    /// Every connection's key, for the drain.
+    pub fn keys(&self) -> Vec<ConnKey> {
+        self.slots
+            .iter()
+            .map(|(index, slot)| ConnKey {
+                index: index as u32,
+                generation: slot.generation,
+            })
+            .collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The connection ended: its topics are let go of and its places given back.
+    pub fn remove(&mut self, key: ConnKey) {
+        if slot_mut(&mut self.slots, key).is_none() {
+            return;
+        }
+        let slot = self.slots.remove(key.index as usize);
+        let encoding = slot.session.encoding();
+        for topic in slot.session.subscriptions() {
+            let change = self.topics.unsubscribe(topic, key, encoding);
+            self.queue_interest(topic, encoding, change);
+        }
+        self.flush_commands();
+        ShardStats::sub(&self.parts.stats.connections, 1);
+    }
+
+    /// Queues a delivery for every local subscriber of its topic.
+    pub fn route(&mut self, delivery: Arc<SharedDelivery>, now: Instant) {
+        let delivery: LocalDelivery = Rc::new(delivery);
+        let defer = !self.parts.config.batch_delay.is_zero();
+        let mut ctx = self.parts.ctx();
+        let mut routed = false;
+        for key in self.topics.subscribers(delivery.topic()) {
+            let Some(slot) = slot_mut(&mut self.slots, key) else {
+                continue;
+            };
+            routed = true;
+            if let Some(user) = delivery.publication().exclude_user() {
+                if slot.session.user_id() == Some(user) {
+                    continue;
+                }
+            }
+            match slot.session.enqueue(&delivery, now, &mut ctx) {
+                Enqueued::First if defer => self.deferred.push(key),
+                Enqueued::First | Enqueued::Closed => slot.wake(),
+                Enqueued::Queued | Enqueued::Dropped => {}
+            }
+        }
+        if !routed {
+            ShardStats::add(&ctx.stats.unrouted_events, 1);
+        }
+    }
+
+    /// With `batch_delay`: wakes the connections that hold deferred events, so that what
+    /// arrived since the last tick goes out joined.
+    pub fn wake_deferred(&mut self) {
+        for key in std::mem::take(&mut self.deferred) {
+            if let Some(slot) = slot_mut(&mut self.slots, key) {
+                slot.wake();
+            }
+        }
+    }
+
+    /// Acts on every connection's deadlines at `now` (see [`Session::handle_timeout`]),
+    /// gives idle connections' buffers back, and retries commands the ingestor's queue
+    /// could not take.
+    pub fn handle_timeouts(&mut self, now: Instant) {
+        let mut ctx = self.parts.ctx();
+        for (_, slot) in self.slots.iter_mut() {
+            let session = &mut slot.session;
+            let (closing, aborted) = (session.is_closing(), session.is_aborted());
+            if !closing {
+                session.release_idle_buffers();
+            }
+            session.handle_timeout(now, &mut ctx);
+            if session.is_closing() != closing || session.is_aborted() != aborted {
+                slot.wake();
+            }
+        }
+        self.flush_commands();
+    }
+
+    /// The earliest deadline of any connection: when [`Self::handle_timeouts`] next has
+    /// something to do (the driver sweeps on a fixed interval instead; tests use this).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let config = &self.parts.config;
+        self.slots
+            .iter()
+            .filter_map(|(_, slot)| slot.session.poll_timeout(config))
+            .min()
+    }
+
+    /// The membership checks sent since the last call, for the driver to await.
+    pub fn take_membership_waits(&mut self) -> Vec<MembershipWait> {
+        std::mem::take(&mut self.waits)
+    }
+
+    /// The membership store answered check `check_id` (or it failed or timed out): the
+    /// verdicts are cached, and the subscribe is finished if its connection is still
+    /// there (a newer connection on the same index is not it).
+    pub fn finish_check(&mut self, check_id: u64, answer: MembershipAnswer, now: Instant) {
+        let Some((key, mut request)) = self.checks.remove(&check_id) else {
+            return;
+        };
+        if let Some(gate) = self.parts.membership.as_mut() {
+            // Recorded even for a connection gone meanwhile: the next subscribe uses it.
+            request.answer(gate, answer, now);
+        }
+        let Some(slot) = slot_mut(&mut self.slots, key) else {
+            return;
+        };
+        slot.session
+            .complete_subscribe(request, &mut self.parts.ctx());
+        slot.wake();
+        self.apply_events(key, now);
+    }
+
+    /// Applies what `key`'s session asked for, then hands the ingestor its commands.
+    fn apply_events(&mut self, key: ConnKey, now: Instant) {
+        while !self.parts.events.is_empty() {
+            let mut events = std::mem::take(&mut self.parts.events);
+            for event in events.drain(..) {
+                self.apply_event(key, event, now);
+            }
+            if self.parts.events.is_empty() {
+                // Keep the buffer's capacity for the next call.
+                self.parts.events = events;
+            }
+        }
+        self.flush_commands();
+    }
+
+    fn apply_event(&mut self, key: ConnKey, event: SessionEvent, now: Instant) {
+        let Some(encoding) = self.session(key).map(Session::encoding) else {
+            return;
+        };
+        match event {
+            SessionEvent::Subscribe(topic) => {
+                let change = self.topics.subscribe(&topic, key, encoding);
+                self.queue_interest(&topic, encoding, change);
+            }
+            SessionEvent::Unsubscribe(topic) => {
+                let change = self.topics.unsubscribe(&topic, key, encoding);
+                self.queue_interest(&topic, encoding, change);
+            }
+            SessionEvent::Publish(publication) => {
+                self.commands
+                    .push_back(IngestorCommand::Publish(publication));
+            }
+            SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
+        }
+    }
+
+    /// Sends a subscribe's membership question; a question that cannot be sent (the
+    /// ingestor's queue full or gone) is answered at once with that failure.
+    fn send_check(&mut self, key: ConnKey, mut request: PendingSubscribe, now: Instant) {
+        let Some(gate) = self.parts.membership.as_mut() else {
+            return;
+        };
+        let Some((user_id, topics)) = request.question() else {
+            return;
+        };
+        match gate.send_check(user_id, topics.to_vec()) {
+            Ok(answer) => {
+                let check_id = self.next_check_id;
+                self.next_check_id += 1;
+                self.waits.push(MembershipWait {
+                    check_id,
+                    answer,
+                    timeout: gate.timeout(),
+                });
+                self.checks.insert(check_id, (key, request));
+            }
+            Err(error) => {
+                request.answer(gate, Err(error), now);
+                if let Some(slot) = slot_mut(&mut self.slots, key) {
+                    slot.session
+                        .complete_subscribe(request, &mut self.parts.ctx());
+                }
+            }
+        }
+    }
+
+    /// Tells the ingestor when a (topic, encoding) gained its first or lost its last
+    /// local subscriber.
+    fn queue_interest(
+        &mut self,
+        topic: &coregate_protocol::Topic,
+        encoding: Encoding,
+        change: Option<InterestChange>,
+    ) {
+        if let Some(change) = change {
+            self.commands.push_back(IngestorCommand::Interest {
+                shard_id: self.shard_id,
+                topic: topic.clone(),
+                encoding,
+                change,
+            });
+        }
+    }
+
+    /// Hands queued commands to the ingestor without blocking; what its queue cannot
+    /// take now stays queued, in order, for the next flush (the sweeper's at the latest).
+    pub fn flush_commands(&mut self) {
+        while let Some(command) = self.commands.pop_front() {
+            match self.ingestor.try_send(command) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(command)) => {
+                    self.commands.push_front(command);
+                    ShardStats::add(&self.parts.stats.interest_backlog, 1);
+                    break;
+                }
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    self.commands.clear();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The slot of `key`, if that very connection still holds it.
+fn slot_mut(slots: &mut Slab<Slot>, key: ConnKey) -> Option<&mut Slot> {
+    slots
+        .get_mut(key.index as usize)
+        .filter(|slot| slot.generation == key.generation)
+}

@@ -1,0 +1,259 @@
+//! Routing, interest and membership across connections, through the harness.
+#![allow(clippy::unwrap_used)]
+
+use coregate_protocol::{ClientEnvelope, ClientMessage, Encoding};
+
+use crate::authorizer::MembershipCheck;
+use crate::bus::{IngestorCommand, InterestChange};
+use crate::config::ShardConfig;
+use crate::testing::Harness;
+
+const JSON: Encoding = Encoding::Json;
+
+fn subscribe(topic: &str, r#ref: u64) -> String {
+    format!(r#"{{"op":"subscribe","d":{{"topics":["{topic}"]}},"ref":{ref}}}"#)
+}
+
+fn subscribe_message(topic: &str) -> ClientEnvelope {
+    ClientEnvelope {
+        message: ClientMessage::Subscribe {
+            topics: vec![topic.to_owned()],
+            since: None,
+        },
+        r#ref: Some(1),
+    }
+}
+
+/// Interest changes as `(topic, encoding, change)`.
+fn interest(commands: Vec<IngestorCommand>) -> Vec<(String, Encoding, InterestChange)> {
+    commands
+        .into_iter()
+        .filter_map(|command| match command {
+            IngestorCommand::Interest {
+                topic,
+                encoding,
+                change,
+                ..
+            } => Some((topic.as_str().to_owned(), encoding, change)),
+            IngestorCommand::Publish(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn interest_is_told_at_the_first_and_last_subscriber_per_encoding() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    let b = h.connect_ready("bob", JSON);
+    h.ingestor_commands();
+    h.send(a, &subscribe("channel:1", 1));
+    h.send(b, &subscribe("channel:1", 1));
+    assert_eq!(
+        interest(h.ingestor_commands()),
+        [("channel:1".into(), JSON, InterestChange::Gained)]
+    );
+    h.hub.remove(a);
+    assert!(interest(h.ingestor_commands())
+        .iter()
+        .all(|(topic, _, _)| topic != "channel:1"));
+    h.send(b, r#"{"op":"unsubscribe","d":{"topics":["channel:1"]}}"#);
+    assert_eq!(
+        interest(h.ingestor_commands()),
+        [("channel:1".into(), JSON, InterestChange::Lost)]
+    );
+}
+
+#[test]
+fn a_publication_reaches_every_subscriber_but_the_excluded_user() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    let b = h.connect_ready("bob", Encoding::MsgPack);
+    for c in [a, b] {
+        h.send_message(c, subscribe_message("channel:1"));
+        assert_eq!(h.read(c).count("subscribed"), 1);
+    }
+    // Typing from alice goes to the ingestor for every node, excluding alice.
+    h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:1"}}"#);
+    let publications: Vec<_> = h
+        .ingestor_commands()
+        .into_iter()
+        .filter_map(|command| match command {
+            IngestorCommand::Publish(p) => Some(p),
+            IngestorCommand::Interest { .. } => None,
+        })
+        .collect();
+    assert_eq!(publications.len(), 1);
+    assert_eq!(publications[0].exclude_user(), Some("alice"));
+    let delivery = std::sync::Arc::new(crate::bus::SharedDelivery::new(
+        publications[0].clone(),
+        h.now().instant,
+    ));
+    h.hub.route(delivery, h.now().instant);
+    assert_eq!(h.read(a).messages.len(), 0, "the typist is excluded");
+    let read = h.read(b);
+    assert_eq!(read.ops(), ["typing_start"]);
+    assert_eq!(read.first("typing_start")["d"]["user_id"], "alice");
+    assert_eq!(read.first("typing_start")["topic"], "channel:1");
+}
+
+#[test]
+fn typing_needs_a_subscription() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:1"}}"#);
+    assert_eq!(h.read(a).first("error")["d"]["code"], "forbidden");
+}
+
+/// Answers the next membership question with `allowed` for every topic.
+fn answer_next(h: &Harness, allowed: bool) -> Vec<String> {
+    let check: MembershipCheck = h.checks.as_ref().unwrap().try_recv().unwrap();
+    let topics = check.topics.iter().map(|t| t.as_str().to_owned()).collect();
+    check
+        .reply
+        .send(Ok(vec![allowed; check.topics.len()]))
+        .unwrap();
+    topics
+}
+
+/// The membership answer the driver would hand the hub for `wait`.
+fn finish(h: &mut Harness, wait: crate::hub::MembershipWait) {
+    let answer = wait.answer.try_recv().unwrap();
+    let now = h.now().instant;
+    h.hub.finish_check(wait.check_id, answer, now);
+}
+
+#[test]
+fn membership_is_asked_once_then_cached() {
+    let mut h = Harness::with_membership(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.send(a, &subscribe("channel:1", 1));
+    assert!(h.read(a).messages.is_empty(), "waiting for the verdict");
+    let waits = h.hub.take_membership_waits();
+    assert_eq!(answer_next(&h, true), ["channel:1"]);
+    for wait in waits {
+        finish(&mut h, wait);
+    }
+    let read = h.read(a);
+    assert_eq!(read.first("subscribed")["d"]["topics"][0], "channel:1");
+    assert_eq!(read.first("subscribed")["ref"], 1);
+    // A second connection of alice's is answered from the shard's cache.
+    let b = h.connect_ready("alice", JSON);
+    h.read(b);
+    h.send(b, &subscribe("channel:1", 2));
+    assert!(h.hub.take_membership_waits().is_empty());
+    assert_eq!(h.read(b).count("subscribed"), 1);
+}
+
+#[test]
+fn an_unsubscribe_sent_while_membership_is_checked_wins_over_the_late_answer() {
+    let mut h = Harness::with_membership(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.send(a, &subscribe("channel:1", 1));
+    h.send(
+        a,
+        r#"{"op":"unsubscribe","d":{"topics":["channel:1"]},"ref":2}"#,
+    );
+    let waits = h.hub.take_membership_waits();
+    answer_next(&h, true);
+    for wait in waits {
+        finish(&mut h, wait);
+    }
+    assert!(!h
+        .hub
+        .session(a)
+        .unwrap()
+        .subscriptions()
+        .iter()
+        .any(|t| t.as_str() == "channel:1"));
+}
+
+#[test]
+fn a_new_connection_on_a_reused_slot_inherits_nothing_of_the_old_one() {
+    let mut h = Harness::with_membership(ShardConfig::default());
+    let old = h.connect_ready("alice", JSON);
+    h.send(old, &subscribe("channel:1", 1));
+    let old_waits = h.hub.take_membership_waits();
+    h.hub.remove(old);
+    let new = h.connect_ready("bob", JSON);
+    assert_ne!(new, old);
+    assert!(
+        h.hub.session(old).is_none(),
+        "the old key no longer reaches anything"
+    );
+    h.read(new);
+    h.send(new, &subscribe("channel:2", 5));
+    h.send(
+        new,
+        r#"{"op":"unsubscribe","d":{"topics":["channel:2"]},"ref":6}"#,
+    );
+    h.send(new, &subscribe("channel:3", 7));
+    let new_waits = h.hub.take_membership_waits();
+    // The old connection's answer comes first: it must not touch the new one.
+    answer_next(&h, true);
+    for wait in old_waits {
+        finish(&mut h, wait);
+    }
+    let read = h.read(new);
+    assert_eq!(read.ops(), ["unsubscribed"]);
+    answer_next(&h, true);
+    answer_next(&h, true);
+    for wait in new_waits {
+        finish(&mut h, wait);
+    }
+    let topics: Vec<&str> = h
+        .hub
+        .session(new)
+        .unwrap()
+        .subscriptions()
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(topics, ["user:bob", "global", "channel:3"]);
+    let read = h.read(new);
+    let granted: Vec<&serde_json::Value> = read
+        .messages
+        .iter()
+        .filter(|(op, _)| op == "subscribed")
+        .flat_map(|(_, m)| m["d"]["topics"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        granted,
+        ["channel:3"],
+        "channel:2 was unsubscribed meanwhile"
+    );
+}
+
+#[test]
+fn a_membership_check_that_fails_refuses_not_ready() {
+    let mut h = Harness::with_membership(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.send(a, &subscribe("channel:1", 1));
+    let wait = h.hub.take_membership_waits().pop().unwrap();
+    let now = h.now().instant;
+    h.hub.finish_check(
+        wait.check_id,
+        Err(crate::authorizer::MembershipError::TimedOut(wait.timeout)),
+        now,
+    );
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "not_ready");
+    assert_eq!(read.first("error")["d"]["topics"][0], "channel:1");
+}
+
+#[test]
+fn drain_closes_with_reconnect_and_1012() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    for key in h.hub.keys() {
+        let now = h.now().instant;
+        h.hub.close(key, crate::session::CloseReason::Drain, now);
+    }
+    let read = h.read(a);
+    assert_eq!(read.ops(), ["reconnect"]);
+    assert_eq!(read.close, Some(1012));
+}

@@ -1,0 +1,177 @@
+//! What a session does with each client message (PROTOCOL.md §4): identify, refresh,
+//! ping, unsubscribe and typing here; subscribe in `subscribe.rs`. Replies go to the
+//! priority lane; what the shard must do goes out as [`SessionEvent`]s.
+
+use std::time::Duration;
+
+use coregate_protocol::{
+    ClientEnvelope, ClientMessage, ErrorCode, Publication, ServerMessage, Topic,
+};
+
+use super::{dedup, CloseReason, Now, Session, SessionCtx, SessionEvent};
+use crate::admission::UserSlot;
+use crate::auth::Identity;
+
+impl Session {
+    /// Handles one decoded message; `Some` when the connection must close.
+    pub(super) fn handle_message(
+        &mut self,
+        envelope: ClientEnvelope,
+        now: Now,
+        ctx: &mut SessionCtx,
+    ) -> Option<CloseReason> {
+        let r#ref = envelope.r#ref;
+        let ready = self.is_ready();
+        match envelope.message {
+            ClientMessage::Ping => self.reply(&ServerMessage::Pong, r#ref, ctx),
+            ClientMessage::Identify { .. } if ready => {
+                return Some(CloseReason::AlreadyAuthenticated)
+            }
+            ClientMessage::Identify { token } => {
+                let identity = match ctx.verifier.verify(&token) {
+                    Ok(identity) => identity,
+                    Err(e) => {
+                        tracing::debug!(session = %self.session_id, reason = %e, "identify refused");
+                        return Some(CloseReason::AuthenticationFailed);
+                    }
+                };
+                let Ok(slot) = ctx.admission.claim_user(&identity.user_id) else {
+                    return Some(CloseReason::TooManyConnections);
+                };
+                return self.become_ready(identity, slot, r#ref, now, ctx);
+            }
+            _ if !ready => return Some(CloseReason::NotAuthenticated),
+            ClientMessage::Refresh { token } => self.refresh(&token, r#ref, now, ctx),
+            ClientMessage::Subscribe { topics, since } => {
+                self.subscribe(&topics, since, r#ref, now.instant, ctx)
+            }
+            ClientMessage::Unsubscribe { topics } => self.unsubscribe(&topics, r#ref, ctx),
+            ClientMessage::TypingStart { topic } => self.typing(&topic, "typing_start", r#ref, ctx),
+            ClientMessage::TypingStop { topic } => self.typing(&topic, "typing_stop", r#ref, ctx),
+            other => self.reply_error(
+                ErrorCode::BadRequest,
+                &format!("`{}` is not available on this gateway yet", other.op()),
+                r#ref,
+                ctx,
+            ),
+        }
+        None
+    }
+
+    /// Authenticated: subscribe the automatic topics and send `ready` (echoing the
+    /// `identify`'s `ref`).
+    pub(super) fn become_ready(
+        &mut self,
+        identity: Identity,
+        slot: UserSlot,
+        r#ref: Option<u64>,
+        now: Now,
+        ctx: &mut SessionCtx,
+    ) -> Option<CloseReason> {
+        self.user_slot = Some(slot);
+        let Ok(user_topic) = Topic::user(&identity.user_id) else {
+            return Some(CloseReason::AuthenticationFailed);
+        };
+        let user_id = identity.user_id.clone();
+        self.set_identity(identity, now);
+        let automatic = [user_topic, Topic::global()];
+        for topic in &automatic {
+            self.hold(topic.clone(), ctx);
+        }
+        self.reply(
+            &ServerMessage::Ready {
+                user_id,
+                session_id: self.session_id.to_string(),
+                topics: automatic.iter().map(|t| t.as_str().to_owned()).collect(),
+            },
+            r#ref,
+            ctx,
+        );
+        None
+    }
+
+    /// Runs as `identity` from now on; its token's `exp` (wall-clock seconds) becomes a
+    /// deadline on the monotonic clock.
+    fn set_identity(&mut self, identity: Identity, now: Now) {
+        let left = Duration::from_secs(identity.expires_at.saturating_sub(now.unix_secs));
+        self.token_deadline = Some(now.instant + left);
+        self.identity = Some(identity);
+    }
+
+    fn refresh(&mut self, token: &str, r#ref: Option<u64>, now: Now, ctx: &mut SessionCtx) {
+        let refused = |reason: &str| format!("refresh refused: {reason}");
+        match ctx.verifier.verify(token) {
+            Ok(identity) if self.user_id() != Some(identity.user_id.as_str()) => self.reply_error(
+                ErrorCode::InvalidToken,
+                &refused("the token is for another user"),
+                r#ref,
+                ctx,
+            ),
+            Ok(identity) => {
+                let exp = identity.expires_at;
+                self.set_identity(identity, now);
+                self.reply(&ServerMessage::Refreshed { exp }, r#ref, ctx);
+            }
+            Err(e) => self.reply_error(
+                ErrorCode::InvalidToken,
+                &refused(&e.to_string()),
+                r#ref,
+                ctx,
+            ),
+        }
+    }
+
+    /// Adds `topic` to the connection's subscriptions and tells the shard.
+    pub(super) fn hold(&mut self, topic: Topic, ctx: &mut SessionCtx) {
+        self.subscriptions.push(topic.clone());
+        ctx.events.push(SessionEvent::Subscribe(topic));
+    }
+
+    fn unsubscribe(&mut self, requested: &[String], r#ref: Option<u64>, ctx: &mut SessionCtx) {
+        let mut removed = Vec::new();
+        for raw in dedup(requested) {
+            if let Ok(topic) = Topic::parse(raw) {
+                if self.membership_checks > 0 {
+                    self.unsubscribed_while_checking.push(topic.clone());
+                }
+                if let Some(at) = self.subscriptions.iter().position(|t| *t == topic) {
+                    self.subscriptions.swap_remove(at);
+                    ctx.events.push(SessionEvent::Unsubscribe(topic));
+                }
+            }
+            removed.push(raw.to_owned());
+        }
+        self.reply(&ServerMessage::Unsubscribed { topics: removed }, r#ref, ctx);
+    }
+
+    /// `typing_start` / `typing_stop`: published to the topic's other subscribers, on
+    /// every node; the typist must be subscribed to the topic.
+    fn typing(&mut self, raw_topic: &str, op: &str, r#ref: Option<u64>, ctx: &mut SessionCtx) {
+        let topic = match Topic::parse(raw_topic) {
+            Ok(topic) if self.subscriptions.contains(&topic) => topic,
+            _ => {
+                self.reply_error(
+                    ErrorCode::Forbidden,
+                    "typing needs a subscription to the topic",
+                    r#ref,
+                    ctx,
+                );
+                return;
+            }
+        };
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let mut d = serde_json::json!({ "user_id": identity.user_id });
+        if let Some(name) = &identity.name {
+            d["name"] = serde_json::Value::String(name.clone());
+        }
+        let user_id = identity.user_id.clone();
+        ctx.events.push(SessionEvent::Publish(Publication::new(
+            topic,
+            op,
+            d,
+            Some(user_id),
+        )));
+    }
+}

@@ -1,0 +1,659 @@
+//! One client connection's protocol as a sans-IO state machine (quinn-proto's
+//! `Connection` shape): no socket, no timer, no clock, no glommio.
+//!
+//! - In: the bytes read from the socket ([`Session::handle_input`]), the time passing
+//!   ([`Session::handle_timeout`]), events routed to it ([`Session::enqueue`]), answers
+//!   to its membership checks ([`Session::finish_subscribe`]).
+//! - Out: the bytes to write ([`Session::poll_transmit`]: the priority lane first, then
+//!   the normal lane's events joined into frames), when it next needs the clock
+//!   ([`Session::poll_timeout`]), whether it is closing, flushed or to be dropped, and
+//!   the [`SessionEvent`]s its shard must act on (subscriptions, publications,
+//!   membership checks), pushed into the caller's [`SessionCtx::events`].
+//!
+//! Every rule of PROTOCOL.md that concerns one connection lives here or in the files
+//! beside this one: heartbeat and identify timeouts, 4003 gating, token expiry and
+//! refresh ([`messages`]), the rate limits ([`allowance`]), shedding and 4010, batching
+//! and the frame limit ([`outbox`] and `poll_transmit`), and every close ([`close`]).
+
+pub mod allowance;
+pub mod close;
+mod messages;
+pub mod outbox;
+mod subscribe;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use coregate_protocol::{
+    decode_client_frame, message_separator, ClientMessage, Encoding, ErrorCode, Publication,
+    ServerEnvelope, ServerMessage, Topic,
+};
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::WebSocketContext;
+use tungstenite::Message;
+use uuid::Uuid;
+
+use crate::admission::{Admission, UserSlot};
+use crate::auth::{Identity, TokenVerifier};
+use crate::authorizer::MembershipGate;
+use crate::config::ShardConfig;
+use crate::stats::ShardStats;
+use crate::ws::{self, BufferedIo};
+
+use allowance::{Allowance, Charge};
+pub use close::CloseReason;
+use outbox::{LocalDelivery, Outbox};
+pub use subscribe::PendingSubscribe;
+
+/// How long a closing connection may take to flush its close frame before it is dropped.
+pub const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Pings a connection may send per second, apart from its other events. Deliberately
+/// not a setting: a client pings once per heartbeat interval (30 s by default), and a
+/// latency probe a few times a second; only a flood meets this.
+pub const PING_RATE_PER_SEC: u32 = 10;
+/// Pings a connection may send at once before [`PING_RATE_PER_SEC`] applies.
+pub const PING_BURST: u32 = 50;
+
+/// The time as a session sees it: a monotonic instant for every deadline, and the wall
+/// clock's unix seconds, needed only where a token's `exp` (wall-clock time) becomes a
+/// deadline. The driver reads both clocks; tests drive a virtual one.
+#[derive(Copy, Clone, Debug)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_secs: u64,
+}
+
+impl Now {
+    /// The real clocks; for the driver only.
+    pub fn system() -> Now {
+        let unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Now {
+            instant: Instant::now(),
+            unix_secs,
+        }
+    }
+}
+
+/// What a session asks its shard to do; the shard's hub applies these right after the
+/// call that produced them.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The connection now holds this topic: add it to the topic table.
+    Subscribe(Topic),
+    /// The connection let go of this topic.
+    Unsubscribe(Topic),
+    /// A publication born on this connection (typing), for every node.
+    Publish(Publication),
+    /// A subscribe waits for the membership store's verdicts on some topics.
+    CheckMembership(PendingSubscribe),
+}
+
+/// Scratch buffers shared by every session of a shard: a connection holds none of its
+/// own while idle.
+#[derive(Default)]
+pub struct Scratch {
+    decode: Vec<u8>,
+    encode: Vec<u8>,
+    control: Vec<u8>,
+}
+
+/// What a session may use of its shard while it handles something.
+pub struct SessionCtx<'a> {
+    pub config: &'a ShardConfig,
+    pub stats: &'a ShardStats,
+    pub verifier: &'a dyn TokenVerifier,
+    pub admission: &'a Arc<Admission>,
+    /// The `redis` authorizer's gate and verdict cache; `None` with `claims`.
+    pub membership: Option<&'a mut MembershipGate>,
+    pub scratch: &'a mut Scratch,
+    pub events: &'a mut Vec<SessionEvent>,
+}
+
+/// Bytes to write: a delivery's shared frame, or bytes made for this connection alone.
+#[derive(Debug)]
+pub enum Transmit {
+    Shared(LocalDelivery),
+    Owned(Bytes),
+}
+
+impl Transmit {
+    pub fn bytes(&self, encoding: Encoding) -> &[u8] {
+        match self {
+            Transmit::Shared(delivery) => delivery.wire(encoding).framed(),
+            Transmit::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// What [`Session::enqueue`] did with an event.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued behind other events: the connection already has a wake-up coming.
+    Queued,
+    /// Queued on an empty lane: the connection's writer must be woken (or, with
+    /// `batch_delay`, woken at the next tick).
+    First,
+    /// Not queued: shed (ephemeral, over budget), or the connection is closing.
+    Dropped,
+    /// Not queued, and the connection is now closing (twice over budget).
+    Closed,
+}
+
+/// One connection's protocol state; see the module docs.
+pub struct Session {
+    encoding: Encoding,
+    session_id: Uuid,
+    connected_at: Instant,
+    last_seen: Instant,
+    identity: Option<Identity>,
+    /// When the token expires, on the monotonic clock.
+    token_deadline: Option<Instant>,
+    /// The user's connection place, given back when the session is dropped.
+    user_slot: Option<UserSlot>,
+    subscriptions: Vec<Topic>,
+    outbox: Outbox,
+    ws: WebSocketContext,
+    closing_since: Option<Instant>,
+    /// Closing took longer than [`CLOSE_FLUSH_LIMIT`]: drop the socket.
+    aborted: bool,
+    /// The peer sent its close frame: nothing more will come.
+    peer_closed: bool,
+    /// Since when the queued output has been over the byte budget.
+    over_budget_since: Option<Instant>,
+    events_allowance: Allowance,
+    pings_allowance: Allowance,
+    /// Subscribes waiting for membership verdicts.
+    membership_checks: u32,
+    /// Topics unsubscribed while membership checks were outstanding: the client's later
+    /// word wins over a late verdict.
+    unsubscribed_while_checking: Vec<Topic>,
+}
+
+impl Session {
+    /// A new connection; nothing is queued until [`Session::start`].
+    pub fn new(encoding: Encoding, config: &ShardConfig, now: Instant) -> Session {
+        Session {
+            encoding,
+            session_id: Uuid::new_v4(),
+            connected_at: now,
+            last_seen: now,
+            identity: None,
+            token_deadline: None,
+            user_slot: None,
+            subscriptions: Vec::new(),
+            outbox: Outbox::default(),
+            ws: ws::server_context(config.max_message_size),
+            closing_since: None,
+            aborted: false,
+            peer_closed: false,
+            over_budget_since: None,
+            events_allowance: Allowance::new(
+                config.rate_limit_events,
+                config.rate_limit_window,
+                config.rate_limit_burst,
+                config.flood_close_after,
+                now,
+            ),
+            pings_allowance: Allowance::new(
+                PING_RATE_PER_SEC,
+                Duration::from_secs(1),
+                PING_BURST,
+                config.flood_close_after,
+                now,
+            ),
+            membership_checks: 0,
+            unsubscribed_while_checking: Vec::new(),
+        }
+    }
+
+    /// Greets the client with `hello`, then, when the upgrade carried a verified token,
+    /// makes the session ready at once.
+    pub fn start(
+        &mut self,
+        identity: Option<(Identity, UserSlot)>,
+        now: Now,
+        ctx: &mut SessionCtx,
+    ) {
+        self.reply(
+            &ServerMessage::Hello {
+                session_id: self.session_id.to_string(),
+                heartbeat_interval_ms: ctx.config.heartbeat_interval.as_millis() as u64,
+            },
+            None,
+            ctx,
+        );
+        if let Some((identity, slot)) = identity {
+            if let Some(reason) = self.become_ready(identity, slot, None, now, ctx) {
+                self.close(reason, now.instant, ctx);
+            }
+        }
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+    pub fn session_id(&self) -> &Uuid {
+        &self.session_id
+    }
+    pub fn is_ready(&self) -> bool {
+        self.identity.is_some()
+    }
+    pub fn is_closing(&self) -> bool {
+        self.closing_since.is_some()
+    }
+    /// Closing took too long: the driver drops the socket.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted
+    }
+    /// Closing, and the close frame and everything before it has been handed out.
+    pub fn is_flushed(&self) -> bool {
+        self.is_closing() && !self.outbox.has_priority()
+    }
+    /// The peer sent its close frame.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+    pub fn user_id(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user_id.as_str())
+    }
+    pub fn subscriptions(&self) -> &[Topic] {
+        &self.subscriptions
+    }
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.queued_bytes()
+    }
+    /// Whether [`Session::poll_transmit`] has something to hand out.
+    pub fn has_output(&self) -> bool {
+        self.outbox.has_priority() || (!self.is_closing() && self.outbox.normal_len() > 0)
+    }
+
+    /// Frees the outbox's buffers if it is empty (see `Outbox::release_idle_buffers`).
+    pub fn release_idle_buffers(&mut self) {
+        self.outbox.release_idle_buffers();
+    }
+
+    /// The next instant at which [`Session::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self, config: &ShardConfig) -> Option<Instant> {
+        if let Some(since) = self.closing_since {
+            return (!self.aborted).then_some(since + CLOSE_FLUSH_LIMIT);
+        }
+        let heartbeat = self.last_seen + config.heartbeat_interval * 2;
+        let identify = (!self.is_ready()).then_some(self.connected_at + config.identify_timeout);
+        let slow = self.over_budget_since.map(|s| s + config.slow_client_grace);
+        [Some(heartbeat), identify, self.token_deadline, slow]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Acts on every deadline that has passed at `now`: closes a connection that did not
+    /// identify, went silent, outlived its token or stayed over its budget, and gives up
+    /// on one whose close is not getting out.
+    pub fn handle_timeout(&mut self, now: Instant, ctx: &mut SessionCtx) {
+        if let Some(since) = self.closing_since {
+            if now.saturating_duration_since(since) >= CLOSE_FLUSH_LIMIT {
+                self.aborted = true;
+            }
+            return;
+        }
+        let config = ctx.config;
+        let reason = if !self.is_ready()
+            && now.saturating_duration_since(self.connected_at) >= config.identify_timeout
+        {
+            Some(CloseReason::IdentifyTimeout)
+        } else if self.token_deadline.is_some_and(|deadline| now >= deadline) {
+            Some(CloseReason::TokenExpired)
+        } else if now.saturating_duration_since(self.last_seen) >= config.heartbeat_interval * 2 {
+            Some(CloseReason::HeartbeatTimeout)
+        } else if self
+            .over_budget_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= config.slow_client_grace)
+        {
+            Some(CloseReason::SlowConsumer)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.close(reason, now, ctx);
+        }
+    }
+
+    /// Feeds bytes read from the socket to the WebSocket parser and handles every
+    /// complete message. Replies and tungstenite's control frames (pong, the close
+    /// echo) go to the priority lane.
+    pub fn handle_input(&mut self, input: &[u8], now: Now, ctx: &mut SessionCtx) {
+        self.last_seen = now.instant;
+        let mut control = std::mem::take(&mut ctx.scratch.control);
+        control.clear();
+        let mut io = BufferedIo {
+            input,
+            output: &mut control,
+        };
+        let mut close = None;
+        while close.is_none() {
+            match self.ws.read(&mut io) {
+                Ok(Message::Text(text)) => close = self.handle_data(text.as_bytes(), now, ctx),
+                Ok(Message::Binary(data)) => close = self.handle_data(&data, now, ctx),
+                Ok(Message::Close(_)) => self.peer_closed = true,
+                Ok(_) => {} // ping (answered by tungstenite), pong, raw frames
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    self.peer_closed = true;
+                    break;
+                }
+                Err(tungstenite::Error::Capacity(_)) => close = Some(CloseReason::MessageTooBig),
+                Err(tungstenite::Error::Utf8(_)) => close = Some(CloseReason::InvalidUtf8),
+                Err(e) => {
+                    tracing::debug!(session = %self.session_id, error = %e, "websocket protocol error");
+                    close = Some(CloseReason::ProtocolViolation);
+                }
+            }
+        }
+        let _ = self.ws.flush(&mut io);
+        if !control.is_empty() {
+            self.outbox.push_priority(Bytes::copy_from_slice(&control));
+        }
+        ctx.scratch.control = control;
+        if let Some(reason) = close {
+            self.close(reason, now.instant, ctx);
+        } else if self.peer_closed && !self.is_closing() {
+            // tungstenite has echoed the peer's close frame: nothing more to say.
+            self.mark_closing(now.instant);
+        }
+    }
+
+    /// One WebSocket data message: one or more protocol messages, each charged to its
+    /// allowance before it is handled.
+    fn handle_data(&mut self, data: &[u8], now: Now, ctx: &mut SessionCtx) -> Option<CloseReason> {
+        if self.is_closing() {
+            return None;
+        }
+        let mut buf = std::mem::take(&mut ctx.scratch.decode);
+        buf.clear();
+        buf.extend_from_slice(data);
+        let max = ctx.config.max_message_size;
+        let mut close = None;
+        for decoded in decode_client_frame(self.encoding, &mut buf[..], max) {
+            let (is_ping, r#ref) = match &decoded {
+                Ok(envelope) => (
+                    matches!(envelope.message, ClientMessage::Ping),
+                    envelope.r#ref,
+                ),
+                Err(bad) => (false, bad.r#ref),
+            };
+            let allowance = if is_ping {
+                &mut self.pings_allowance
+            } else {
+                &mut self.events_allowance
+            };
+            match allowance.charge(now.instant) {
+                Charge::Allowed => {}
+                Charge::Refused { retry_after } => {
+                    self.reply(
+                        &ServerMessage::Error {
+                            code: ErrorCode::RateLimited,
+                            message: "too many events; slow down".to_owned(),
+                            topics: None,
+                            retry_after_ms: Some((retry_after.as_millis() as u64).max(1)),
+                        },
+                        r#ref,
+                        ctx,
+                    );
+                    continue;
+                }
+                Charge::Flood => {
+                    close = Some(CloseReason::Flood);
+                    break;
+                }
+            }
+            close = match decoded {
+                Ok(envelope) => {
+                    ShardStats::add(ctx.stats.message_in_counter(envelope.message.op()), 1);
+                    self.handle_message(envelope, now, ctx)
+                }
+                Err(bad) => {
+                    ShardStats::add(&ctx.stats.messages_bad, 1);
+                    self.reply_error(
+                        bad.error.error_code(),
+                        &bad.error.to_string(),
+                        bad.r#ref,
+                        ctx,
+                    );
+                    None
+                }
+            };
+            if close.is_some() {
+                break;
+            }
+        }
+        ctx.scratch.decode = buf;
+        close
+    }
+
+    /// Queues a routed event on the normal lane, keeping the queue within the budget:
+    /// over it, ephemeral events are shed first; a queue that stays over for the grace
+    /// period is closed 4010 ([`Session::handle_timeout`]), and one that reaches twice
+    /// the budget is closed at once, so memory stays bounded whatever the client does.
+    pub fn enqueue(
+        &mut self,
+        delivery: &LocalDelivery,
+        now: Instant,
+        ctx: &mut SessionCtx,
+    ) -> Enqueued {
+        if self.is_closing() {
+            return Enqueued::Dropped;
+        }
+        let budget = ctx.config.outbound_budget;
+        let encoding = self.encoding;
+        let len_of = |d: &LocalDelivery| d.wire(encoding).message().len();
+        let len = len_of(delivery);
+        if self.outbox.queued_bytes() + len > budget {
+            if delivery.is_ephemeral() {
+                ShardStats::add(&ctx.stats.shed_events, 1);
+                return Enqueued::Dropped;
+            }
+            let shed = self
+                .outbox
+                .shed_ephemeral(budget.saturating_sub(len), len_of);
+            ShardStats::add(&ctx.stats.shed_events, shed as u64);
+        }
+        let first = self.outbox.normal_len() == 0;
+        self.outbox.push_normal(delivery.clone(), len);
+        ShardStats::add(&ctx.stats.deliveries, 1);
+        let queued = self.outbox.queued_bytes();
+        ShardStats::raise(&ctx.stats.outbox_high_water_bytes, queued as u64);
+        if queued > budget {
+            self.over_budget_since.get_or_insert(now);
+            if queued > budget.saturating_mul(2) {
+                self.close(CloseReason::SlowConsumerOverflow, now, ctx);
+                return Enqueued::Closed;
+            }
+        }
+        if first {
+            Enqueued::First
+        } else {
+            Enqueued::Queued
+        }
+    }
+
+    /// The next bytes to write: every queued priority frame joined, else the normal
+    /// lane's events joined into one frame up to `max_frame_size` (a lone event goes
+    /// out as its shared frame, copied nowhere).
+    pub fn poll_transmit(&mut self, now: Instant, ctx: &SessionCtx) -> Option<Transmit> {
+        let transmit = self.next_transmit(now, ctx);
+        if self.over_budget_since.is_some()
+            && self.outbox.queued_bytes() <= ctx.config.outbound_budget
+        {
+            self.over_budget_since = None;
+        }
+        transmit
+    }
+
+    fn next_transmit(&mut self, now: Instant, ctx: &SessionCtx) -> Option<Transmit> {
+        let stats = ctx.stats;
+        if let Some(first) = self.outbox.pop_priority() {
+            ShardStats::add(&stats.frames_out, 1);
+            if !self.outbox.has_priority() {
+                return Some(Transmit::Owned(first));
+            }
+            let mut joined = BytesMut::from(&first[..]);
+            while let Some(frame) = self.outbox.pop_priority() {
+                ShardStats::add(&stats.frames_out, 1);
+                joined.extend_from_slice(&frame);
+            }
+            return Some(Transmit::Owned(joined.freeze()));
+        }
+        if self.is_closing() {
+            return None;
+        }
+        let encoding = self.encoding;
+        let len_of = |d: &LocalDelivery| d.wire(encoding).message().len();
+        let first = self.outbox.pop_normal(len_of)?;
+        ShardStats::add(&stats.frames_out, 1);
+        // The batch's latency is its oldest event's: the others waited less.
+        let received_at = first.received_at;
+        let (count, payload_len) = self.batch_extent(&first, ctx.config.max_frame_size);
+        note_events_written(stats, received_at, count, now);
+        if count == 1 {
+            return Some(Transmit::Shared(first));
+        }
+        // Sized once, header first, each event copied once.
+        let separator = message_separator(encoding);
+        let mut frame =
+            BytesMut::with_capacity(ws::data_header_len(encoding, payload_len) + payload_len);
+        ws::put_data_header(encoding, payload_len, &mut frame);
+        frame.put_slice(first.wire(encoding).message());
+        for _ in 1..count {
+            let Some(next) = self.outbox.pop_normal(len_of) else {
+                break;
+            };
+            frame.put_slice(separator);
+            frame.put_slice(next.wire(encoding).message());
+        }
+        Some(Transmit::Owned(frame.freeze()))
+    }
+
+    /// How many events, `first` and those queued after it, fit in one frame of at most
+    /// `max_frame_size` bytes, and that frame's payload length. `first` always fits: the
+    /// bound limits batching, not message size.
+    fn batch_extent(&self, first: &LocalDelivery, max_frame_size: usize) -> (u64, usize) {
+        let encoding = self.encoding;
+        let separator = message_separator(encoding).len();
+        let mut count = 1;
+        let mut len = first.wire(encoding).message().len();
+        for next in self.outbox.normal_iter() {
+            let grown = len + separator + next.wire(encoding).message().len();
+            if grown > max_frame_size {
+                break;
+            }
+            len = grown;
+            count += 1;
+        }
+        (count, len)
+    }
+
+    /// Closes the connection for `reason`: `reconnect` first where the client should
+    /// come back, then the close frame; queued events are dropped. The first close wins.
+    pub fn close(&mut self, reason: CloseReason, now: Instant, ctx: &mut SessionCtx) {
+        if self.is_closing() {
+            return;
+        }
+        if reason.sends_reconnect() {
+            self.reply(
+                &ServerMessage::Reconnect {
+                    reason: reason.code().reason().to_owned(),
+                    retry_after_ms: close::RECONNECT_AFTER_MS,
+                },
+                None,
+                ctx,
+            );
+        }
+        let code = reason.code();
+        let mut frame = std::mem::take(&mut ctx.scratch.control);
+        frame.clear();
+        let mut io = BufferedIo {
+            input: &[],
+            output: &mut frame,
+        };
+        let close_frame = CloseFrame {
+            code: code.code().into(),
+            reason: code.reason().into(),
+        };
+        let _ = self.ws.close(&mut io, Some(close_frame));
+        let _ = self.ws.flush(&mut io);
+        self.outbox.push_priority(Bytes::copy_from_slice(&frame));
+        ctx.scratch.control = frame;
+        reason.record(ctx.stats, &self.session_id);
+        self.mark_closing(now);
+    }
+
+    fn mark_closing(&mut self, now: Instant) {
+        self.closing_since = Some(now);
+        let encoding = self.encoding;
+        self.outbox
+            .clear_normal(|d| d.wire(encoding).message().len());
+    }
+
+    /// Encodes a server message and queues it on the priority lane.
+    fn reply(&mut self, message: &ServerMessage, r#ref: Option<u64>, ctx: &mut SessionCtx) {
+        let buf = &mut ctx.scratch.encode;
+        buf.clear();
+        coregate_protocol::encode_server(
+            self.encoding,
+            &ServerEnvelope {
+                message,
+                r#ref,
+                topic: None,
+                offset: None,
+            },
+            buf,
+        );
+        self.outbox
+            .push_priority(ws::data_frame(self.encoding, buf));
+        ShardStats::add(&ctx.stats.messages_out_control, 1);
+    }
+
+    fn reply_error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) {
+        self.reply(
+            &ServerMessage::Error {
+                code,
+                message: message.to_owned(),
+                topics: None,
+                retry_after_ms: None,
+            },
+            r#ref,
+            ctx,
+        );
+    }
+}
+
+/// Counts `events` handed to a socket and their publish→write latency.
+fn note_events_written(stats: &ShardStats, received_at: Instant, events: u64, now: Instant) {
+    ShardStats::add(&stats.messages_out_event, events);
+    stats
+        .publish_to_write
+        .observe(now.saturating_duration_since(received_at), events);
+}
+
+/// The requested names without repeats, in request order.
+fn dedup(requested: &[String]) -> impl Iterator<Item = &str> {
+    requested
+        .iter()
+        .enumerate()
+        .filter(move |(i, t)| !requested[..*i].contains(t))
+        .map(|(_, t)| t.as_str())
+}

@@ -1,0 +1,429 @@
+//! The connection rules, driven through the harness with literal bytes and a virtual
+//! clock: every timeout, limit and close of PROTOCOL.md that concerns one connection.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use coregate_protocol::Encoding;
+
+use super::{PING_BURST, PING_RATE_PER_SEC};
+use crate::config::ShardConfig;
+use crate::testing::{client_frame, Harness, UNIX_START};
+
+const JSON: Encoding = Encoding::Json;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn subscribe(topic: &str, r#ref: u64) -> String {
+    format!(r#"{{"op":"subscribe","d":{{"topics":["{topic}"]}},"ref":{ref}}}"#)
+}
+
+#[test]
+fn a_connection_that_does_not_identify_is_closed_4009_after_the_identify_timeout() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect(JSON);
+    assert_eq!(h.read(c).ops(), ["hello"]);
+    assert_eq!(
+        h.hub.poll_timeout(),
+        Some(h.now().instant + secs(5.0)),
+        "the identify deadline is the next one"
+    );
+    h.advance(secs(4.9));
+    assert!(!h.is_closing(c));
+    h.advance(secs(0.1));
+    let read = h.read(c);
+    assert_eq!(read.close, Some(4009));
+    assert!(
+        read.messages.is_empty(),
+        "a client-caused close sends no reconnect"
+    );
+    assert_eq!(h.stats.snapshot().closes_session_timed_out, 1);
+}
+
+#[test]
+fn in_band_identify_makes_the_connection_ready_and_echoes_the_ref() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect(JSON);
+    h.send(c, r#"{"op":"identify","d":{"token":"alice"},"ref":7}"#);
+    let read = h.read(c);
+    assert_eq!(read.ops(), ["hello", "ready"]);
+    assert_eq!(read.first("ready")["ref"], 7);
+    assert_eq!(read.first("ready")["d"]["user_id"], "alice");
+    h.advance(secs(10.0));
+    assert!(!h.is_closing(c), "no identify timeout once ready");
+}
+
+#[test]
+fn a_bad_token_in_identify_closes_4004() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect(JSON);
+    h.send(c, r#"{"op":"identify","d":{"token":"bad"}}"#);
+    assert_eq!(h.read(c).close, Some(4004));
+}
+
+#[test]
+fn heartbeat_silence_for_twice_the_interval_closes_4009() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", JSON);
+    h.advance(secs(30.0));
+    h.send(c, r#"{"op":"ping"}"#);
+    assert_eq!(h.read(c).count("pong"), 1);
+    h.advance(secs(59.9));
+    assert!(!h.is_closing(c), "the ping reset the silence");
+    h.advance(secs(0.1));
+    assert_eq!(h.read(c).close, Some(4009));
+}
+
+#[test]
+fn an_op_before_ready_closes_4003_but_ping_is_answered() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect(JSON);
+    h.send(c, r#"{"op":"ping","ref":1}"#);
+    assert_eq!(h.read(c).ops(), ["hello", "pong"]);
+    h.send(c, &subscribe("channel:1", 2));
+    let read = h.read(c);
+    assert_eq!(read.close, Some(4003));
+    assert!(read.messages.is_empty());
+}
+
+#[test]
+fn an_expired_token_closes_4006_and_refresh_extends_it() {
+    let config = ShardConfig {
+        heartbeat_interval: Duration::from_secs(3600),
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready(&format!("alice@{}", UNIX_START + 100), JSON);
+    h.read(c);
+    h.advance(secs(90.0));
+    h.send(
+        c,
+        &format!(
+            r#"{{"op":"refresh","d":{{"token":"bob@{}"}},"ref":1}}"#,
+            UNIX_START + 500
+        ),
+    );
+    let refused = h.read(c);
+    assert_eq!(
+        refused.first("error")["d"]["code"],
+        "invalid_token",
+        "another user"
+    );
+    h.send(
+        c,
+        &format!(
+            r#"{{"op":"refresh","d":{{"token":"alice@{}"}},"ref":2}}"#,
+            UNIX_START + 200
+        ),
+    );
+    let refreshed = h.read(c);
+    assert_eq!(refreshed.first("refreshed")["d"]["exp"], UNIX_START + 200);
+    h.advance(secs(60.0));
+    assert!(
+        !h.is_closing(c),
+        "past the first token's exp, within the new one's"
+    );
+    h.advance(secs(49.0));
+    assert!(!h.is_closing(c));
+    h.advance(secs(1.0));
+    assert_eq!(h.read(c).close, Some(4006));
+    assert_eq!(h.stats.snapshot().closes_token_expired, 1);
+}
+
+#[test]
+fn a_flood_is_answered_rate_limited_then_closed_4008() {
+    let config = ShardConfig::default();
+    let (burst, flood_after) = (config.rate_limit_burst, config.flood_close_after);
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    let unsubscribe = r#"{"op":"unsubscribe","d":{"topics":["channel:9"]},"ref":3}"#;
+    for _ in 0..burst {
+        h.send(c, unsubscribe);
+    }
+    assert_eq!(h.read(c).count("unsubscribed"), burst as usize);
+    h.send(c, unsubscribe);
+    let limited = h.read(c);
+    let error = limited.first("error");
+    assert_eq!(error["d"]["code"], "rate_limited");
+    assert_eq!(error["ref"], 3);
+    assert!(error["d"]["retry_after_ms"].as_u64().unwrap() > 0);
+    // Waiting out the rate serves the client again.
+    h.advance(secs(0.5));
+    h.send(c, unsubscribe);
+    assert_eq!(h.read(c).count("unsubscribed"), 1);
+    for _ in 0..flood_after {
+        h.send(c, unsubscribe);
+    }
+    let refused = h.read(c);
+    assert_eq!(refused.count("error"), flood_after as usize);
+    assert_eq!(refused.close, None);
+    h.send(c, unsubscribe);
+    assert_eq!(h.read(c).close, Some(4008));
+}
+
+#[test]
+fn pings_have_an_allowance_of_their_own_and_a_ping_flood_is_closed_4008() {
+    let config = ShardConfig::default();
+    let (burst, flood_after) = (config.rate_limit_burst, config.flood_close_after);
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // A client busy with events is not refused its pings.
+    for _ in 0..=burst {
+        h.send(c, r#"{"op":"unsubscribe","d":{"topics":["channel:9"]}}"#);
+    }
+    assert_eq!(
+        h.read(c).count("error"),
+        1,
+        "the events are over their rate"
+    );
+    h.send(c, r#"{"op":"ping"}"#);
+    assert_eq!(h.read(c).ops(), ["pong"]);
+    // Pinging at a steady rate within the allowance goes on for ever.
+    for _ in 0..200 {
+        h.advance(Duration::from_secs(1) / PING_RATE_PER_SEC);
+        h.send(c, r#"{"op":"ping"}"#);
+    }
+    assert_eq!(h.read(c).count("pong"), 200);
+    // A flood after a quiet while: the burst, then refusals, then the close.
+    h.advance(secs(10.0));
+    let flood: Vec<&str> = vec![r#"{"op":"ping"}"#; (PING_BURST + flood_after + 1) as usize];
+    h.send(c, &flood.join("\n"));
+    let read = h.read(c);
+    assert_eq!(read.count("pong"), PING_BURST as usize);
+    assert_eq!(read.count("error"), flood_after as usize);
+    assert_eq!(read.first("error")["d"]["code"], "rate_limited");
+    assert_eq!(read.close, Some(4008));
+}
+
+#[test]
+fn a_text_frame_that_is_not_utf8_closes_1007() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    h.input(c, &client_frame(0x1, &[b'{', 0xff, 0xfe, b'}']));
+    assert_eq!(h.read(c).close, Some(1007));
+    assert_eq!(h.stats.snapshot().closes_protocol_error, 1);
+}
+
+#[test]
+fn an_unmasked_client_frame_closes_1002() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    h.input(c, b"\x81\x02{}");
+    assert_eq!(h.read(c).close, Some(1002));
+}
+
+#[test]
+fn a_message_over_the_size_limit_closes_1009() {
+    let config = ShardConfig {
+        max_message_size: 100,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    h.input(c, &client_frame(0x1, &[b' '; 101]));
+    assert_eq!(h.read(c).close, Some(1009));
+}
+
+#[test]
+fn websocket_pings_are_answered_with_pongs() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    h.input(c, &client_frame(0x9, b"hi"));
+    assert_eq!(h.read(c).pongs, 1);
+}
+
+#[test]
+fn the_peer_s_close_is_echoed_and_the_session_is_flushed() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    h.input(c, &client_frame(0x8, &1000u16.to_be_bytes()));
+    let session = h.hub.session(c).unwrap();
+    assert!(session.peer_closed() && session.is_closing());
+    assert_eq!(h.read(c).close, Some(1000), "tungstenite echoes the close");
+    assert!(h.hub.session(c).unwrap().is_flushed());
+    assert_eq!(h.stats.snapshot().server_closes, 0, "the client closed");
+}
+
+/// Budget 2,000 bytes: events of ~550 bytes, so that three fit and a fourth goes over.
+fn slow_reader_config() -> ShardConfig {
+    ShardConfig {
+        outbound_budget: 2_000,
+        slow_client_grace: Duration::from_secs(5),
+        ..ShardConfig::default()
+    }
+}
+
+fn big_event() -> serde_json::Value {
+    serde_json::json!({ "text": "x".repeat(500) })
+}
+
+#[test]
+fn a_slow_reader_loses_typing_first_then_gets_reconnect_and_4010_after_the_grace() {
+    let mut h = Harness::new(slow_reader_config());
+    let c = h.connect_ready("alice", JSON);
+    h.send(c, &subscribe("channel:1", 1));
+    assert_eq!(h.read(c).count("subscribed"), 1);
+    h.publish(
+        "channel:1",
+        "typing_start",
+        serde_json::json!({ "user_id": "bob" }),
+    );
+    for _ in 0..3 {
+        h.publish("channel:1", "message_new", big_event());
+    }
+    assert_eq!(h.stats.snapshot().shed_events, 0, "within budget");
+    h.publish("channel:1", "message_new", big_event());
+    assert_eq!(
+        h.stats.snapshot().shed_events,
+        1,
+        "typing shed to make room"
+    );
+    h.publish(
+        "channel:1",
+        "typing_start",
+        serde_json::json!({ "user_id": "bob" }),
+    );
+    assert_eq!(
+        h.stats.snapshot().shed_events,
+        2,
+        "typing refused while over budget"
+    );
+    assert!(!h.is_closing(c), "over budget, within twice of it");
+    h.advance(secs(4.9));
+    assert!(!h.is_closing(c), "within the grace");
+    h.advance(secs(0.1));
+    let read = h.read(c);
+    assert_eq!(
+        read.ops(),
+        ["reconnect"],
+        "queued events are dropped on close"
+    );
+    assert_eq!(read.first("reconnect")["d"]["reason"], "slow consumer");
+    assert_eq!(read.close, Some(4010));
+}
+
+#[test]
+fn a_reader_that_catches_up_within_the_grace_stays() {
+    let mut h = Harness::new(slow_reader_config());
+    let c = h.connect_ready("alice", JSON);
+    h.send(c, &subscribe("channel:1", 1));
+    h.read(c);
+    for _ in 0..4 {
+        h.publish("channel:1", "message_new", big_event());
+    }
+    h.advance(secs(4.0));
+    assert_eq!(h.read(c).count("message_new"), 4);
+    h.advance(secs(5.0));
+    assert!(!h.is_closing(c));
+}
+
+#[test]
+fn a_queue_at_twice_the_budget_is_closed_4010_at_once() {
+    let mut h = Harness::new(slow_reader_config());
+    let c = h.connect_ready("alice", JSON);
+    h.send(c, &subscribe("channel:1", 1));
+    h.read(c);
+    for _ in 0..8 {
+        h.publish("channel:1", "message_new", big_event());
+    }
+    let read = h.read(c);
+    assert_eq!(read.ops(), ["reconnect"]);
+    assert_eq!(read.close, Some(4010));
+    assert_eq!(h.stats.snapshot().closes_slow_consumer, 1);
+}
+
+#[test]
+fn the_priority_lane_overtakes_a_full_normal_lane() {
+    let mut h = Harness::new(slow_reader_config());
+    let c = h.connect_ready("alice", JSON);
+    h.send(c, &subscribe("channel:1", 1));
+    h.read(c);
+    for _ in 0..3 {
+        h.publish("channel:1", "message_new", big_event());
+    }
+    h.send(c, r#"{"op":"ping","ref":9}"#);
+    let read = h.read(c);
+    assert_eq!(
+        read.ops(),
+        ["pong", "message_new", "message_new", "message_new"]
+    );
+}
+
+#[test]
+fn events_ready_together_are_batched_up_to_the_frame_limit() {
+    let config = ShardConfig {
+        max_frame_size: 1_000,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.send(c, &subscribe("channel:1", 1));
+    h.read(c);
+    h.publish("channel:1", "message_new", serde_json::json!({ "n": 0 }));
+    assert_eq!(h.read(c).frames, 1, "a lone event is its own frame");
+    for n in 0..10 {
+        h.publish(
+            "channel:1",
+            "message_new",
+            serde_json::json!({ "n": n, "pad": "x".repeat(100) }),
+        );
+    }
+    let bytes = h.transmit(c);
+    let read = crate::testing::parse_server_bytes(JSON, &bytes);
+    assert_eq!(read.count("message_new"), 10);
+    let order: Vec<u64> = read
+        .messages
+        .iter()
+        .map(|(_, m)| m["d"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, (0..10).collect::<Vec<_>>(), "in order");
+    // Each event is ~160 bytes: six fit in 1,000, so two frames.
+    assert_eq!(read.frames, 2);
+    assert!(frame_payload_lengths(&bytes)
+        .iter()
+        .all(|len| *len <= 1_000));
+}
+
+/// The payload length of each frame in `bytes` (short and 16-bit lengths only).
+fn frame_payload_lengths(mut bytes: &[u8]) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    while !bytes.is_empty() {
+        let (len, header) = match bytes[1] {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            len => (len as usize, 2),
+        };
+        lengths.push(len);
+        bytes = &bytes[header + len..];
+    }
+    lengths
+}
+
+#[test]
+fn a_closing_connection_that_cannot_flush_is_aborted_after_the_flush_limit() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect(JSON);
+    h.advance(secs(5.0));
+    assert!(h.is_closing(c));
+    assert!(!h.hub.session(c).unwrap().is_aborted());
+    h.advance(super::CLOSE_FLUSH_LIMIT);
+    assert!(h.hub.session(c).unwrap().is_aborted());
+}
+
+#[test]
+fn messagepack_sessions_get_the_same_rules() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", Encoding::MsgPack);
+    let read = h.read(c);
+    assert_eq!(read.ops(), ["hello", "ready"]);
+    h.advance(secs(60.0));
+    assert_eq!(h.read(c).close, Some(4009));
+}
