@@ -170,18 +170,19 @@ async fn unknown_subprotocol_is_400_and_none_means_json() {
 }
 
 #[tokio::test]
-async fn identify_in_band_succeeds_or_closes_4004_or_times_out_4009() {
-    let gw = Gateway::start(&["--identify-timeout", "1s"]);
+async fn identify_in_band_succeeds_or_closes_4004() {
+    let gw = Gateway::start(&[]);
     for encoding in BOTH {
         let mut client = Client::connect_anonymous(&gw, encoding).await;
         client.expect_op("hello").await;
-        client
+        let r = client
             .send(ClientMessage::Identify {
                 token: token("carol", &[]),
             })
             .await;
         let ready = client.expect_op("ready").await;
         assert_eq!(ready.d["user_id"], json!("carol"));
+        assert_eq!(ready.r#ref, Some(r), "ready echoes the identify's ref");
         // identify twice → 4005
         client
             .send(ClientMessage::Identify {
@@ -199,13 +200,10 @@ async fn identify_in_band_succeeds_or_closes_4004_or_times_out_4009() {
             .await;
         assert_eq!(client.expect_close().await, 4004);
 
-        let mut client = Client::connect_anonymous(&gw, encoding).await;
-        client.expect_op("hello").await;
-        assert_eq!(
-            client.expect_close_within(Duration::from_secs(4)).await,
-            4009
-        );
     }
+    // The identify timeout (4009) is a rule of the session, tested with a driven clock
+    // in the shards crate; the sweeper that applies it over real sockets is proven by
+    // the heartbeat test below.
 }
 
 #[tokio::test]
@@ -385,9 +383,12 @@ async fn unsubscribe_stops_delivery() {
 }
 
 #[tokio::test]
+/// The one end-to-end case that waits on real time: it proves that the shard's sweeper
+/// gives the sessions the clock. Every other deadline (identify, token expiry, slow
+/// consumer grace) is tested in the shards crate with a driven clock.
 async fn ping_pong_and_heartbeat_timeout() {
     let gw = Gateway::start(&["--heartbeat-interval", "1s"]);
-    for encoding in BOTH {
+    for encoding in [Encoding::Json] {
         let mut silent = Client::ready(&gw, &token("gus", &[]), encoding).await;
         let mut pinging = Client::ready(&gw, &token("hal", &[]), encoding).await;
         let started = std::time::Instant::now();
@@ -467,13 +468,13 @@ async fn two_messages_in_one_frame_are_both_handled() {
 }
 
 #[tokio::test]
-async fn token_expiry_closes_4006_unless_refreshed() {
+/// `refresh` through the real JWT verifier; what expiry and refresh do to the
+/// connection's deadline is tested with a driven clock in the shards crate.
+async fn refresh_takes_a_new_token_of_the_same_user_only() {
     let gw = Gateway::start(&[]);
     for encoding in BOTH {
-        let short = |sub: &str| sign(json!({"sub": sub, "exp": now() + 2}), SECRET);
-        let mut expiring = Client::ready(&gw, &short("kim"), encoding).await;
-        let mut refreshed = Client::ready(&gw, &short("lee"), encoding).await;
-        // a refresh for another user is refused
+        let short = sign(json!({"sub": "lee", "exp": now() + 60}), SECRET);
+        let mut refreshed = Client::ready(&gw, &short, encoding).await;
         let r = refreshed
             .send(ClientMessage::Refresh {
                 token: token("someone-else", &[]),
@@ -495,12 +496,6 @@ async fn token_expiry_closes_4006_unless_refreshed() {
             (reply.r#ref, reply.d["exp"].clone()),
             (Some(r), json!(later))
         );
-        assert_eq!(
-            expiring.expect_close_within(Duration::from_secs(5)).await,
-            4006
-        );
-        let r = refreshed.send(ClientMessage::Ping).await;
-        assert_eq!(refreshed.expect_op("pong").await.r#ref, Some(r));
     }
 }
 
