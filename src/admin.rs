@@ -93,10 +93,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Serves the admin API on its own thread (a current-thread tokio runtime).
+/// Serves the admin API on its own thread (a current-thread tokio runtime) until `stop`
+/// fires (or its sender is dropped); requests in flight are answered first.
 pub fn spawn(
     addr: SocketAddr,
     state: AdminState,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -122,7 +124,13 @@ pub fn spawn(
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(state)).await {
+                let stopped = async {
+                    let _ = stop.await;
+                };
+                if let Err(e) = axum::serve(listener, router(state))
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
                     tracing::error!(error = %e, "admin server stopped");
                 }
             });

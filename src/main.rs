@@ -24,6 +24,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Capacity of the shards → ingestor queue, in commands.
 const INGESTOR_QUEUE: usize = 65_536;
+/// How long past the drain window the process waits for its parts to end: the close
+/// frames' flush limit and linger, with room to spare.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// Membership checks waiting for the ingestor; past this a subscribe is refused
 /// `not_ready` rather than queued without bound.
 const MEMBERSHIP_QUEUE: usize = 4096;
@@ -207,14 +210,15 @@ fn run(config: Config) -> anyhow::Result<()> {
         timeout: config.redis_timeout,
     });
     let redis_configured = redis.is_some();
-    ingest::spawn(
+    let ingestor = ingest::spawn(
         ingestor_rx,
         ingest::Router::new(shards.senders.clone(), ingestor_stats.clone()),
         redis,
         membership,
     )?;
     let draining = Arc::new(AtomicBool::new(false));
-    let (admin_addr, _admin) = admin::spawn(
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel();
+    let (admin_addr, admin) = admin::spawn(
         config.admin,
         admin::AdminState {
             ingestor: ingestor_tx,
@@ -224,6 +228,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             redis_configured,
             max_message_size: config.max_message_size,
         },
+        admin_stopped,
     )?;
     tracing::info!(
         listen = %shards.local_addr,
@@ -238,7 +243,40 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(drain_on_signal(&shards, &draining, config.drain_window))
+    let parts = Parts {
+        shards,
+        admin,
+        stop_admin,
+        ingestor,
+    };
+    let drained = runtime.block_on(drain_on_signal(parts, &draining, config.drain_window));
+    // A part that did not end within the margin is not waited for.
+    runtime.shutdown_background();
+    drained
+}
+
+/// The running parts of a node, in the order they are shut down.
+struct Parts {
+    shards: coregate_shards::RunningShards,
+    admin: std::thread::JoinHandle<()>,
+    stop_admin: tokio::sync::oneshot::Sender<()>,
+    ingestor: std::thread::JoinHandle<()>,
+}
+
+impl Parts {
+    /// Waits for every part to end, in dependency order: the shards (each ends once it
+    /// has drained), then the admin API (stopped now: nothing is left to publish to),
+    /// then the ingestor, which ends when the last of its command senders (the shards'
+    /// and the admin API's) is gone. Blocks the calling thread.
+    fn join(self) {
+        self.shards.join();
+        tracing::debug!("shards ended");
+        let _ = self.stop_admin.send(());
+        let _ = self.admin.join();
+        tracing::debug!("admin API ended");
+        let _ = self.ingestor.join();
+        tracing::debug!("ingestor ended");
+    }
 }
 
 /// With `authorizer = "redis"`: the shards' membership authorizer, and the receiving
@@ -262,11 +300,11 @@ fn membership_authorizer(
 }
 
 /// Waits for SIGINT or SIGTERM, then drains: `/ready` turns 503 (`draining`), shards stop
-/// accepting and close their connections (1012) spread over `window`. Returns once
-/// every connection is gone (or the window and a margin have passed); a second
-/// signal exits at once.
+/// accepting and close their connections (1012) spread over `window`, and the process
+/// returns once every part has ended (mini-redis's structured shutdown), or once the
+/// window and a margin have passed. A second signal exits at once.
 async fn drain_on_signal(
-    shards: &coregate_shards::RunningShards,
+    parts: Parts,
     draining: &AtomicBool,
     window: Duration,
 ) -> anyhow::Result<()> {
@@ -279,7 +317,7 @@ async fn drain_on_signal(
     }
     tracing::info!(?window, "signal received: draining");
     draining.store(true, std::sync::atomic::Ordering::Relaxed);
-    for shard in &shards.senders {
+    for shard in &parts.shards.senders {
         // The inbox may be momentarily full of events: retry briefly.
         for _ in 0..100 {
             match shard.try_send(coregate_shards::ShardMessage::Drain { window }) {
@@ -290,23 +328,13 @@ async fn drain_on_signal(
             }
         }
     }
-    let deadline = tokio::time::sleep(window + Duration::from_secs(3));
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            _ = term.recv() => std::process::exit(1),
-            _ = int.recv() => std::process::exit(1),
-            _ = &mut deadline => {
-                tracing::warn!("drain window passed with connections still open");
-                break;
-            }
-            _ = tick.tick() => {
-                let open: u64 = shards.stats.iter().map(|s| s.snapshot().connections).sum();
-                if open == 0 {
-                    break;
-                }
-            }
+    let joined = tokio::task::spawn_blocking(move || parts.join());
+    tokio::select! {
+        _ = term.recv() => std::process::exit(1),
+        _ = int.recv() => std::process::exit(1),
+        _ = joined => {}
+        _ = tokio::time::sleep(window + SHUTDOWN_MARGIN) => {
+            tracing::warn!("drain window passed with parts still running");
         }
     }
     tracing::info!("drained, exiting");

@@ -199,7 +199,6 @@ async fn identify_in_band_succeeds_or_closes_4004() {
             })
             .await;
         assert_eq!(client.expect_close().await, 4004);
-
     }
     // The identify timeout (4009) is a rule of the session, tested with a driven clock
     // in the shards crate; the sweeper that applies it over real sockets is proven by

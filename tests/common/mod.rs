@@ -52,7 +52,10 @@ impl Gateway {
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_coregate"))
             .args(&args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

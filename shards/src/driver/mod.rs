@@ -384,5 +384,6 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
     // a successor process on the same port takes them.
     drop(listener);
     drain(&shard, window).await;
+    shard.hub.borrow_mut().shut_down();
     tracing::info!(shard = shard.shard_id, "drained");
 }

@@ -99,7 +99,8 @@ pub struct LocalHub {
     next_generation: u32,
     topics: LocalTopicTable,
     parts: Parts,
-    ingestor: IngestorSender,
+    /// `None` once the shard has ended ([`LocalHub::shut_down`]).
+    ingestor: Option<IngestorSender>,
     /// Commands the ingestor's queue could not take yet, retried at every flush.
     commands: VecDeque<IngestorCommand>,
     /// Subscribes waiting for the membership store, by check id.
@@ -135,7 +136,7 @@ impl LocalHub {
                 scratch: Scratch::default(),
                 events: Vec::new(),
             },
-            ingestor,
+            ingestor: Some(ingestor),
             commands: VecDeque::new(),
             checks: HashMap::new(),
             next_check_id: 0,
@@ -229,6 +230,17 @@ impl LocalHub {
 
     pub fn connection_count(&self) -> usize {
         self.slots.len()
+    }
+
+    /// The shard has ended: its handles on the node's other threads (the ingestor's
+    /// queue, the membership checker) are let go of now, so that the ingestor sees its
+    /// last sender go and ends, whatever the executor does with the tasks it leaves.
+    pub fn shut_down(&mut self) {
+        self.flush_commands();
+        self.ingestor = None;
+        self.parts.membership = None;
+        self.checks.clear();
+        self.waits.clear();
     }
 
     /// The connection ended: its topics are let go of and its places given back.
@@ -424,8 +436,12 @@ impl LocalHub {
     /// Hands queued commands to the ingestor without blocking; what its queue cannot
     /// take now stays queued, in order, for the next flush (the sweeper's at the latest).
     pub fn flush_commands(&mut self) {
+        let Some(ingestor) = &self.ingestor else {
+            self.commands.clear();
+            return;
+        };
         while let Some(command) = self.commands.pop_front() {
-            match self.ingestor.try_send(command) {
+            match ingestor.try_send(command) {
                 Ok(()) => {}
                 Err(flume::TrySendError::Full(command)) => {
                     self.commands.push_front(command);
