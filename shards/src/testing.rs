@@ -221,6 +221,18 @@ impl Harness {
         self.hub.connect(encoding, Some((identity, slot)), now)
     }
 
+    /// A JSON connection of `user`, subscribed to `topic`, its replies read.
+    pub fn connect_subscribed(&mut self, user: &str, topic: &str) -> ConnKey {
+        let key = self.connect_ready(user, Encoding::Json);
+        self.send(
+            key,
+            &format!(r#"{{"op":"subscribe","d":{{"topics":["{topic}"]}}}}"#),
+        );
+        let read = self.read(key);
+        assert_eq!(read.count("subscribed"), 1, "{:?}", read.ops());
+        key
+    }
+
     /// Feeds raw bytes, as read from the socket.
     pub fn input(&mut self, key: ConnKey, bytes: &[u8]) {
         let now = self.now();

@@ -314,9 +314,7 @@ fn a_slow_reader_loses_typing_first_then_gets_reconnect_and_4010_after_the_grace
 #[test]
 fn a_reader_that_catches_up_within_the_grace_stays() {
     let mut h = Harness::new(slow_reader_config());
-    let c = h.connect_ready("alice", JSON);
-    h.send(c, &subscribe("channel:1", 1));
-    h.read(c);
+    let c = h.connect_subscribed("alice", "channel:1");
     for _ in 0..4 {
         h.publish("channel:1", "message_new", big_event());
     }
@@ -329,9 +327,7 @@ fn a_reader_that_catches_up_within_the_grace_stays() {
 #[test]
 fn a_queue_at_twice_the_budget_is_closed_4010_at_once() {
     let mut h = Harness::new(slow_reader_config());
-    let c = h.connect_ready("alice", JSON);
-    h.send(c, &subscribe("channel:1", 1));
-    h.read(c);
+    let c = h.connect_subscribed("alice", "channel:1");
     for _ in 0..8 {
         h.publish("channel:1", "message_new", big_event());
     }
@@ -344,9 +340,7 @@ fn a_queue_at_twice_the_budget_is_closed_4010_at_once() {
 #[test]
 fn the_priority_lane_overtakes_a_full_normal_lane() {
     let mut h = Harness::new(slow_reader_config());
-    let c = h.connect_ready("alice", JSON);
-    h.send(c, &subscribe("channel:1", 1));
-    h.read(c);
+    let c = h.connect_subscribed("alice", "channel:1");
     for _ in 0..3 {
         h.publish("channel:1", "message_new", big_event());
     }
@@ -365,9 +359,7 @@ fn events_ready_together_are_batched_up_to_the_frame_limit() {
         ..ShardConfig::default()
     };
     let mut h = Harness::new(config);
-    let c = h.connect_ready("alice", JSON);
-    h.send(c, &subscribe("channel:1", 1));
-    h.read(c);
+    let c = h.connect_subscribed("alice", "channel:1");
     h.publish("channel:1", "message_new", serde_json::json!({ "n": 0 }));
     assert_eq!(h.read(c).frames, 1, "a lone event is its own frame");
     for n in 0..10 {
