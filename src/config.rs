@@ -1,104 +1,264 @@
-//! The gateway's configuration: one serde struct with a documented default per
-//! field, read from a TOML file, then overridden by `COREGATE_<NAME>` environment
-//! variables and CLI flags (clap merges those two; flags win), then validated.
+//! The gateway's configuration: every setting declared once, with its doc comment and
+//! default, and everything else derived from that declaration.
+//!
+//! The shard settings are declared in `coregate_shards::shard_settings!`, the node's
+//! own below, in `define_config!`'s input. From each entry `name: Type = default;`
+//! come: the field `name` of [`Config`] (serde, `#[serde(default)]`, unknown keys
+//! refused), which is also the TOML key; the flag `--name-with-dashes` and the
+//! environment variable `COREGATE_NAME` of [`ConfigArgs`] (clap), with the doc comment
+//! and the default as help; `apply` (flags and environment over the file); and, for
+//! shard settings, the field of [`ShardConfig`] that [`Config::shard_config`] fills.
+//!
+//! Precedence: flags, then `COREGATE_*` variables (clap merges those two), then the
+//! file, then the default. Then [`Config::validate`] (which calls
+//! [`ShardConfig::validate`] for the shards' part) names the first bad setting.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::Args;
+use coregate_shards::config::ShardConfigError;
+use coregate_shards::ShardConfig;
 use serde::Deserialize;
 
-/// Every setting, with its default.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Where clients connect (default `0.0.0.0:8080`).
-    pub listen: SocketAddr,
-    /// The WebSocket endpoint path (default `/ws`).
-    pub path: String,
-    /// Shard (executor) count; default one per available core.
-    pub shards: Option<usize>,
-    /// CPUs to pin shards to, e.g. `0-3,8`; default shard i on CPU i.
-    pub cpus: Option<String>,
-    /// HS256 shared secret. With neither this nor a public key, the gateway starts
-    /// in development mode with a generated secret.
-    pub jwt_secret: Option<String>,
-    /// PEM public key for RS256 or ES256 tokens.
-    pub jwt_public_key: Option<PathBuf>,
-    /// Required `iss`, if set.
-    pub jwt_issuer: Option<String>,
-    /// Required `aud`, if set.
-    pub jwt_audience: Option<String>,
-    /// Client ping interval; silence for twice this closes 4009 (default 30 s).
-    #[serde(with = "duration_text")]
-    pub heartbeat_interval: Duration,
-    /// Time allowed for in-band `identify` (default 5 s).
-    #[serde(with = "duration_text")]
-    pub identify_timeout: Duration,
-    /// Topics per connection, automatic ones included (default 128).
-    pub max_subscriptions: usize,
-    /// Largest client message in bytes; larger closes 1009 (default 64 KiB).
-    pub max_message_size: usize,
-    /// Largest batched outgoing frame in bytes (default 64 KiB).
-    pub max_frame_size: usize,
-    /// How long events may wait to be joined into fewer frames (default 0: no wait).
-    #[serde(with = "duration_text")]
-    pub batch_delay: Duration,
-    /// `SO_SNDBUF` of accepted sockets, in bytes (default none: the kernel autotunes).
-    pub socket_send_buffer: Option<usize>,
-    /// Queued output per connection before shedding, in bytes (default 1 MiB).
-    pub outbound_budget: usize,
-    /// Time over budget before a slow client is closed 4010 (default 5 s).
-    #[serde(with = "duration_text")]
-    pub slow_client_grace: Duration,
-    /// Client events allowed per connection per `rate_limit_window` (default 120).
-    pub rate_limit_events: u32,
-    /// The window of `rate_limit_events` (default 60 s).
-    #[serde(with = "duration_text")]
-    pub rate_limit_window: Duration,
-    /// Events a connection may send at once (default 20).
-    pub rate_limit_burst: u32,
-    /// Connections the node holds at most; more get 503 (default 0: no limit).
-    pub max_connections: usize,
-    /// Connection attempts per second per IP address; more get 429 (default 0: no limit).
-    pub ip_connect_rate: u32,
-    /// Attempts one address may make at once before the rate applies (default 0: the rate).
-    pub ip_connect_burst: u32,
-    /// Connections one user may hold; more get 429, or 4011 after `identify` (default 10).
-    pub max_connections_per_user: usize,
-    /// On SIGTERM, connections are closed 1012 spread over this window (default 10 s).
-    #[serde(with = "duration_text")]
-    pub drain_window: Duration,
-    /// Redis for multi-node pub/sub, e.g. `redis://127.0.0.1:6379`. Without it the
-    /// node runs its embedded bus, fed by `/publish` alone (default none).
-    pub redis_url: Option<String>,
-    /// Prefix of every topic's Redis channel, `<prefix><topic>` (default empty, as
-    /// PROTOCOL.md §6 says, so that a backend can `PUBLISH channel:1 …` as it is).
-    pub redis_prefix: String,
-    /// How long connecting to Redis, or any one Redis reply, may take before the link
-    /// counts as down (default 1 s).
-    #[serde(with = "duration_text")]
-    pub redis_timeout: Duration,
-    /// Who decides `subscribe` to `channel:`, `server:` and `presence:` topics beyond the
-    /// token's `topics` claim: `claims` (the claim alone, the default) or `redis`
-    /// (the claim and `SISMEMBER <members_prefix><topic> <sub>`; needs `redis_url`).
-    pub authorizer: AuthorizerKind,
-    /// Prefix of the member sets of the `redis` authorizer (default `members:`).
-    pub members_prefix: String,
-    /// How long a shard reuses a membership verdict (default 5 s): long enough to
-    /// absorb reconnect storms, short enough that a removal takes effect promptly.
-    #[serde(with = "duration_text")]
-    pub authorizer_cache_ttl: Duration,
-    /// How long a shard waits for a membership check before refusing the topic with
-    /// `not_ready` (default 100 ms; Redis on the same network answers in well under 1 ms).
-    #[serde(with = "duration_text")]
-    pub authorizer_timeout: Duration,
-    /// Admin HTTP address: /health, /ready, /publish, /metrics (default 127.0.0.1:9090).
-    pub admin: SocketAddr,
-    /// `text` or `json` log lines (default text).
-    pub log_format: LogFormat,
+pub mod settings;
+
+#[cfg(test)]
+use settings::SettingInfo;
+use settings::{env_name, Setting};
+
+/// Generates [`Config`], its `Default`, [`ConfigArgs`], `apply`, `shard_config` and
+/// `SETTINGS` (for tests) from the declarations: groups of node settings (each under
+/// the heading `--help` shows them under), then the shard settings and the shards'
+/// fixed fields as `coregate_shards::shard_settings!` hands them over. The fixed ones
+/// get no key, variable or flag: `shard_config` leaves them at the shards' defaults.
+macro_rules! define_config {
+    (
+        node {
+            $( $heading:literal {
+                $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ; )*
+            } )*
+        }
+        shard {
+            $( $(#[doc = $sdoc:literal])* $sname:ident : $sty:ty = $sdefault:expr ; )*
+        }
+        fixed { $($fixed:tt)* }
+    ) => {
+        /// Every setting, with its default. The field names are the TOML keys.
+        #[derive(Clone, Debug, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $($(
+                $(#[doc = $doc])*
+                #[doc = ""]
+                #[doc = concat!("Default: `", stringify!($default), "`.")]
+                #[serde(deserialize_with = "Setting::deserialize_setting")]
+                pub $name: $ty,
+            )*)*
+            $(
+                $(#[doc = $sdoc])*
+                #[doc = ""]
+                #[doc = concat!("Default: `", stringify!($sdefault), "` (a shard setting).")]
+                #[serde(deserialize_with = "Setting::deserialize_setting")]
+                pub $sname: $sty,
+            )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                // The shard settings' defaults are the shards' own.
+                let shard = ShardConfig::default();
+                Config {
+                    $($( $name: $default, )*)*
+                    $( $sname: shard.$sname, )*
+                }
+            }
+        }
+
+        /// The settings as flags and `COREGATE_<NAME>` environment variables; each is
+        /// documented on [`Config`]'s field of the same name.
+        #[derive(Args, Clone, Debug, Default)]
+        pub struct ConfigArgs {
+            /// TOML configuration file; its keys are the flags' names with `_` for `-`.
+            #[arg(long, env = "COREGATE_CONFIG", hide_env_values = true, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $($(
+                #[arg(
+                    long,
+                    env = env_name!($name),
+                    // The environment may hold secrets (a token secret, a Redis URL
+                    // with a password): `--help` never prints its values.
+                    hide_env_values = true,
+                    value_name = <$ty as Setting>::VALUE_NAME,
+                    value_parser = <$ty as Setting>::value_parser(),
+                    help_heading = $heading,
+                    help = settings::short_help(&[$($doc),*], &Setting::show(&defaults().$name)),
+                    long_help = settings::long_help(&[$($doc),*], &Setting::show(&defaults().$name)),
+                )]
+                pub $name: Option<<$ty as Setting>::Arg>,
+            )*)*
+            $(
+                #[arg(
+                    long,
+                    env = env_name!($sname),
+                    hide_env_values = true,
+                    value_name = <$sty as Setting>::VALUE_NAME,
+                    value_parser = <$sty as Setting>::value_parser(),
+                    help_heading = SHARD_HEADING,
+                    help = settings::short_help(&[$($sdoc),*], &Setting::show(&defaults().$sname)),
+                    long_help = settings::long_help(&[$($sdoc),*], &Setting::show(&defaults().$sname)),
+                )]
+                pub $sname: Option<<$sty as Setting>::Arg>,
+            )*
+        }
+
+        impl ConfigArgs {
+            /// Flags and environment variables over `c`.
+            fn apply(&self, c: &mut Config) {
+                $($(
+                    if let Some(v) = &self.$name {
+                        c.$name = Setting::from_arg(v.clone());
+                    }
+                )*)*
+                $(
+                    if let Some(v) = &self.$sname {
+                        c.$sname = Setting::from_arg(v.clone());
+                    }
+                )*
+            }
+        }
+
+        impl Config {
+            /// The shards' part: every shard setting, and the shards' fixed fields at
+            /// their defaults.
+            pub fn shard_config(&self) -> ShardConfig {
+                ShardConfig {
+                    $( $sname: self.$sname.clone(), )*
+                    ..ShardConfig::default()
+                }
+            }
+        }
+
+        /// Every setting, in `--help`'s order.
+        #[cfg(test)]
+        pub const SETTINGS: &[SettingInfo] = &[
+            $($(
+                SettingInfo {
+                    name: stringify!($name),
+                    env: env_name!($name),
+                    heading: $heading,
+                    doc: &[$($doc),*],
+                    show_default: |c| Setting::show(&c.$name),
+                },
+            )*)*
+            $(
+                SettingInfo {
+                    name: stringify!($sname),
+                    env: env_name!($sname),
+                    heading: SHARD_HEADING,
+                    doc: &[$($sdoc),*],
+                    show_default: |c| Setting::show(&c.$sname),
+                },
+            )*
+        ];
+    };
 }
+
+/// The `--help` section of the shard settings.
+const SHARD_HEADING: &str = "Connections (every shard)";
+
+/// The defaults `--help` shows, built once.
+fn defaults() -> &'static Config {
+    static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
+    &DEFAULTS
+}
+
+coregate_shards::shard_settings!(define_config! {
+    node {
+        "Node" {
+            /// Where clients connect; every shard binds it with `SO_REUSEPORT`.
+            listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080));
+
+            /// Shards (executors, one thread each); none: one per available core.
+            ///
+            /// Each shard owns its connections and topic table, so shards scale with
+            /// cores; fewer leave cores to other processes.
+            shards: Option<usize> = None;
+
+            /// CPUs to pin shards to, e.g. `0-3,8`; none: shard i on CPU i.
+            cpus: Option<String> = None;
+
+            /// Admin HTTP address: `/health`, `/ready`, `POST /publish`, `/metrics`.
+            ///
+            /// Loopback by default: `/publish` reaches every subscriber, so expose it
+            /// only where the backends are.
+            admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090));
+
+            /// On SIGTERM, connections are closed 1012 spread over this window.
+            ///
+            /// Spreading the closes spreads the clients' reconnections over the other
+            /// nodes, instead of sending them all at once.
+            drain_window: Duration = Duration::from_secs(10);
+
+            /// `text` or `json` log lines; the level comes from `RUST_LOG`.
+            log_format: LogFormat = LogFormat::Text;
+        }
+        "Tokens" {
+            /// HS256 shared secret, at least 16 bytes.
+            ///
+            /// With neither this nor `jwt_public_key`, the gateway starts in
+            /// development mode with a secret generated for the run. A flag shows in
+            /// the process list: prefer the environment or the file.
+            jwt_secret: Option<String> = None;
+
+            /// PEM public key file for RS256 or ES256 tokens.
+            jwt_public_key: Option<PathBuf> = None;
+
+            /// Required `iss` of tokens; none: not checked.
+            jwt_issuer: Option<String> = None;
+
+            /// Required `aud` of tokens; none: not checked.
+            jwt_audience: Option<String> = None;
+        }
+        "Redis and authorization" {
+            /// Redis for multi-node pub/sub, e.g. `redis://127.0.0.1:6379`.
+            ///
+            /// Without it the node runs its embedded bus, fed by `/publish` alone.
+            redis_url: Option<String> = None;
+
+            /// Prefix of every topic's Redis channel, `<prefix><topic>`.
+            ///
+            /// Empty by default, as PROTOCOL.md §6 says, so that a backend can
+            /// `PUBLISH channel:1 …` as it is.
+            redis_prefix: String = String::new();
+
+            /// How long connecting to Redis, or any one reply, may take before the link counts as down.
+            redis_timeout: Duration = Duration::from_secs(1);
+
+            /// Who decides `subscribe` to `channel:`, `server:` and `presence:` topics.
+            ///
+            /// `claims`: the token's `topics` claim alone. `redis`: the claim and
+            /// `SISMEMBER <members_prefix><topic> <sub>`; needs `redis_url`.
+            authorizer: AuthorizerKind = AuthorizerKind::Claims;
+
+            /// Prefix of the member sets of the `redis` authorizer.
+            members_prefix: String = "members:".to_owned();
+
+            /// How long a shard reuses a membership verdict.
+            ///
+            /// Long enough to absorb reconnect storms, short enough that a removal
+            /// takes effect promptly.
+            authorizer_cache_ttl: Duration = Duration::from_secs(5);
+
+            /// How long a shard waits for a membership check before refusing the topic `not_ready`.
+            ///
+            /// Redis on the same network answers in well under 1 ms.
+            authorizer_timeout: Duration = Duration::from_millis(100);
+        }
+    }
+});
 
 /// See [`Config::authorizer`].
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -108,54 +268,12 @@ pub enum AuthorizerKind {
     Redis,
 }
 
+/// See [`Config::log_format`].
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        let shard = coregate_shards::ShardConfig::default();
-        Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            shards: None,
-            cpus: None,
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            // The per-connection defaults are the shards' own, stated once there.
-            path: shard.path,
-            heartbeat_interval: shard.heartbeat_interval,
-            identify_timeout: shard.identify_timeout,
-            max_subscriptions: shard.max_subscriptions,
-            max_message_size: shard.max_message_size,
-            max_frame_size: shard.max_frame_size,
-            batch_delay: shard.batch_delay,
-            socket_send_buffer: shard.socket_send_buffer,
-            outbound_budget: shard.outbound_budget,
-            slow_client_grace: shard.slow_client_grace,
-            rate_limit_events: shard.rate_limit_events,
-            rate_limit_window: shard.rate_limit_window,
-            rate_limit_burst: shard.rate_limit_burst,
-            max_connections: shard.max_connections,
-            ip_connect_rate: shard.ip_connect_rate,
-            ip_connect_burst: shard.ip_connect_burst,
-            max_connections_per_user: shard.max_connections_per_user,
-            drain_window: Duration::from_secs(10),
-            redis_url: None,
-            redis_prefix: String::new(),
-            redis_timeout: Duration::from_secs(1),
-            authorizer: AuthorizerKind::Claims,
-            members_prefix: "members:".to_owned(),
-            authorizer_cache_ttl: Duration::from_secs(5),
-            authorizer_timeout: Duration::from_millis(100),
-            admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            log_format: LogFormat::Text,
-        }
-    }
 }
 
 /// A setting that cannot be used; the message names it. Exit code 2.
@@ -166,96 +284,20 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl From<ShardConfigError> for ConfigError {
+    fn from(e: ShardConfigError) -> ConfigError {
+        ConfigError {
+            name: e.name,
+            reason: e.reason,
+        }
+    }
+}
+
 fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         name,
         reason: reason.into(),
     }
-}
-
-/// The settings that can come from flags or the environment (`COREGATE_<NAME>`).
-#[derive(Args, Clone, Debug, Default)]
-pub struct ConfigArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "COREGATE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = "COREGATE_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    #[arg(long, env = "COREGATE_PATH")]
-    pub path: Option<String>,
-    #[arg(long, env = "COREGATE_SHARDS", value_name = "N")]
-    pub shards: Option<usize>,
-    #[arg(long, env = "COREGATE_CPUS", value_name = "LIST")]
-    pub cpus: Option<String>,
-    #[arg(long, env = "COREGATE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    #[arg(long, env = "COREGATE_JWT_PUBLIC_KEY", value_name = "FILE")]
-    pub jwt_public_key: Option<PathBuf>,
-    #[arg(long, env = "COREGATE_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    #[arg(long, env = "COREGATE_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    #[arg(long, env = "COREGATE_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
-    pub heartbeat_interval: Option<Duration>,
-    #[arg(long, env = "COREGATE_IDENTIFY_TIMEOUT", value_parser = parse_duration)]
-    pub identify_timeout: Option<Duration>,
-    #[arg(long, env = "COREGATE_MAX_SUBSCRIPTIONS")]
-    pub max_subscriptions: Option<usize>,
-    #[arg(long, env = "COREGATE_MAX_MESSAGE_SIZE", value_name = "BYTES")]
-    pub max_message_size: Option<usize>,
-    #[arg(long, env = "COREGATE_MAX_FRAME_SIZE", value_name = "BYTES")]
-    pub max_frame_size: Option<usize>,
-    #[arg(long, env = "COREGATE_BATCH_DELAY", value_parser = parse_duration)]
-    pub batch_delay: Option<Duration>,
-    #[arg(long, env = "COREGATE_SOCKET_SEND_BUFFER", value_name = "BYTES")]
-    pub socket_send_buffer: Option<usize>,
-    #[arg(long, env = "COREGATE_OUTBOUND_BUDGET", value_name = "BYTES")]
-    pub outbound_budget: Option<usize>,
-    #[arg(long, env = "COREGATE_SLOW_CLIENT_GRACE", value_parser = parse_duration)]
-    pub slow_client_grace: Option<Duration>,
-    #[arg(long, env = "COREGATE_RATE_LIMIT_EVENTS")]
-    pub rate_limit_events: Option<u32>,
-    #[arg(long, env = "COREGATE_RATE_LIMIT_WINDOW", value_parser = parse_duration)]
-    pub rate_limit_window: Option<Duration>,
-    #[arg(long, env = "COREGATE_RATE_LIMIT_BURST")]
-    pub rate_limit_burst: Option<u32>,
-    #[arg(long, env = "COREGATE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    #[arg(long, env = "COREGATE_IP_CONNECT_RATE", value_name = "PER_SECOND")]
-    pub ip_connect_rate: Option<u32>,
-    #[arg(long, env = "COREGATE_IP_CONNECT_BURST")]
-    pub ip_connect_burst: Option<u32>,
-    #[arg(long, env = "COREGATE_MAX_CONNECTIONS_PER_USER")]
-    pub max_connections_per_user: Option<usize>,
-    #[arg(long, env = "COREGATE_DRAIN_WINDOW", value_parser = parse_duration)]
-    pub drain_window: Option<Duration>,
-    #[arg(
-        long,
-        env = "COREGATE_REDIS_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub redis_url: Option<String>,
-    #[arg(long, env = "COREGATE_REDIS_PREFIX")]
-    pub redis_prefix: Option<String>,
-    #[arg(long, env = "COREGATE_REDIS_TIMEOUT", value_parser = parse_duration)]
-    pub redis_timeout: Option<Duration>,
-    #[arg(long, env = "COREGATE_AUTHORIZER")]
-    pub authorizer: Option<AuthorizerKind>,
-    #[arg(long, env = "COREGATE_MEMBERS_PREFIX")]
-    pub members_prefix: Option<String>,
-    #[arg(long, env = "COREGATE_AUTHORIZER_CACHE_TTL", value_parser = parse_duration)]
-    pub authorizer_cache_ttl: Option<Duration>,
-    #[arg(long, env = "COREGATE_AUTHORIZER_TIMEOUT", value_parser = parse_duration)]
-    pub authorizer_timeout: Option<Duration>,
-    #[arg(long, env = "COREGATE_ADMIN", value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
-    #[arg(long, env = "COREGATE_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s: {e}"))
 }
 
 impl ConfigArgs {
@@ -274,68 +316,12 @@ impl ConfigArgs {
         config.validate()?;
         Ok(config)
     }
-
-    fn apply(&self, c: &mut Config) {
-        macro_rules! set {
-            ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
-        }
-        macro_rules! set_opt {
-            ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = Some(v.clone()); })* };
-        }
-        set!(
-            listen,
-            path,
-            heartbeat_interval,
-            identify_timeout,
-            max_subscriptions
-        );
-        set!(
-            max_message_size,
-            max_frame_size,
-            batch_delay,
-            outbound_budget,
-            slow_client_grace,
-            admin,
-            log_format
-        );
-        set!(
-            rate_limit_events,
-            rate_limit_window,
-            rate_limit_burst,
-            drain_window
-        );
-        set!(
-            max_connections,
-            ip_connect_rate,
-            ip_connect_burst,
-            max_connections_per_user
-        );
-        set!(
-            redis_prefix,
-            redis_timeout,
-            authorizer,
-            members_prefix,
-            authorizer_cache_ttl,
-            authorizer_timeout
-        );
-        set_opt!(
-            shards,
-            cpus,
-            jwt_secret,
-            jwt_public_key,
-            jwt_issuer,
-            jwt_audience,
-            redis_url,
-            socket_send_buffer
-        );
-    }
 }
 
 impl Config {
+    /// The shards' settings (validated by the shards' own rules), then the node's.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.path.starts_with('/') {
-            return Err(invalid("path", "must start with `/`"));
-        }
+        self.shard_config().validate()?;
         if let Some(n) = self.shards {
             if n == 0 || n > coregate_shards::MAX_SHARDS {
                 return Err(invalid(
@@ -355,10 +341,6 @@ impl Config {
             return Err(invalid("jwt_secret", "must be at least 16 bytes"));
         }
         let positive = [
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("identify_timeout", self.identify_timeout),
-            ("slow_client_grace", self.slow_client_grace),
-            ("rate_limit_window", self.rate_limit_window),
             ("redis_timeout", self.redis_timeout),
             ("authorizer_timeout", self.authorizer_timeout),
         ];
@@ -376,27 +358,6 @@ impl Config {
             return Err(invalid(
                 "authorizer",
                 "`redis` needs redis_url (--redis-url)",
-            ));
-        }
-        if self.max_subscriptions < 2 {
-            return Err(invalid(
-                "max_subscriptions",
-                "must be at least 2 (the automatic topics)",
-            ));
-        }
-        if self.max_message_size < 256 {
-            return Err(invalid("max_message_size", "must be at least 256 bytes"));
-        }
-        if self.batch_delay > Duration::from_secs(1) {
-            return Err(invalid("batch_delay", "must be at most 1s"));
-        }
-        if self.max_frame_size < 1024 {
-            return Err(invalid("max_frame_size", "must be at least 1024 bytes"));
-        }
-        if self.outbound_budget < self.max_frame_size {
-            return Err(invalid(
-                "outbound_budget",
-                "must be at least max_frame_size",
             ));
         }
         Ok(())
@@ -433,45 +394,12 @@ impl Config {
         self.shards
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
-
-    pub fn shard_config(&self) -> coregate_shards::ShardConfig {
-        coregate_shards::ShardConfig {
-            path: self.path.clone(),
-            heartbeat_interval: self.heartbeat_interval,
-            identify_timeout: self.identify_timeout,
-            max_subscriptions: self.max_subscriptions,
-            max_message_size: self.max_message_size,
-            max_frame_size: self.max_frame_size,
-            batch_delay: self.batch_delay,
-            socket_send_buffer: self.socket_send_buffer,
-            outbound_budget: self.outbound_budget,
-            slow_client_grace: self.slow_client_grace,
-            rate_limit_events: self.rate_limit_events,
-            rate_limit_window: self.rate_limit_window,
-            rate_limit_burst: self.rate_limit_burst,
-            max_connections: self.max_connections,
-            ip_connect_rate: self.ip_connect_rate,
-            ip_connect_burst: self.ip_connect_burst,
-            max_connections_per_user: self.max_connections_per_user,
-            ..coregate_shards::ShardConfig::default()
-        }
-    }
-}
-
-/// Durations written as text (`30s`, `1m 30s`) in the TOML file.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
     use super::*;
 
     #[test]
@@ -542,5 +470,186 @@ mod tests {
     fn unknown_file_keys_are_refused() {
         let err = toml::from_str::<Config>("lissten = \"x\"").expect_err("unknown key");
         assert!(err.to_string().contains("lissten"));
+    }
+
+    /// `coregate serve` as far as settings go.
+    #[derive(Parser, Debug)]
+    struct Serve {
+        #[command(flatten)]
+        args: ConfigArgs,
+    }
+
+    fn setting(name: &str) -> &'static SettingInfo {
+        SETTINGS
+            .iter()
+            .find(|s| s.name == name)
+            .expect("a declared setting")
+    }
+
+    #[test]
+    fn environment_variables_are_derived_from_the_names() {
+        assert_eq!(
+            setting("heartbeat_interval").env,
+            "COREGATE_HEARTBEAT_INTERVAL"
+        );
+        let command = Serve::command();
+        for s in SETTINGS {
+            assert_eq!(s.env, format!("COREGATE_{}", s.name.to_uppercase()));
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == s.name)
+                .expect("a flag per setting");
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(s.env)));
+        }
+    }
+
+    #[test]
+    fn help_shows_every_setting_with_its_doc_and_default() {
+        let mut command = Serve::command();
+        let long = command.render_long_help().to_string();
+        let short = command.render_help().to_string();
+        let defaults = Config::default();
+        for s in SETTINGS {
+            let default = format!("[default: {}]", (s.show_default)(&defaults));
+            let first = settings::paragraphs(s.doc).remove(0);
+            for help in [&long, &short] {
+                let at = help
+                    .find(&format!("{} <", s.flag()))
+                    .unwrap_or_else(|| panic!("{} in --help", s.flag()));
+                let entry = &help[at..];
+                let entry = &entry[..entry.find(s.env).expect("env after the flag")];
+                assert!(entry.contains(&first), "{}: doc in {entry}", s.name);
+                assert!(entry.contains(&default), "{}: {default} in {entry}", s.name);
+            }
+        }
+        assert!(short.contains("--heartbeat-interval <DURATION>"));
+        assert!(short.contains("[default: 30s]"));
+        assert!(long.contains("[default: 1m]"), "rate_limit_window");
+    }
+
+    #[test]
+    fn file_keys_are_the_flag_names_with_underscores() {
+        let command = Serve::command();
+        let mut flags: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|long| *long != "config")
+            .map(|long| long.replace('-', "_"))
+            .collect();
+        for arg in command.get_arguments().filter(|a| a.get_long().is_some()) {
+            let id = arg.get_id().as_str();
+            assert_eq!(
+                arg.get_long().map(|l| l.replace('-', "_")).as_deref(),
+                Some(id)
+            );
+        }
+        // serde lists the keys it accepts when it refuses one.
+        let refusal = toml::from_str::<Config>("not_a_setting = 1")
+            .expect_err("unknown key")
+            .to_string();
+        let expected = &refusal[refusal.find("expected one of").expect("key list")..];
+        let mut keys: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        flags.sort();
+        keys.sort();
+        assert_eq!(flags, keys);
+        let mut names: Vec<String> = SETTINGS.iter().map(|s| s.name.to_owned()).collect();
+        names.sort();
+        assert_eq!(names, keys);
+    }
+
+    #[test]
+    fn flags_then_environment_then_file_then_default() {
+        let dir = std::env::temp_dir().join(format!("coregate-precedence-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "max_subscriptions = 50\nrate_limit_burst = 3\nheartbeat_interval = \"10s\"\n",
+        )
+        .expect("write");
+        // The only test that reads the environment: no other test parses flags.
+        std::env::set_var("COREGATE_MAX_SUBSCRIPTIONS", "9");
+        std::env::set_var("COREGATE_RATE_LIMIT_BURST", "7");
+        let parsed = Serve::try_parse_from([
+            "coregate".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--max-subscriptions".as_ref(),
+            "11".as_ref(),
+        ]);
+        std::env::remove_var("COREGATE_MAX_SUBSCRIPTIONS");
+        std::env::remove_var("COREGATE_RATE_LIMIT_BURST");
+        let config = parsed.expect("valid flags").args.load().expect("valid");
+        assert_eq!(config.max_subscriptions, 11, "flag over environment");
+        assert_eq!(config.rate_limit_burst, 7, "environment over file");
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10), "file");
+        assert_eq!(config.identify_timeout, Duration::from_secs(5), "default");
+    }
+
+    #[test]
+    fn a_bad_flag_value_names_the_flag_and_exits_2() {
+        let err = Serve::try_parse_from(["coregate", "--heartbeat-interval", "soon"])
+            .expect_err("not a duration");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--heartbeat-interval"), "{err}");
+        let err = Serve::try_parse_from(["coregate", "--authorizer", "ldap"]).expect_err("no");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn every_shard_setting_reaches_the_shards() {
+        let config: Config = toml::from_str(
+            "handshake_timeout = \"3s\"\ninbox_capacity = 1024\nsocket_send_buffer = 65536\n",
+        )
+        .expect("valid file");
+        let shard = config.shard_config();
+        assert_eq!(shard.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(shard.inbox_capacity, 1024);
+        assert_eq!(shard.socket_send_buffer, Some(65536));
+        assert_eq!(
+            shard.flood_close_after,
+            ShardConfig::default().flood_close_after
+        );
+        let args = ConfigArgs {
+            inbox_capacity: Some(0),
+            ..ConfigArgs::default()
+        };
+        assert_eq!(args.load().expect_err("invalid").name, "inbox_capacity");
+        // Fixed on purpose (see `coregate_shards::shard_settings!`).
+        assert!(toml::from_str::<Config>("flood_close_after = 5").is_err());
+    }
+
+    const README_START: &str = "<!-- settings table: generated from the declarations in src/config.rs and shards/src/config.rs; `COREGATE_UPDATE_README=1 cargo test -p coregate --bin coregate readme` rewrites it -->\n";
+    const README_END: &str = "<!-- end of the settings table -->";
+
+    /// README.md's table is the declarations' (and fails until it is rewritten).
+    #[test]
+    fn readme_table_is_generated_from_the_declarations() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let start =
+            readme.find(README_START).expect("the table's start marker") + README_START.len();
+        let end = readme[start..]
+            .find(README_END)
+            .expect("the table's end marker")
+            + start;
+        let table = settings::markdown_table(SETTINGS);
+        if readme[start..end] == table {
+            return;
+        }
+        if std::env::var_os("COREGATE_UPDATE_README").is_some() {
+            let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+            std::fs::write(path, updated).expect("rewrite README.md");
+            return;
+        }
+        panic!(
+            "README.md's settings table is not the declarations'; run \
+             COREGATE_UPDATE_README=1 cargo test -p coregate --bin coregate readme\n\n{table}"
+        );
     }
 }

@@ -48,6 +48,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
+    ///
+    /// Every setting below is a flag, a `COREGATE_<NAME>` environment variable and a key
+    /// of the `--config` file (the flag's name with `_`); flags win over the
+    /// environment, which wins over the file, which wins over the default.
     Serve(ConfigArgs),
     /// Print an HS256 token signed with the configured secret.
     Token(TokenArgs),
