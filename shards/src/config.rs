@@ -82,6 +82,14 @@ macro_rules! shard_settings {
                 /// connection whatever a client reads. At least `max_frame_size`.
                 outbound_budget: usize = 1024 * 1024;
 
+                /// Bytes of replies and control frames a connection may have queued; more closes it 4008.
+                ///
+                /// Replies (`pong`, `error`, `subscribed`…) and WebSocket pongs go to the
+                /// front of the queue and are never shed, so they need a bound of their
+                /// own: a client whose replies pile up this high is not reading. Before
+                /// `ready` a connection gets a fixed, much smaller bound. At least 4096.
+                control_budget: usize = 64 * 1024;
+
                 /// How long a connection may stay over its budget before it is closed 4010.
                 ///
                 /// Lets a client ride out a short stall (a pause, a network blip) without
@@ -256,6 +264,9 @@ impl ShardConfig {
                 "outbound_budget",
                 "must be at least max_frame_size",
             ));
+        }
+        if self.control_budget < 4096 {
+            return Err(invalid("control_budget", "must be at least 4096 bytes"));
         }
         // A zero-capacity channel only hands over to a receiver waiting at that
         // instant: every try_send from the ingestor would fail.

@@ -344,7 +344,7 @@ impl LocalHub {
             return;
         };
         slot.session
-            .complete_subscribe(request, &mut self.parts.ctx());
+            .complete_subscribe(request, now, &mut self.parts.ctx());
         slot.wake();
         self.apply_events(key, now);
     }
@@ -409,7 +409,7 @@ impl LocalHub {
                 request.answer(gate, Err(error), now);
                 if let Some(slot) = slot_mut(&mut self.slots, key) {
                     slot.session
-                        .complete_subscribe(request, &mut self.parts.ctx());
+                        .complete_subscribe(request, now, &mut self.parts.ctx());
                 }
             }
         }

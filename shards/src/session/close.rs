@@ -31,6 +31,8 @@ pub enum CloseReason {
     TooManyConnections,
     /// Refused events (or pings) in a row past `flood_close_after`.
     Flood,
+    /// Replies queued past the control budget: the client does not read them.
+    ControlOverflow,
     /// The outbound queue stayed over its budget for `slow_client_grace`.
     SlowConsumer,
     /// The outbound queue reached twice its budget: closed at once.
@@ -57,7 +59,7 @@ impl CloseReason {
             CloseReason::AlreadyAuthenticated => CloseCode::AlreadyAuthenticated,
             CloseReason::TokenExpired => CloseCode::TokenExpired,
             CloseReason::TooManyConnections => CloseCode::TooManyConnections,
-            CloseReason::Flood => CloseCode::RateLimited,
+            CloseReason::Flood | CloseReason::ControlOverflow => CloseCode::RateLimited,
             CloseReason::SlowConsumer | CloseReason::SlowConsumerOverflow => {
                 CloseCode::SlowConsumer
             }
@@ -128,6 +130,7 @@ mod tests {
             CloseReason::TokenExpired,
             CloseReason::TooManyConnections,
             CloseReason::Flood,
+            CloseReason::ControlOverflow,
             CloseReason::SlowConsumer,
             CloseReason::SlowConsumerOverflow,
             CloseReason::MessageTooBig,

@@ -74,6 +74,7 @@ impl Session {
         };
         let user_id = identity.user_id.clone();
         self.set_identity(identity, now);
+        self.lift_pre_ready_limits(now.instant, ctx.config);
         let automatic = [user_topic, Topic::global()];
         for topic in &automatic {
             self.hold(topic.clone(), ctx);

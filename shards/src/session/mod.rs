@@ -58,6 +58,15 @@ pub const PING_RATE_PER_SEC: u32 = 10;
 /// Pings a connection may send at once before [`PING_RATE_PER_SEC`] applies.
 pub const PING_BURST: u32 = 50;
 
+/// Before `ready` a connection is nobody yet: it gets a much smaller allowance of
+/// everything, so that unauthenticated sockets cannot make the shard hold much.
+/// Largest message before `ready` (an `identify` with a large token fits).
+pub const PRE_READY_MAX_MESSAGE_SIZE: usize = 16 * 1024;
+/// Bytes of replies a connection may have queued before `ready`.
+pub const PRE_READY_CONTROL_BUDGET: usize = 8 * 1024;
+/// Pings a connection may send at once before `ready`, and per second after them.
+pub const PRE_READY_PING_BURST: u32 = 5;
+
 /// The time as a session sees it: a monotonic instant for every deadline, and the wall
 /// clock's unix seconds, needed only where a token's `exp` (wall-clock time) becomes a
 /// deadline. The driver reads both clocks; tests drive a virtual one.
@@ -188,7 +197,7 @@ impl Session {
             user_slot: None,
             subscriptions: Vec::new(),
             outbox: Outbox::default(),
-            ws: ws::server_context(config.max_message_size),
+            ws: ws::server_context(config.max_message_size.min(PRE_READY_MAX_MESSAGE_SIZE)),
             closing_since: None,
             aborted: false,
             peer_closed: false,
@@ -201,9 +210,9 @@ impl Session {
                 now,
             ),
             pings_allowance: Allowance::new(
-                PING_RATE_PER_SEC,
+                1,
                 Duration::from_secs(1),
-                PING_BURST,
+                PRE_READY_PING_BURST,
                 config.flood_close_after,
                 now,
             ),
@@ -341,7 +350,13 @@ impl Session {
                 Ok(Message::Text(text)) => close = self.handle_data(text.as_bytes(), now, ctx),
                 Ok(Message::Binary(data)) => close = self.handle_data(&data, now, ctx),
                 Ok(Message::Close(_)) => self.peer_closed = true,
-                Ok(_) => {} // ping (answered by tungstenite), pong, raw frames
+                // Answered by tungstenite already; charged like the protocol's pings.
+                Ok(Message::Ping(_)) => {
+                    if self.pings_allowance.charge(now.instant) == Charge::Flood {
+                        close = Some(CloseReason::Flood);
+                    }
+                }
+                Ok(_) => {} // pong, raw frames
                 Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     break
                 }
@@ -368,6 +383,49 @@ impl Session {
             // tungstenite has echoed the peer's close frame: nothing more to say.
             self.mark_closing(now.instant);
         }
+        self.enforce_control_budget(now.instant, ctx);
+    }
+
+    /// The bound on queued replies: before `ready` a small fixed one, then the
+    /// configured `control_budget`.
+    fn control_budget(&self, config: &ShardConfig) -> usize {
+        if self.is_ready() {
+            config.control_budget
+        } else {
+            PRE_READY_CONTROL_BUDGET.min(config.control_budget)
+        }
+    }
+
+    /// A connection whose replies outgrew their bound is not reading: they are dropped
+    /// and it is closed 4008. Checked after each input is handled, which is bounded in
+    /// size and in the replies it can produce.
+    pub(super) fn enforce_control_budget(&mut self, now: Instant, ctx: &mut SessionCtx) {
+        if self.outbox.priority_bytes() <= self.control_budget(ctx.config) {
+            return;
+        }
+        self.outbox.clear_priority();
+        if self.is_closing() {
+            // Its close frame went with the rest: nothing is left to say to it.
+            self.aborted = true;
+        } else {
+            self.close(CloseReason::ControlOverflow, now, ctx);
+        }
+    }
+
+    /// What `ready` lifts: the pre-`ready` limits on message size and pings.
+    fn lift_pre_ready_limits(&mut self, now: Instant, config: &ShardConfig) {
+        let max = config.max_message_size;
+        self.ws.set_config(|c| {
+            c.max_message_size = Some(max);
+            c.max_frame_size = Some(max);
+        });
+        self.pings_allowance = Allowance::new(
+            PING_RATE_PER_SEC,
+            Duration::from_secs(1),
+            PING_BURST,
+            config.flood_close_after,
+            now,
+        );
     }
 
     /// One WebSocket data message: one or more protocol messages, each charged to its

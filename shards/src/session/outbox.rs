@@ -91,6 +91,13 @@ impl Outbox {
         before - self.normal.len()
     }
 
+    /// Drops every queued reply (the connection is not reading them).
+    pub fn clear_priority(&mut self) {
+        self.queued_bytes -= self.priority_bytes;
+        self.priority_bytes = 0;
+        self.priority = VecDeque::new();
+    }
+
     /// Drops every normal event (the connection is closing).
     pub fn clear_normal(&mut self, len_of: impl Fn(&LocalDelivery) -> usize) {
         for delivery in self.normal.drain(..) {

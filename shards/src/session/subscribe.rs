@@ -165,7 +165,12 @@ impl Session {
 
     /// A request that waited for membership is answered (see
     /// [`PendingSubscribe::answer`]): finish it, unless the connection is closing.
-    pub fn complete_subscribe(&mut self, mut request: PendingSubscribe, ctx: &mut SessionCtx) {
+    pub fn complete_subscribe(
+        &mut self,
+        mut request: PendingSubscribe,
+        now: Instant,
+        ctx: &mut SessionCtx,
+    ) {
         self.membership_checks = self.membership_checks.saturating_sub(1);
         request.forget(&self.unsubscribed_while_checking);
         if self.membership_checks == 0 {
@@ -174,6 +179,7 @@ impl Session {
         if !self.is_closing() {
             self.finish_subscribe(request, ctx);
         }
+        self.enforce_control_budget(now, ctx);
     }
 
     /// Subscribes what was allowed, within the connection's limit, and queues the

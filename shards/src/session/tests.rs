@@ -419,3 +419,80 @@ fn messagepack_sessions_get_the_same_rules() {
     h.advance(secs(60.0));
     assert_eq!(h.read(c).close, Some(4009));
 }
+
+#[test]
+fn before_ready_a_ping_flood_gets_a_small_allowance_then_4008() {
+    let config = ShardConfig::default();
+    let flood_after = config.flood_close_after as usize;
+    let mut h = Harness::new(config);
+    let c = h.connect(JSON);
+    h.read(c);
+    // 14 KB: within the pre-ready message size, so the pings are handled.
+    let flood = vec![r#"{"op":"ping"}"#; 1_000].join("\n");
+    h.send(c, &flood);
+    let session = h.hub.session(c).unwrap();
+    assert!(session.is_closing());
+    assert!(
+        session.queued_bytes() <= super::PRE_READY_CONTROL_BUDGET,
+        "{} bytes queued for a client that does not read",
+        session.queued_bytes()
+    );
+    let read = h.read(c);
+    assert_eq!(read.count("pong"), super::PRE_READY_PING_BURST as usize);
+    assert_eq!(read.count("error"), flood_after);
+    assert_eq!(read.close, Some(4008));
+}
+
+#[test]
+fn a_websocket_ping_flood_that_is_never_read_is_closed_4008() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect(JSON);
+    h.read(c);
+    let frame = client_frame(0x9, &[b'p'; 125]);
+    let flood: Vec<u8> = (0..1_000).flat_map(|_| frame.iter().copied()).collect();
+    h.input(c, &flood);
+    let session = h.hub.session(c).unwrap();
+    assert!(session.is_closing());
+    assert!(session.queued_bytes() <= super::PRE_READY_CONTROL_BUDGET);
+    assert_eq!(h.read(c).close, Some(4008));
+}
+
+#[test]
+fn replies_past_the_control_budget_close_4008_and_are_dropped() {
+    let config = ShardConfig {
+        control_budget: 4096,
+        rate_limit_burst: 1_000,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // Unknown ops, each answered with an error, never read.
+    let garbage = vec![r#"{"op":"nope"}"#; 30].join("\n");
+    h.send(c, &garbage);
+    assert!(!h.is_closing(c), "30 errors fit in 4 KiB");
+    for _ in 0..3 {
+        h.send(c, &garbage);
+    }
+    let read = h.read(c);
+    assert!(read.messages.is_empty(), "the unread replies were dropped");
+    assert_eq!(read.close, Some(4008));
+    assert_eq!(h.stats.snapshot().closes_rate_limited, 1);
+}
+
+#[test]
+fn messages_before_ready_are_held_to_a_smaller_size() {
+    let mut h = Harness::new(ShardConfig::default());
+    let big = format!(
+        r#"{{"op":"ping","d":"{}"}}"#,
+        "x".repeat(super::PRE_READY_MAX_MESSAGE_SIZE)
+    );
+    let c = h.connect(JSON);
+    h.send(c, &big);
+    assert_eq!(h.read(c).close, Some(1009), "before ready");
+    let c = h.connect_ready("alice", JSON);
+    h.send(c, &big);
+    let read = h.read(c);
+    assert_eq!(read.close, None, "after ready the configured limit applies");
+    assert_eq!(read.count("pong"), 1);
+}
