@@ -23,6 +23,8 @@ use crate::stats::ShardStats;
 
 /// How long to wait for the client's side of the close after ours is written.
 pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// The most bytes read (and dropped) while lingering for the client's close.
+const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// Why the connection's loop stopped.
 enum End {
@@ -166,10 +168,14 @@ impl Connection<'_> {
             return;
         }
         let linger = async {
-            let mut sink = vec![0u8; 512];
-            while let Ok(n) = futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await {
-                if n == 0 {
-                    break;
+            let mut sink = vec![0u8; 4096];
+            let mut discarded = 0;
+            // A client that keeps sending after our close is not closing: stop reading
+            // it after a while rather than spend the shard's time on its flood.
+            while discarded < LINGER_MAX_BYTES {
+                match futures_lite::AsyncReadExt::read(&mut self.stream, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => discarded += n,
                 }
             }
         };
