@@ -1,5 +1,6 @@
-//! Codec hot paths: publication decode/encode, client message decode/encode, large voice
-//! signaling payloads, and frame batching. Figures are recorded in BENCHMARKS.md.
+//! Codec hot paths: publication decode (in one encoding or both), encode and framing,
+//! client message decode/encode, large voice signaling payloads, and frame batching.
+//! Figures are recorded in BENCHMARKS.md.
 
 use std::hint::black_box;
 
@@ -16,28 +17,69 @@ fn label(e: Encoding) -> &'static str {
     }
 }
 
+/// The size of a server data frame's WebSocket header for a payload of `len` bytes (RFC 6455
+/// §5.2), as the shards' `ws::data_header_len` gives it.
+fn ws_header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    }
+}
+
 fn publication(c: &mut Criterion) {
     let topic = Topic::parse("channel:1234").expect("topic");
     let mut g = c.benchmark_group("publication_message_new");
     g.throughput(Throughput::Bytes(MESSAGE_NEW.len() as u64));
     // simd-json parses in place, so each iteration restores the input first (a 150-byte
-    // copy, included in the figure).
+    // copy, included in the figure). `d` is made in the encodings in use only: one of
+    // them, or both.
     let mut buf = MESSAGE_NEW.to_vec();
-    g.bench_function("decode", |b| {
-        b.iter(|| {
-            buf.copy_from_slice(MESSAGE_NEW);
-            black_box(
-                Publication::from_backend_payload(topic.clone(), &mut buf, 64 * 1024)
-                    .expect("decode"),
-            )
-        })
-    });
-    let p = Publication::from_backend_payload(topic.clone(), &mut MESSAGE_NEW.to_vec(), 64 * 1024)
+    for (name, forms) in [
+        ("json", EncodingSet::JSON),
+        ("msgpack", EncodingSet::MSGPACK),
+        ("both", EncodingSet::ALL),
+    ] {
+        g.bench_function(BenchmarkId::new("decode", name), |b| {
+            b.iter(|| {
+                buf.copy_from_slice(MESSAGE_NEW);
+                black_box(
+                    Publication::from_backend_payload_in(topic.clone(), &mut buf, 64 * 1024, forms)
+                        .expect("decode"),
+                )
+            })
+        });
+    }
+    let decode = |forms| {
+        Publication::from_backend_payload_in(
+            topic.clone(),
+            &mut MESSAGE_NEW.to_vec(),
+            64 * 1024,
+            forms,
+        )
         .expect("decode")
-        .with_offset(123_456);
+        .with_offset(123_456)
+    };
+    let p = decode(EncodingSet::ALL);
     for e in Encoding::ALL {
         g.bench_function(BenchmarkId::new("encode", label(e)), |b| {
             b.iter(|| black_box(p.encode(e)))
+        });
+        // What a delivery's framed WireMessage is made of: room for the WebSocket header,
+        // then the envelope, in one buffer of exactly the frame's size (the shards write
+        // the 2-byte header into the room).
+        g.bench_function(BenchmarkId::new("frame", label(e)), |b| {
+            b.iter(|| black_box(p.encode_with_headroom(e, ws_header_len)))
+        });
+        // The slow path: `d` was not made in `e` (a subscriber raced the publication, or
+        // a node-born publication with MessagePack in use) and is converted first.
+        let other = match e {
+            Encoding::Json => EncodingSet::MSGPACK,
+            Encoding::MsgPack => EncodingSet::JSON,
+        };
+        let converted = decode(other);
+        g.bench_function(BenchmarkId::new("frame_converted", label(e)), |b| {
+            b.iter(|| black_box(converted.encode_with_headroom(e, ws_header_len)))
         });
     }
     g.finish();

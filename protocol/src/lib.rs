@@ -18,7 +18,9 @@
 //! - [`framing`]: several messages per frame (§2): splitting incoming frames without
 //!   allocating and joining outgoing ones into a reused buffer ([`FrameBuilder`]).
 //! - [`publication`]: backend events (§6), decoded once and encoded per encoding with a few
-//!   `memcpy`s, since the gateway never looks inside their `d`.
+//!   `memcpy`s, since the gateway never looks inside their `d`; `d` is made only in the
+//!   encodings asked for ([`EncodingSet`]: those in use), and a message can be written after
+//!   room for its frame header in one buffer of exactly the frame's size.
 //!
 //! Nothing here panics on peer input: every failure is a typed error the gateway maps to an
 //! `error` reply or a close code in one place.
@@ -54,5 +56,5 @@ pub use message::{
     ClientEnvelope, ClientMessage, ErrorCode, PresenceEntry, PresenceStatus, ServerEnvelope,
     ServerMessage, VoiceParticipant, MAX_PRESENCE_QUERY_USERS,
 };
-pub use publication::{Publication, PublicationError};
+pub use publication::{EncodingSet, Publication, PublicationError};
 pub use topic::{Namespace, Topic, TopicError, TopicPattern, TopicPatterns, MAX_TOPIC_LEN};

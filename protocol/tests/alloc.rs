@@ -1,6 +1,7 @@
 //! Batching allocates nothing beyond its output buffer: after warm-up, building frames of
 //! 1, 16 and 64 messages into a reused buffer performs zero allocations, and so does
-//! encoding a publication into a reused buffer.
+//! encoding a publication into a reused buffer; encoding one into a buffer of its own, with
+//! or without room for a frame header, allocates that buffer and nothing else.
 //!
 //! A counting global allocator counts allocations made on the current thread only, so the
 //! test harness's own threads cannot disturb the count.
@@ -46,7 +47,9 @@ fn frame_builder_and_publication_encode_allocate_nothing_after_warm_up() {
     let topic = Topic::parse("channel:1234567890").unwrap();
     let mut payload =
         br#"{"op":"message_new","d":{"id":"m1","author":"u1","text":"hello there"}}"#.to_vec();
-    let publication = Publication::from_backend_payload(topic, &mut payload, 1 << 16).unwrap();
+    let publication =
+        Publication::from_backend_payload_in(topic, &mut payload, 1 << 16, EncodingSet::ALL)
+            .unwrap();
 
     for encoding in Encoding::ALL {
         let message = publication.encode(encoding);
@@ -78,5 +81,12 @@ fn frame_builder_and_publication_encode_allocate_nothing_after_warm_up() {
         // `encode` allocates exactly its output.
         let (count, _bytes) = allocations(|| publication.encode(encoding));
         assert_eq!(count, 1, "{encoding} encode");
+        let (count, (framed, room)) =
+            allocations(|| publication.encode_with_headroom(encoding, |_| 10));
+        assert_eq!(count, 1, "{encoding} encode_with_headroom");
+        assert_eq!(
+            (framed.len() - room, framed.capacity()),
+            (out.len(), framed.len())
+        );
     }
 }

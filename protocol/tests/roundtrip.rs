@@ -263,20 +263,46 @@ proptest! {
             btree_map(text(), any::<i64>(), 0..4).prop_map(|m| serde_json::json!(m)),
         ],
         offset in option::of(any::<u64>()),
+        op in "[^\u{0}]{1,40}|[\u{0}-\u{7f}]{1,300}",
+        forms in prop_oneof![
+            Just(EncodingSet::JSON),
+            Just(EncodingSet::MSGPACK),
+            Just(EncodingSet::ALL),
+        ],
     ) {
         let topic = Topic::parse("channel:1").unwrap();
-        let mut payload = serde_json::to_vec(&serde_json::json!({"op": "message_new", "d": d})).unwrap();
-        let mut p = Publication::from_backend_payload(topic, &mut payload, 1 << 16).unwrap();
+        let mut payload = serde_json::to_vec(&serde_json::json!({"op": op, "d": d})).unwrap();
+        let mut all = payload.clone();
+        let mut p =
+            Publication::from_backend_payload_in(topic.clone(), &mut payload, 1 << 16, forms)
+                .unwrap();
+        let mut both =
+            Publication::from_backend_payload_in(topic, &mut all, 1 << 16, EncodingSet::ALL)
+                .unwrap();
+        prop_assert_eq!(p.d_forms(), forms);
         if let Some(o) = offset {
             p = p.with_offset(o);
+            both = both.with_offset(o);
         }
         for encoding in Encoding::ALL {
             let bytes = p.encode(encoding);
+            // A form converted on use is the form made at decode time.
+            prop_assert_eq!(&bytes, &both.encode(encoding));
             let decoded = decode_server(encoding, &bytes).unwrap();
-            prop_assert_eq!(decoded.op.as_str(), "message_new");
+            prop_assert_eq!(decoded.op.as_str(), op.as_str());
             prop_assert_eq!(decoded.topic.as_deref(), Some("channel:1"));
             prop_assert_eq!(decoded.offset, offset);
             prop_assert_eq!(&decoded.d, &d);
+            // The room left in front is the one for the message's actual size, even where
+            // escapes in `op` made it longer than computed.
+            let header = |len: usize| match len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            let (framed, room) = p.encode_with_headroom(encoding, header);
+            prop_assert_eq!(room, header(bytes.len()));
+            prop_assert_eq!(&framed[room..], &bytes[..]);
         }
     }
 }

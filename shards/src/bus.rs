@@ -62,12 +62,39 @@ pub struct WireMessage {
 }
 
 impl WireMessage {
-    /// Frames an encoded message as one WebSocket data frame.
+    /// Frames an already encoded message as one WebSocket data frame (a copy of it).
     pub fn new(encoding: Encoding, message: &[u8]) -> WireMessage {
         let framed = ws::data_frame(encoding, message);
         WireMessage {
             header_len: framed.len() - message.len(),
             framed,
+        }
+    }
+
+    /// Encodes `publication` in `encoding` as one WebSocket data frame, in one buffer of
+    /// exactly the frame's size: the envelope's size is computed before it is written, so
+    /// the header's room is left in front of it and the header written there afterwards
+    /// ([`Publication::encode_with_headroom`] keeps the room right in the rare case where
+    /// escaping makes the envelope longer than computed). One allocation, no copy, where
+    /// encoding into a buffer and then framing it with [`WireMessage::new`] costs two and a
+    /// copy.
+    pub fn from_publication(encoding: Encoding, publication: &Publication) -> WireMessage {
+        let (mut framed, header_len) =
+            publication.encode_with_headroom(encoding, |len| ws::data_header_len(encoding, len));
+        let len = framed.len() - header_len;
+        if !ws::write_data_header(encoding, len, &mut framed[..header_len]) {
+            // The room does not fit the header of the envelope's actual size (the protocol
+            // crate guarantees that it does, so this is a bug): frame it by copying rather
+            // than send a wrong header.
+            debug_assert!(
+                false,
+                "{encoding} envelope of {len} bytes overran its header room"
+            );
+            return WireMessage::new(encoding, &framed[header_len..]);
+        }
+        WireMessage {
+            framed: Bytes::from(framed),
+            header_len,
         }
     }
     /// The whole frame, to be written as it is when the message goes out alone.
@@ -81,9 +108,10 @@ impl WireMessage {
 }
 
 /// A publication on its way to every local subscriber of its topic, shared by all
-/// shards. Encodings are filled once: the ingestor fills those it knows are in use,
-/// and a shard that finds one missing (its interest raced the publication) fills it
-/// itself, still once per node.
+/// shards. Encodings are filled once: the ingestor fills those it knows are in use (and
+/// decoded the publication's `d` in those only), and a shard that finds one missing (its
+/// interest raced the publication) fills it itself, still once per node, converting `d`
+/// if it has to.
 #[derive(Debug)]
 pub struct SharedDelivery {
     publication: Publication,
@@ -108,11 +136,12 @@ impl SharedDelivery {
     }
     /// The message in `encoding`, encoded on first use.
     pub fn wire(&self, encoding: Encoding) -> &WireMessage {
-        self.wire[encoding.index()].get_or_init(|| {
-            let mut encoded = Vec::with_capacity(256);
-            self.publication.encode_into(encoding, &mut encoded);
-            WireMessage::new(encoding, &encoded)
-        })
+        self.wire[encoding.index()]
+            .get_or_init(|| WireMessage::from_publication(encoding, &self.publication))
+    }
+    /// The message in `encoding` if it has been encoded already; never encodes.
+    pub fn encoded(&self, encoding: Encoding) -> Option<&WireMessage> {
+        self.wire[encoding.index()].get()
     }
     /// Whether `user_id`'s connections must not receive this event.
     pub fn excludes(&self, user_id: &str) -> bool {
@@ -256,6 +285,7 @@ pub type IngestorSender = flume::Sender<IngestorCommand>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coregate_protocol::EncodingSet;
 
     #[test]
     fn dropping_the_last_sender_wakes_a_waiting_shard() {
@@ -279,6 +309,101 @@ mod tests {
         drop(second);
         assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
         assert!(matches!(inbox.poll_recv(&mut cx), Poll::Ready(None)));
+    }
+
+    fn topic() -> Topic {
+        Topic::parse("channel:1").expect("topic")
+    }
+
+    /// `{"op":"x","d":"aaa…","topic":"channel:1"}` with `n` a's, `d` made in `forms`.
+    fn publication(n: usize, forms: EncodingSet) -> Publication {
+        let mut payload = format!(r#"{{"op":"x","d":"{}"}}"#, "a".repeat(n)).into_bytes();
+        Publication::from_backend_payload_in(topic(), &mut payload, 1 << 20, forms).expect("decode")
+    }
+
+    /// The envelope of [`publication`], spelled out byte by byte.
+    fn envelope(encoding: Encoding, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        match encoding {
+            Encoding::Json => {
+                out.extend_from_slice(br#"{"op":"x","d":""#);
+                out.resize(out.len() + n, b'a');
+                out.extend_from_slice(br#"","topic":"channel:1"}"#);
+            }
+            Encoding::MsgPack => {
+                out.extend_from_slice(&[0x83, 0xa2, b'o', b'p', 0xa1, b'x', 0xa1, b'd']);
+                match n {
+                    0..=31 => out.push(0xa0 | n as u8),
+                    32..=255 => out.extend_from_slice(&[0xd9, n as u8]),
+                    256..=65_535 => out.extend_from_slice(&[0xda, (n >> 8) as u8, n as u8]),
+                    _ => {
+                        out.push(0xdb);
+                        out.extend_from_slice(&(n as u32).to_be_bytes());
+                    }
+                }
+                out.resize(out.len() + n, b'a');
+                out.extend_from_slice(&[0xa5, b't', b'o', b'p', b'i', b'c', 0xa9]);
+                out.extend_from_slice(b"channel:1");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn framed_is_exactly_header_then_envelope() {
+        // (encoding, length of `d`'s string, the frame header); JSON envelopes are
+        // 37 + n bytes, MessagePack ones 25 + n (fixstr), 26 + n, 27 + n, 29 + n.
+        let cases: [(Encoding, usize, &[u8]); 10] = [
+            (Encoding::Json, 0, &[0x81, 37]),
+            (Encoding::Json, 88, &[0x81, 125]),
+            (Encoding::Json, 89, &[0x81, 126, 0x00, 126]),
+            (Encoding::Json, 65_498, &[0x81, 126, 0xff, 0xff]),
+            (
+                Encoding::Json,
+                65_499,
+                &[0x81, 127, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00],
+            ),
+            (Encoding::MsgPack, 10, &[0x82, 35]),
+            (Encoding::MsgPack, 99, &[0x82, 125]),
+            (Encoding::MsgPack, 300, &[0x82, 126, 0x01, 0x47]),
+            (Encoding::MsgPack, 65_508, &[0x82, 126, 0xff, 0xff]),
+            (
+                Encoding::MsgPack,
+                70_000,
+                &[0x82, 127, 0, 0, 0, 0, 0, 0x01, 0x11, 0x8d],
+            ),
+        ];
+        for (encoding, n, header) in cases {
+            let expected_envelope = envelope(encoding, n);
+            let mut expected = header.to_vec();
+            expected.extend_from_slice(&expected_envelope);
+            for forms in [EncodingSet::only(encoding), EncodingSet::ALL] {
+                let wire = WireMessage::from_publication(encoding, &publication(n, forms));
+                assert_eq!(wire.framed()[..], expected[..], "{encoding} {n} {forms:?}");
+                assert_eq!(wire.message(), &expected_envelope[..]);
+                // The same bytes as framing the encoded message by copying it.
+                let copied = WireMessage::new(encoding, &expected_envelope);
+                assert_eq!(copied.framed(), wire.framed());
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_encoding_is_filled_on_first_use() {
+        let both = SharedDelivery::new(publication(3, EncodingSet::ALL), Instant::now());
+        for encoding in Encoding::ALL {
+            let delivery =
+                SharedDelivery::new(publication(3, EncodingSet::only(encoding)), Instant::now());
+            let other = match encoding {
+                Encoding::Json => Encoding::MsgPack,
+                Encoding::MsgPack => Encoding::Json,
+            };
+            assert!(delivery.encoded(encoding).is_none() && delivery.encoded(other).is_none());
+            assert_eq!(delivery.wire(other).framed(), both.wire(other).framed());
+            assert!(delivery.encoded(other).is_some() && delivery.encoded(encoding).is_none());
+            let first: *const WireMessage = delivery.wire(other);
+            assert!(std::ptr::eq(first, delivery.wire(other)), "encoded once");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 /// One unmasked, final data frame holding `message`: text for JSON, binary for MessagePack.
+/// Copies `message`; a message not yet encoded is better written straight after room for
+/// its header (see [`crate::WireMessage::from_publication`] and [`write_data_header`]).
 pub fn data_frame(encoding: Encoding, message: &[u8]) -> Bytes {
     let header = data_header(encoding);
     let len = message.len() as u64;
@@ -29,9 +31,22 @@ pub fn put_data_header(encoding: Encoding, len: usize, out: &mut BytesMut) {
     write_header(&data_header(encoding), len as u64, out);
 }
 
-/// The size of a data frame header for a payload of `len` bytes.
+/// The size of a data frame header for a payload of `len` bytes: 2, 4 or (from 64 KiB) 10.
 pub fn data_header_len(encoding: Encoding, len: usize) -> usize {
     data_header(encoding).len(len as u64)
+}
+
+/// Writes the data frame header for a payload of `len` bytes into `room`, which must be
+/// exactly [`data_header_len`] bytes (room left in front of a payload written first).
+/// Returns whether it was: a header that does not fit is not written.
+pub fn write_data_header(encoding: Encoding, len: usize, room: &mut [u8]) -> bool {
+    let header = data_header(encoding);
+    if header.len(len as u64) != room.len() {
+        return false;
+    }
+    let mut cursor = room;
+    // `room` holds exactly the header, so formatting into it cannot fail.
+    header.format(len as u64, &mut cursor).is_ok() && cursor.is_empty()
 }
 
 fn data_header(encoding: Encoding) -> FrameHeader {
@@ -119,5 +134,39 @@ mod tests {
         assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 300);
         assert_eq!(frame.len(), 4 + 300);
         assert_eq!(data_header_len(Encoding::MsgPack, 300), 4);
+    }
+
+    #[test]
+    fn headers_written_into_room() {
+        let cases: [(Encoding, usize, &[u8]); 6] = [
+            (Encoding::Json, 125, &[0x81, 125]),
+            (Encoding::MsgPack, 0, &[0x82, 0]),
+            (Encoding::Json, 126, &[0x81, 126, 0x00, 0x7e]),
+            (Encoding::MsgPack, 65_535, &[0x82, 126, 0xff, 0xff]),
+            (
+                Encoding::Json,
+                65_536,
+                &[0x81, 127, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00],
+            ),
+            (
+                Encoding::MsgPack,
+                (1 << 32) + 5,
+                &[0x82, 127, 0, 0, 0, 0x01, 0, 0, 0, 0x05],
+            ),
+        ];
+        for (encoding, len, header) in cases {
+            assert_eq!(data_header_len(encoding, len), header.len(), "{len}");
+            let mut room = [0xaa; 10];
+            assert!(write_data_header(encoding, len, &mut room[..header.len()]));
+            assert_eq!(&room[..header.len()], header, "{encoding} {len}");
+        }
+        assert!(
+            !write_data_header(Encoding::Json, 126, &mut [0; 2]),
+            "too small"
+        );
+        assert!(
+            !write_data_header(Encoding::Json, 1, &mut [0; 4]),
+            "too large"
+        );
     }
 }

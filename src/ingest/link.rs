@@ -3,10 +3,10 @@
 //!
 //! One loop owns the routing table and the subscriber connection. It takes, in turn:
 //! shard commands (interest changes, which become batched SUBSCRIBE/UNSUBSCRIBE, and
-//! publications, which go to the publisher task), messages from Redis (decoded once,
-//! then routed), reconnection deadlines and health pings. While Redis is down the loop
-//! keeps taking commands, so shards never block on it and local interest stays exact;
-//! on reconnection every topic of interest is subscribed again.
+//! publications, which go to the publisher task), messages from Redis (decoded once, in
+//! the encodings in use, then routed), reconnection deadlines and health pings. While
+//! Redis is down the loop keeps taking commands, so shards never block on it and local
+//! interest stays exact; on reconnection every topic of interest is subscribed again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -328,34 +328,25 @@ impl Node {
         }
     }
 
-    /// Decodes a message from Redis once and routes it; what cannot be used is
-    /// counted and dropped.
+    /// Decodes a message from Redis once, in the encodings in use only, and routes it;
+    /// what cannot be used is counted and dropped.
     fn receive(&mut self, message: &redis::Msg) {
         let channel = message.get_channel_name().as_bytes();
         let payload = message.get_payload_bytes();
         let max = self.settings.max_payload;
-        let decoded = if payload.len() > max {
-            Err(coregate_protocol::PublicationError::TooLarge {
-                size: payload.len(),
-                max,
-            })
-        } else {
-            let mut payload = payload.to_vec();
-            Publication::from_redis_message(channel, &self.settings.prefix, &mut payload, max)
-        };
-        match decoded {
-            Ok(publication) => self.router.deliver(publication),
-            Err(error) => {
-                let counter = if error.is_too_large() {
-                    &self.stats.oversize_publications
-                } else {
-                    &self.stats.malformed_publications
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.payload_warnings.allow(Instant::now()) {
-                    // The error names sizes and parse positions, never the payload.
-                    tracing::warn!(%error, suppressed, "publication from Redis dropped");
-                }
+        let routed = self
+            .router
+            .receive(channel, &self.settings.prefix, payload, max);
+        if let Err(error) = routed {
+            let counter = if error.is_too_large() {
+                &self.stats.oversize_publications
+            } else {
+                &self.stats.malformed_publications
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.payload_warnings.allow(Instant::now()) {
+                // The error names sizes and parse positions, never the payload.
+                tracing::warn!(%error, suppressed, "publication from Redis dropped");
             }
         }
     }

@@ -5,13 +5,19 @@
 //! reference-counted, to the interested shards over their bounded queues; a full
 //! queue is counted and logged, never waited on. The router is the same with or
 //! without Redis: only where publications come from differs.
+//!
+//! Work follows the encodings in use: a message from Redis is decoded with its `d` made
+//! only in the encodings the topic's local subscribers use (and not parsed at all for a
+//! topic nobody here wants), and only those encodings are framed. A publication made
+//! elsewhere on the node (`/publish`, typing) arrives with `d` as JSON; MessagePack, if in
+//! use, is converted from it while framing.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coregate_protocol::{Encoding, Publication, Topic};
+use coregate_protocol::{Encoding, EncodingSet, Publication, PublicationError, Topic};
 use coregate_shards::{InterestChange, ShardMessage, ShardSender, ShardSet, SharedDelivery};
 
 use super::log_limit::LogLimit;
@@ -84,20 +90,60 @@ impl Router {
         self.interest.keys()
     }
 
+    /// Decodes a message that Redis delivered on `channel` and delivers it, with `d` made
+    /// only in the encodings in use for its topic. A payload for a topic nobody here wants
+    /// (an UNSUBSCRIBE racing it) is counted and dropped unparsed. Errors are the caller's
+    /// to count and log.
+    pub fn receive(
+        &mut self,
+        channel: &[u8],
+        prefix: &str,
+        payload: &[u8],
+        max_size: usize,
+    ) -> Result<(), PublicationError> {
+        if payload.len() > max_size {
+            return Err(PublicationError::TooLarge {
+                size: payload.len(),
+                max: max_size,
+            });
+        }
+        let topic = Publication::topic_of_channel(channel, prefix)?;
+        let Some(sets) = self.interest.get(&topic).copied() else {
+            self.stats.publications.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .publications_without_subscribers
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        // simd-json parses in place, and the message is Redis's.
+        let mut payload = payload.to_vec();
+        let publication = Publication::from_backend_payload_in(
+            topic,
+            &mut payload,
+            max_size,
+            encodings_in(&sets),
+        )?;
+        self.deliver_to(publication, sets);
+        Ok(())
+    }
+
     /// Encodes once per encoding in use and hands the event to each interested shard.
     pub fn deliver(&mut self, publication: Publication) {
-        self.stats.publications.fetch_add(1, Ordering::Relaxed);
         let Some(sets) = self.interest.get(publication.topic()).copied() else {
+            self.stats.publications.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .publications_without_subscribers
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
+        self.deliver_to(publication, sets);
+    }
+
+    fn deliver_to(&mut self, publication: Publication, sets: [ShardSet; 2]) {
+        self.stats.publications.fetch_add(1, Ordering::Relaxed);
         let delivery = SharedDelivery::new(publication, Instant::now());
-        for encoding in Encoding::ALL {
-            if !sets[encoding.index()].is_empty() {
-                delivery.wire(encoding);
-            }
+        for encoding in encodings_in(&sets).iter() {
+            delivery.wire(encoding);
         }
         let delivery = Arc::new(delivery);
         for shard_id in sets[0].union(sets[1]).iter() {
@@ -114,9 +160,19 @@ impl Router {
     }
 }
 
+/// The encodings with at least one interested shard.
+fn encodings_in(sets: &[ShardSet; 2]) -> EncodingSet {
+    Encoding::ALL
+        .into_iter()
+        .filter(|e| !sets[e.index()].is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coregate_shards::bus::LocalInbox;
+    use coregate_shards::shard_inbox;
 
     #[test]
     fn node_interest_follows_the_first_and_last_shard() {
@@ -143,5 +199,111 @@ mod tests {
         );
         assert!(!router.is_wanted(&topic));
         assert_eq!(lost(&mut router, 1, Encoding::MsgPack), None, "idempotent");
+    }
+
+    const PAYLOAD: &[u8] = br#"{"op":"message_new","d":{"id":1,"text":"hi"}}"#;
+
+    /// A router over two shards with their inboxes.
+    fn two_shards() -> (Router, Vec<LocalInbox>) {
+        let (senders, inboxes) = (0..2).map(|id| shard_inbox(id, 8)).unzip();
+        (
+            Router::new(senders, Arc::new(IngestorStats::default())),
+            inboxes,
+        )
+    }
+
+    fn delivered(inbox: &LocalInbox) -> Arc<SharedDelivery> {
+        match inbox.try_recv() {
+            Some(ShardMessage::Deliver(delivery)) => delivery,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_encodings_in_use_are_made() {
+        for (in_use, unused) in [
+            (Encoding::Json, Encoding::MsgPack),
+            (Encoding::MsgPack, Encoding::Json),
+        ] {
+            let (mut router, inboxes) = two_shards();
+            let topic = Topic::parse("channel:1").expect("topic");
+            router.change_interest(1, topic.clone(), in_use, InterestChange::Gained);
+            router
+                .receive(b"cg:channel:1", "cg:", PAYLOAD, 1024)
+                .expect("routed");
+            assert!(inboxes[0].try_recv().is_none());
+            let delivery = delivered(&inboxes[1]);
+            // Framed in the encoding in use by the ingestor, and `d` decoded in it alone:
+            // nothing at all was made for the other.
+            assert!(delivery.encoded(in_use).is_some(), "{in_use}");
+            assert!(delivery.encoded(unused).is_none(), "{unused} framed");
+            assert_eq!(delivery.publication().d_forms(), EncodingSet::only(in_use));
+            let expected = Publication::from_redis_message(
+                b"cg:channel:1",
+                "cg:",
+                &mut PAYLOAD.to_vec(),
+                1024,
+            )
+            .expect("decode")
+            .encode(in_use);
+            assert_eq!(delivery.wire(in_use).message(), &expected[..]);
+        }
+    }
+
+    #[test]
+    fn both_encodings_when_both_are_in_use() {
+        let (mut router, inboxes) = two_shards();
+        let topic = Topic::parse("channel:1").expect("topic");
+        router.change_interest(0, topic.clone(), Encoding::Json, InterestChange::Gained);
+        router.change_interest(1, topic.clone(), Encoding::MsgPack, InterestChange::Gained);
+        router
+            .receive(b"channel:1", "", PAYLOAD, 1024)
+            .expect("routed");
+        let (first, second) = (delivered(&inboxes[0]), delivered(&inboxes[1]));
+        assert!(Arc::ptr_eq(&first, &second), "one delivery for the node");
+        assert_eq!(first.publication().d_forms(), EncodingSet::ALL);
+        assert!(Encoding::ALL.iter().all(|e| first.encoded(*e).is_some()));
+    }
+
+    #[test]
+    fn node_publications_are_framed_in_the_encodings_in_use_only() {
+        let (mut router, inboxes) = two_shards();
+        let topic = Topic::parse("channel:1").expect("topic");
+        router.change_interest(0, topic.clone(), Encoding::MsgPack, InterestChange::Gained);
+        let publication = Publication::new(topic, "x", serde_json::json!([1]), None);
+        router.deliver(publication);
+        let delivery = delivered(&inboxes[0]);
+        assert!(delivery.encoded(Encoding::MsgPack).is_some());
+        assert!(delivery.encoded(Encoding::Json).is_none());
+    }
+
+    #[test]
+    fn nothing_is_parsed_for_a_topic_nobody_wants() {
+        let (mut router, inboxes) = two_shards();
+        router
+            .receive(b"channel:9", "", b"not even json", 1024)
+            .expect("dropped unparsed");
+        assert!(inboxes.iter().all(|inbox| inbox.try_recv().is_none()));
+        let stats = router.stats();
+        assert_eq!(stats.publications.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            stats
+                .publications_without_subscribers
+                .load(Ordering::Relaxed),
+            1
+        );
+        let topic = Topic::parse("channel:9").expect("topic");
+        router.change_interest(0, topic, Encoding::Json, InterestChange::Gained);
+        assert!(matches!(
+            router.receive(b"channel:9", "", b"not even json", 1024),
+            Err(PublicationError::Malformed(_))
+        ));
+        assert!(router
+            .receive(b"channel:9", "", PAYLOAD, 10)
+            .is_err_and(|e| e.is_too_large()));
+        assert!(matches!(
+            router.receive(b"other:channel:9", "cg:", PAYLOAD, 1024),
+            Err(PublicationError::ForeignChannel { .. })
+        ));
     }
 }
