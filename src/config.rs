@@ -220,7 +220,15 @@ coregate_shards::shard_settings!(define_config! {
             jwt_issuer: Option<String> = None;
 
             /// Required `aud` of tokens; none: not checked.
+            ///
+            /// A token's `aud` may be one string or an array: one element must match.
             jwt_audience: Option<String> = None;
+
+            /// How far in the future a token's `iat` may be; beyond it the token is refused.
+            ///
+            /// Covers clock skew between the token issuer and this node. `exp` and
+            /// `nbf` get no leeway: connections are closed at `exp` exactly.
+            jwt_iat_leeway: Duration = Duration::from_secs(60);
         }
         "Redis and authorization" {
             /// Redis for multi-node pub/sub, e.g. `redis://127.0.0.1:6379`.
