@@ -15,6 +15,7 @@ use axum::Router;
 use coregate_protocol::Publication;
 use coregate_shards::{IngestorCommand, ShardStats};
 
+use crate::config::ConfigError;
 use crate::ingest::IngestorStats;
 
 /// What the admin side can see of the node.
@@ -93,15 +94,24 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Serves the admin API on its own thread (a current-thread tokio runtime) until `stop`
-/// fires (or its sender is dropped); requests in flight are answered first.
+/// Binds the admin address (before anything else starts, so that a busy or wrong
+/// address is a bad setting, exit 2, named with the address).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ConfigError> {
+    let bound = std::net::TcpListener::bind(addr).and_then(|listener| {
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    });
+    bound.map_err(|e| ConfigError::new("admin", format!("cannot listen on {addr}: {e}")))
+}
+
+/// Serves the admin API on `listener` (from [`bind`]), on its own thread (a
+/// current-thread tokio runtime) until `stop` fires (or its sender is dropped);
+/// requests in flight are answered first.
 pub fn spawn(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     state: AdminState,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let handle = std::thread::Builder::new()
         .name("admin".into())

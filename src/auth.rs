@@ -29,9 +29,11 @@ impl JwtVerifier {
 
     /// A verifier for the configured public key (RS256 or ES256, from the PEM).
     pub fn from_public_key(pem: &[u8], config: &Config) -> Result<JwtVerifier, ConfigError> {
-        let bad = |e: jsonwebtoken::errors::Error| ConfigError {
-            name: "jwt_public_key",
-            reason: format!("not an RSA or EC public key in PEM: {e}"),
+        let bad = |e: jsonwebtoken::errors::Error| {
+            ConfigError::new(
+                "jwt_public_key",
+                format!("not an RSA or EC public key in PEM: {e}"),
+            )
         };
         let text = String::from_utf8_lossy(pem);
         let (key, algorithm) = if text.contains("BEGIN RSA PUBLIC KEY") {
