@@ -177,7 +177,7 @@ macro_rules! define_config {
     };
 }
 
-/// The shortest HS256 secret accepted, in bytes.
+/// The shortest HS256 secret and admin token accepted, in bytes.
 const MIN_SECRET_LEN: usize = 16;
 
 /// The `--help` section of the shard settings.
@@ -207,8 +207,17 @@ coregate_shards::shard_settings!(define_config! {
             /// Admin HTTP address: `/health`, `/ready`, `POST /publish`, `/metrics`.
             ///
             /// Loopback by default: `/publish` reaches every subscriber, so expose it
-            /// only where the backends are.
+            /// only where the backends are, on a private interface.
             admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090));
+
+            /// Bearer token that `POST /publish` (and any other route that changes
+            /// something) requires; none: not required.
+            ///
+            /// At least 16 bytes of printable ASCII. Requests without
+            /// `Authorization: Bearer <token>` get 401. A complement to a private
+            /// admin interface, not a replacement; prefer the environment or the file
+            /// to a flag, which shows in the process list.
+            admin_token: Option<String> = None;
 
             /// On SIGTERM, connections are closed 1012 spread over this window.
             ///
@@ -422,6 +431,14 @@ impl Config {
             .is_some_and(|s| s.len() < MIN_SECRET_LEN)
         {
             return Err(invalid("jwt_secret", "must be at least 16 bytes"));
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < MIN_SECRET_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "admin_token",
+                    "must be at least 16 bytes of printable ASCII without spaces",
+                ));
+            }
         }
         let positive = [
             ("redis_timeout", self.redis_timeout),
@@ -766,6 +783,23 @@ mod tests {
         let e = config.hs256_secret().expect_err("missing");
         assert!(e.reason.contains("missing"), "names the file: {e}");
         assert_eq!(Config::default().hs256_secret().expect("none"), None);
+    }
+
+    #[test]
+    fn admin_token_must_be_long_and_printable() {
+        for bad in ["short", "sixteen bytes but spaced", "0123456789abcdef\n"] {
+            let config = Config {
+                admin_token: Some(bad.into()),
+                ..Config::default()
+            };
+            assert_eq!(config.validate().expect_err(bad).name, "admin_token");
+        }
+        let config = Config {
+            admin_token: Some("0123456789abcdef".into()),
+            ..Config::default()
+        };
+        config.validate().expect("valid");
+        assert_eq!(Config::default().jwt_iat_leeway, Duration::from_secs(60));
     }
 
     #[test]

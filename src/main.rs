@@ -517,6 +517,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
             draining: draining.clone(),
             redis_configured,
             max_message_size: config.max_message_size,
+            admin_token: config.admin_token.as_deref().map(Arc::from),
         },
         admin_stopped,
     )?;

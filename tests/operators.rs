@@ -1,14 +1,16 @@
 //! End-to-end tests of what an operator meets: start-up refusals (exit 2, naming the
 //! setting, the address and the environment variable), logs (no colours off a
-//! terminal, JSON all the way, no token at any level) and development mode's tokens.
-//! Each starts real `coregate` processes.
+//! terminal, JSON all the way, no token at any level), development mode's tokens, and
+//! the admin API's guards. Each starts real `coregate` processes.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::time::Duration;
 
-use common::{free_port, now, sign, token, Client, Launch, TokenIn, SECRET};
+use common::{
+    free_port, http_with_headers, now, sign, token, Client, Gateway, Launch, TokenIn, SECRET,
+};
 use coregate_protocol::{ClientMessage, Encoding};
 use serde_json::{json, Value};
 
@@ -276,7 +278,8 @@ fn hex(text: &str) -> String {
 
 #[tokio::test]
 async fn no_token_reaches_the_log_even_at_trace_level() {
-    let mut gw = Launch::new(&["--drain-window", "100ms"])
+    let admin_token = "admin-token-0123456789-abcdef";
+    let mut gw = Launch::new(&["--admin-token", admin_token, "--drain-window", "100ms"])
         .env("RUST_LOG", "trace")
         .capture_stderr()
         .start();
@@ -322,10 +325,19 @@ async fn no_token_reaches_the_log_even_at_trace_level() {
             json!("invalid_token")
         );
     }
-    let published = gw
-        .publish(json!({"topic": "channel:1", "op": "message_new", "d": {}}))
-        .await;
-    assert_eq!(published, 202);
+    let bearer = format!("Bearer {admin_token}");
+    let published = http_with_headers(
+        gw.admin,
+        "POST",
+        "/publish",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &bearer),
+        ],
+        r#"{"topic":"channel:1","op":"message_new","d":{}}"#,
+    )
+    .await;
+    assert_eq!(published.0, 202);
     by_query.expect_op("message_new").await;
 
     let (_, log) = gw.stop(EXIT);
@@ -336,6 +348,7 @@ async fn no_token_reaches_the_log_even_at_trace_level() {
         ("identify token", identified.as_str()),
         ("refresh token", refreshed.as_str()),
         ("refused refresh token", bad_refresh.as_str()),
+        ("admin token", admin_token),
     ] {
         // Any part of a JWT is enough to matter (its payload, its signature).
         let signature = secret.rsplit('.').next().unwrap();
@@ -348,4 +361,70 @@ async fn no_token_reaches_the_log_even_at_trace_level() {
             assert!(!log.contains(&form), "the {what} is in the log");
         }
     }
+}
+
+#[tokio::test]
+async fn publish_requires_a_json_body_and_the_admin_token_when_one_is_set() {
+    let body = r#"{"topic":"channel:1","op":"message_new","d":{}}"#;
+    let gw = Gateway::start(&[]);
+    // A page can POST text/plain (or a form) to any origin without a preflight.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, _) = http_with_headers(
+            gw.admin,
+            "POST",
+            "/publish",
+            &[("Content-Type", content_type)],
+            body,
+        )
+        .await;
+        assert_eq!(status, 415, "{content_type}");
+    }
+    let (status, _) = http_with_headers(gw.admin, "POST", "/publish", &[], body).await;
+    assert_eq!(status, 415, "no Content-Type");
+    let (status, _) = http_with_headers(
+        gw.admin,
+        "POST",
+        "/publish",
+        &[("Content-Type", "application/json; charset=utf-8")],
+        body,
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let admin_token = "admin-token-0123456789-abcdef";
+    let gw = Gateway::start(&["--admin-token", admin_token]);
+    let json = ("Content-Type", "application/json");
+    let bearer = format!("Bearer {admin_token}");
+    let cases: [(&[(&str, &str)], u16); 5] = [
+        (&[json], 401),
+        (
+            &[
+                json,
+                ("Authorization", "Bearer admin-token-0123456789-abcdeF"),
+            ],
+            401,
+        ),
+        (&[json, ("Authorization", admin_token)], 401),
+        (
+            &[("Content-Type", "text/plain"), ("Authorization", &bearer)],
+            415,
+        ),
+        (&[json, ("Authorization", &bearer)], 202),
+    ];
+    for (headers, expected) in cases {
+        let (status, _) = http_with_headers(gw.admin, "POST", "/publish", headers, body).await;
+        assert_eq!(status, expected, "{headers:?}");
+    }
+    // Reading routes stay open: probes and scrapers carry no token.
+    for path in ["/health", "/ready", "/metrics"] {
+        assert_eq!(gw.get(path).await.0, 200, "{path}");
+    }
+    // A bad admin token is a bad setting.
+    let (code, stderr) = Launch::new(&["--admin-token", "short"]).run_to_exit(REFUSAL);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("`admin_token`"), "{stderr}");
 }
