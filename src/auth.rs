@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use coregate_protocol::claims::Audience;
 use coregate_protocol::{Claims, Topic};
 use coregate_shards::{AuthError, Identity, TokenVerifier};
 use jsonwebtoken::errors::ErrorKind;
@@ -16,6 +17,8 @@ use crate::config::{Config, ConfigError};
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// How far in the future `iat` may be: the issuer's clock may run ahead of ours.
+    iat_leeway: u64,
 }
 
 impl JwtVerifier {
@@ -26,9 +29,11 @@ impl JwtVerifier {
 
     /// A verifier for the configured public key (RS256 or ES256, from the PEM).
     pub fn from_public_key(pem: &[u8], config: &Config) -> Result<JwtVerifier, ConfigError> {
-        let bad = |e: jsonwebtoken::errors::Error| ConfigError {
-            name: "jwt_public_key",
-            reason: format!("not an RSA or EC public key in PEM: {e}"),
+        let bad = |e: jsonwebtoken::errors::Error| {
+            ConfigError::new(
+                "jwt_public_key",
+                format!("not an RSA or EC public key in PEM: {e}"),
+            )
         };
         let text = String::from_utf8_lossy(pem);
         let (key, algorithm) = if text.contains("BEGIN RSA PUBLIC KEY") {
@@ -60,18 +65,25 @@ impl JwtVerifier {
         // The sweeper closes at `exp` exactly; accepting later would contradict it.
         validation.leeway = 0;
         validation.validate_aud = config.jwt_audience.is_some();
+        // With an audience configured, a token's `aud` (a string or an array, RFC 7519
+        // §4.1.3) must name it, among others or alone. Without one, `aud` is not looked
+        // at: the gateway does not claim to be any audience.
         if let Some(aud) = &config.jwt_audience {
             validation.set_audience(&[aud]);
         }
         if let Some(iss) = &config.jwt_issuer {
             validation.set_issuer(&[iss]);
         }
-        JwtVerifier { key, validation }
+        JwtVerifier {
+            key,
+            validation,
+            iat_leeway: config.jwt_iat_leeway.as_secs(),
+        }
     }
-}
 
-impl TokenVerifier for JwtVerifier {
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// [`TokenVerifier::verify`] at `now` (Unix seconds) for the checks made here;
+    /// jsonwebtoken checks `exp` and `nbf` against its own clock as well.
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -90,6 +102,7 @@ impl TokenVerifier for JwtVerifier {
             },
         )?;
         let claims = data.claims;
+        check_times(&claims, now, self.iat_leeway)?;
         if claims.sub.is_empty()
             || claims.sub.len() > Claims::MAX_SUB_LEN
             || Topic::user(&claims.sub).is_err()
@@ -110,6 +123,38 @@ impl TokenVerifier for JwtVerifier {
     }
 }
 
+impl TokenVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_at(token, unix_now())
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The claims' times at `now`: expired at `exp` itself (RFC 7519 §4.1.4: "on or after"),
+/// which is when the shard's sweeper closes the connection too; not valid before `nbf`;
+/// and not issued in the future, beyond `iat_leeway` seconds (PROTOCOL.md §1: `iat` is
+/// validated if present). Fractions of seconds were dropped when the claims were read.
+fn check_times(claims: &Claims, now: u64, iat_leeway: u64) -> Result<(), AuthError> {
+    if claims.exp <= now {
+        return Err(AuthError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now) {
+        return Err(AuthError::NotYetValid);
+    }
+    if claims
+        .iat
+        .is_some_and(|iat| iat > now.saturating_add(iat_leeway))
+    {
+        return Err(AuthError::BadClaims("`iat` is in the future".into()));
+    }
+    Ok(())
+}
+
 /// What `coregate token` puts in a token.
 #[derive(Clone, Debug)]
 pub struct TokenRequest {
@@ -126,16 +171,14 @@ pub fn mint_hs256(
     secret: &[u8],
     request: &TokenRequest,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now();
     let claims = Claims {
         sub: request.sub.clone(),
         exp: now + request.ttl.as_secs(),
         nbf: None,
         iat: Some(now),
         iss: request.issuer.clone(),
-        aud: request.audience.clone(),
+        aud: request.audience.clone().map(Audience::One),
         name: request.name.clone(),
         topics: request.topics.clone(),
     };
@@ -190,6 +233,142 @@ mod tests {
         let strict = JwtVerifier::hs256(SECRET, &config);
         assert!(matches!(
             strict.verify(&token),
+            Err(AuthError::BadClaims(_))
+        ));
+    }
+
+    /// Signs `claims` as an identity provider would, whatever their shape.
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("signs")
+    }
+
+    #[test]
+    fn array_aud_is_accepted_and_any_element_may_match() {
+        let exp = unix_now() + 600;
+        let token = sign(serde_json::json!({"sub": "ann", "exp": exp, "aud": ["api", "chat"]}));
+        let open = JwtVerifier::hs256(SECRET, &Config::default());
+        assert_eq!(
+            open.verify(&token).expect("no audience configured").user_id,
+            "ann"
+        );
+        let single = sign(serde_json::json!({"sub": "ann", "exp": exp, "aud": "other"}));
+        open.verify(&single).expect("a single aud, none configured");
+        let chat = JwtVerifier::hs256(
+            SECRET,
+            &Config {
+                jwt_audience: Some("chat".into()),
+                ..Config::default()
+            },
+        );
+        chat.verify(&token).expect("`chat` is one of the audiences");
+        let elsewhere = sign(serde_json::json!({"sub": "ann", "exp": exp, "aud": ["api", "web"]}));
+        assert_eq!(
+            chat.verify(&elsewhere).expect_err("no element matches"),
+            AuthError::BadClaims("wrong audience".into())
+        );
+        let none = sign(serde_json::json!({"sub": "ann", "exp": exp}));
+        assert_eq!(
+            chat.verify(&none)
+                .expect_err("aud required when configured"),
+            AuthError::BadClaims("missing `aud`".into())
+        );
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_accepted() {
+        let now = unix_now() as f64;
+        let token = sign(serde_json::json!({
+            "sub": "ann", "exp": now + 600.25, "nbf": now - 10.5, "iat": now - 0.75
+        }));
+        let verifier = JwtVerifier::hs256(SECRET, &Config::default());
+        let identity = verifier.verify(&token).expect("fractions are NumericDates");
+        assert_eq!(identity.expires_at, (now + 600.25).floor() as u64);
+        let expired = sign(serde_json::json!({"sub": "ann", "exp": now - 5.5}));
+        assert_eq!(
+            verifier.verify(&expired).expect_err("expired"),
+            AuthError::Expired
+        );
+    }
+
+    #[test]
+    fn iat_in_the_future_beyond_the_leeway_is_refused() {
+        let config = Config {
+            jwt_iat_leeway: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let verifier = JwtVerifier::hs256(SECRET, &config);
+        let now = unix_now();
+        let token =
+            |iat: u64| sign(serde_json::json!({"sub": "ann", "exp": now + 3600, "iat": iat}));
+        // At a fixed `now`: the leeway's edge, then one second past it.
+        verifier
+            .verify_at(&token(now + 60), now)
+            .expect("within the leeway");
+        assert_eq!(
+            verifier
+                .verify_at(&token(now + 61), now)
+                .expect_err("beyond"),
+            AuthError::BadClaims("`iat` is in the future".into())
+        );
+        verifier
+            .verify_at(&token(now - 3000), now)
+            .expect("issued in the past");
+        // The leeway is a setting.
+        let strict = JwtVerifier::hs256(
+            SECRET,
+            &Config {
+                jwt_iat_leeway: Duration::ZERO,
+                ..Config::default()
+            },
+        );
+        assert!(strict.verify_at(&token(now + 1), now).is_err());
+        strict.verify_at(&token(now), now).expect("issued now");
+    }
+
+    #[test]
+    fn times_at_a_driven_clock() {
+        let claims = |exp, nbf, iat| Claims {
+            sub: "ann".into(),
+            exp,
+            nbf,
+            iat,
+            iss: None,
+            aud: None,
+            name: None,
+            topics: Vec::new(),
+        };
+        assert_eq!(check_times(&claims(100, None, None), 99, 60), Ok(()));
+        assert_eq!(
+            check_times(&claims(100, None, None), 100, 60),
+            Err(AuthError::Expired),
+            "expired on its `exp` second"
+        );
+        assert_eq!(
+            check_times(&claims(200, Some(101), None), 100, 60),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            check_times(&claims(200, Some(100), Some(160)), 100, 60),
+            Ok(())
+        );
+        assert!(check_times(&claims(200, None, Some(161)), 100, 60).is_err());
+    }
+
+    #[test]
+    fn a_128_byte_sub_is_accepted_and_129_is_not() {
+        let verifier = JwtVerifier::hs256(SECRET, &Config::default());
+        let exp = unix_now() + 600;
+        let longest = "s".repeat(Claims::MAX_SUB_LEN);
+        let token = sign(serde_json::json!({"sub": longest, "exp": exp}));
+        assert_eq!(verifier.verify(&token).expect("128 bytes").user_id, longest);
+        let too_long = sign(serde_json::json!({"sub": "s".repeat(129), "exp": exp}));
+        assert!(matches!(
+            verifier.verify(&too_long),
             Err(AuthError::BadClaims(_))
         ));
     }

@@ -84,6 +84,11 @@ macro_rules! define_config {
             /// TOML configuration file; its keys are the flags' names with `_` for `-`.
             #[arg(long, env = "COREGATE_CONFIG", hide_env_values = true, value_name = "FILE")]
             pub config: Option<PathBuf>,
+            /// The settings (and `config`) whose value came from a `COREGATE_*`
+            /// variable, filled by [`ConfigArgs::note_sources`]: an error about one of
+            /// them names the variable the operator set, not the flag they did not use.
+            #[arg(skip)]
+            pub from_env: Vec<&'static str>,
             $($(
                 #[arg(
                     long,
@@ -141,6 +146,12 @@ macro_rules! define_config {
             }
         }
 
+        /// Every setting's name (its file key), in `--help`'s order.
+        pub const SETTING_NAMES: &[&str] = &[
+            $($( stringify!($name), )*)*
+            $( stringify!($sname), )*
+        ];
+
         /// Every setting, in `--help`'s order.
         #[cfg(test)]
         pub const SETTINGS: &[SettingInfo] = &[
@@ -165,6 +176,9 @@ macro_rules! define_config {
         ];
     };
 }
+
+/// The shortest HS256 secret and admin token accepted, in bytes.
+const MIN_SECRET_LEN: usize = 16;
 
 /// The `--help` section of the shard settings.
 const SHARD_HEADING: &str = "Connections (every shard)";
@@ -193,8 +207,17 @@ coregate_shards::shard_settings!(define_config! {
             /// Admin HTTP address: `/health`, `/ready`, `POST /publish`, `/metrics`.
             ///
             /// Loopback by default: `/publish` reaches every subscriber, so expose it
-            /// only where the backends are.
+            /// only where the backends are, on a private interface.
             admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090));
+
+            /// Bearer token that `POST /publish` (and any other route that changes
+            /// something) requires; none: not required.
+            ///
+            /// At least 16 bytes of printable ASCII. Requests without
+            /// `Authorization: Bearer <token>` get 401. A complement to a private
+            /// admin interface, not a replacement; prefer the environment or the file
+            /// to a flag, which shows in the process list.
+            admin_token: Option<String> = None;
 
             /// On SIGTERM, connections are closed 1012 spread over this window.
             ///
@@ -213,6 +236,12 @@ coregate_shards::shard_settings!(define_config! {
             /// the process list: prefer the environment or the file.
             jwt_secret: Option<String> = None;
 
+            /// File holding the HS256 shared secret (a trailing newline is ignored).
+            ///
+            /// The same secret as `jwt_secret`, kept out of the process list and the
+            /// environment. `coregate token --jwt-secret-file FILE` signs with it.
+            jwt_secret_file: Option<PathBuf> = None;
+
             /// PEM public key file for RS256 or ES256 tokens.
             jwt_public_key: Option<PathBuf> = None;
 
@@ -220,7 +249,15 @@ coregate_shards::shard_settings!(define_config! {
             jwt_issuer: Option<String> = None;
 
             /// Required `aud` of tokens; none: not checked.
+            ///
+            /// A token's `aud` may be one string or an array: one element must match.
             jwt_audience: Option<String> = None;
+
+            /// How far in the future a token's `iat` may be; beyond it the token is refused.
+            ///
+            /// Covers clock skew between the token issuer and this node. `exp` and
+            /// `nbf` get no leeway: connections are closed at `exp` exactly.
+            jwt_iat_leeway: Duration = Duration::from_secs(60);
         }
         "Redis and authorization" {
             /// Redis for multi-node pub/sub, e.g. `redis://127.0.0.1:6379`.
@@ -276,28 +313,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// A setting that cannot be used; the message names it. Exit code 2.
+/// A setting that cannot be used; the message names it (and the environment variable
+/// it came from, if it did). Exit code 2.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid setting `{name}`: {reason}")]
 pub struct ConfigError {
     pub name: &'static str,
     pub reason: String,
+    /// Whether the value came from the setting's `COREGATE_*` variable.
+    pub from_env: bool,
 }
 
-impl From<ShardConfigError> for ConfigError {
-    fn from(e: ShardConfigError) -> ConfigError {
+impl ConfigError {
+    pub fn new(name: &'static str, reason: impl Into<String>) -> ConfigError {
         ConfigError {
-            name: e.name,
-            reason: e.reason,
+            name,
+            reason: reason.into(),
+            from_env: false,
         }
     }
 }
 
-fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name,
-        reason: reason.into(),
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid setting `{}`", self.name)?;
+        if self.from_env {
+            write!(
+                f,
+                " (from the environment variable {}{})",
+                settings::ENV_PREFIX,
+                self.name.to_ascii_uppercase()
+            )?;
+        }
+        write!(f, ": {}", self.reason)
     }
+}
+
+impl From<ShardConfigError> for ConfigError {
+    fn from(e: ShardConfigError) -> ConfigError {
+        ConfigError::new(e.name, e.reason)
+    }
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new(name, reason)
 }
 
 impl ConfigArgs {
@@ -305,16 +363,36 @@ impl ConfigArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?
+                let read = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())));
+                let text = read.map_err(|e| self.attribute(e))?;
+                toml::from_str(&text).map_err(|e| {
+                    self.attribute(invalid("config", format!("{}: {e}", path.display())))
+                })?
             }
             None => Config::default(),
         };
         self.apply(&mut config);
-        config.validate()?;
+        config.validate().map_err(|e| self.attribute(e))?;
         Ok(config)
+    }
+
+    /// Records which settings `matches` (those these arguments were parsed from) took
+    /// from the environment.
+    pub fn note_sources(&mut self, matches: &clap::ArgMatches) {
+        let from_env = |name: &&'static str| {
+            matches.value_source(name) == Some(clap::parser::ValueSource::EnvVariable)
+        };
+        self.from_env = std::iter::once("config")
+            .chain(SETTING_NAMES.iter().copied())
+            .filter(from_env)
+            .collect();
+    }
+
+    /// `e`, saying so when its setting's value came from the environment.
+    pub fn attribute(&self, mut e: ConfigError) -> ConfigError {
+        e.from_env = self.from_env.contains(&e.name);
+        e
     }
 }
 
@@ -331,14 +409,36 @@ impl Config {
             }
         }
         self.cpu_list()?;
-        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+        let keys = [
+            ("jwt_secret", self.jwt_secret.is_some()),
+            ("jwt_secret_file", self.jwt_secret_file.is_some()),
+            ("jwt_public_key", self.jwt_public_key.is_some()),
+        ];
+        let given: Vec<&'static str> = keys
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .collect();
+        if let [first, second, ..] = given[..] {
             return Err(invalid(
-                "jwt_secret",
-                "give a secret or a public key, not both",
+                second,
+                format!("give one of a secret, a secret file or a public key, not `{first}` too"),
             ));
         }
-        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+        if self
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < MIN_SECRET_LEN)
+        {
             return Err(invalid("jwt_secret", "must be at least 16 bytes"));
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < MIN_SECRET_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "admin_token",
+                    "must be at least 16 bytes of printable ASCII without spaces",
+                ));
+            }
         }
         let positive = [
             ("redis_timeout", self.redis_timeout),
@@ -361,6 +461,30 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The HS256 secret: `jwt_secret`, or the contents of `jwt_secret_file` (without
+    /// its trailing newline); none when tokens are checked with a public key, or in
+    /// development mode.
+    pub fn hs256_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(Some(secret.as_bytes().to_vec()));
+        }
+        let Some(path) = &self.jwt_secret_file else {
+            return Ok(None);
+        };
+        let mut secret = std::fs::read(path)
+            .map_err(|e| invalid("jwt_secret_file", format!("{}: {e}", path.display())))?;
+        while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            secret.pop();
+        }
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(invalid(
+                "jwt_secret_file",
+                format!("{}: the secret must be at least 16 bytes", path.display()),
+            ));
+        }
+        Ok(Some(secret))
     }
 
     /// `--cpus` as a list: `0-3,8` → [0, 1, 2, 3, 8].
@@ -572,7 +696,8 @@ mod tests {
             "max_subscriptions = 50\nrate_limit_burst = 3\nheartbeat_interval = \"10s\"\n",
         )
         .expect("write");
-        // The only test that reads the environment: no other test parses flags.
+        // The only test that sets these variables (and the only other test that sets one,
+        // COREGATE_SHARDS, sets no setting read here).
         std::env::set_var("COREGATE_MAX_SUBSCRIPTIONS", "9");
         std::env::set_var("COREGATE_RATE_LIMIT_BURST", "7");
         let parsed = Serve::try_parse_from([
@@ -589,6 +714,92 @@ mod tests {
         assert_eq!(config.rate_limit_burst, 7, "environment over file");
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10), "file");
         assert_eq!(config.identify_timeout, Duration::from_secs(5), "default");
+    }
+
+    #[test]
+    fn an_error_names_the_variable_a_value_came_from() {
+        let mut args = ConfigArgs {
+            shards: Some(0),
+            ..ConfigArgs::default()
+        };
+        let e = args.load().expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "invalid setting `shards`: must be between 1 and 128"
+        );
+        args.from_env = vec!["shards"];
+        let e = args.load().expect_err("invalid");
+        assert!(e.from_env);
+        assert_eq!(
+            e.to_string(),
+            "invalid setting `shards` (from the environment variable COREGATE_SHARDS): \
+             must be between 1 and 128"
+        );
+        // Which values came from the environment, as clap saw it. (COREGATE_SHARDS is
+        // read by no other test.)
+        std::env::set_var("COREGATE_SHARDS", "3");
+        let matches =
+            Serve::command().try_get_matches_from(["coregate", "--max-subscriptions", "9"]);
+        std::env::remove_var("COREGATE_SHARDS");
+        let mut args = ConfigArgs::default();
+        args.note_sources(&matches.expect("valid"));
+        assert_eq!(args.from_env, vec!["shards"]);
+    }
+
+    #[test]
+    fn one_way_to_check_tokens_and_the_secret_file() {
+        let dir = std::env::temp_dir().join(format!("coregate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("secret");
+        std::fs::write(&file, "0123456789abcdef-from-a-file\n").expect("write");
+        let config = Config {
+            jwt_secret_file: Some(file.clone()),
+            ..Config::default()
+        };
+        config.validate().expect("valid");
+        assert_eq!(
+            config.hs256_secret().expect("readable"),
+            Some(b"0123456789abcdef-from-a-file".to_vec())
+        );
+        let both = Config {
+            jwt_secret: Some("0123456789abcdef".into()),
+            ..config.clone()
+        };
+        assert_eq!(both.validate().expect_err("two").name, "jwt_secret_file");
+        let short = dir.join("short");
+        std::fs::write(&short, "tiny\n").expect("write");
+        let config = Config {
+            jwt_secret_file: Some(short),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.hs256_secret().expect_err("short").name,
+            "jwt_secret_file"
+        );
+        let config = Config {
+            jwt_secret_file: Some(dir.join("missing")),
+            ..Config::default()
+        };
+        let e = config.hs256_secret().expect_err("missing");
+        assert!(e.reason.contains("missing"), "names the file: {e}");
+        assert_eq!(Config::default().hs256_secret().expect("none"), None);
+    }
+
+    #[test]
+    fn admin_token_must_be_long_and_printable() {
+        for bad in ["short", "sixteen bytes but spaced", "0123456789abcdef\n"] {
+            let config = Config {
+                admin_token: Some(bad.into()),
+                ..Config::default()
+            };
+            assert_eq!(config.validate().expect_err(bad).name, "admin_token");
+        }
+        let config = Config {
+            admin_token: Some("0123456789abcdef".into()),
+            ..Config::default()
+        };
+        config.validate().expect("valid");
+        assert_eq!(Config::default().jwt_iat_leeway, Duration::from_secs(60));
     }
 
     #[test]

@@ -134,12 +134,84 @@ async fn issuer_and_audience_are_checked_when_configured() {
         json!({"sub": "a", "exp": now() + 60, "iss": "https://auth.example"}),
         SECRET,
     );
-    for bad in [wrong_iss, wrong_aud, missing_iss, missing_aud] {
+    let wrong_auds = sign(
+        json!({"sub": "a", "exp": now() + 60, "iss": "https://auth.example", "aud": ["api", "web"]}),
+        SECRET,
+    );
+    for bad in [wrong_iss, wrong_aud, missing_iss, missing_aud, wrong_auds] {
         assert!(matches!(
             Client::try_connect(&gw, Some(&bad), TokenIn::Query, Encoding::Json).await,
             Err(ConnectError::Http(401))
         ));
     }
+    // RFC 7519: `aud` may be an array (one element must match) and NumericDates may
+    // have a fraction, as identity providers issue them.
+    let provider_style = sign(
+        json!({"sub": "a", "exp": now() as f64 + 60.5, "iat": now() as f64 - 0.25,
+               "iss": "https://auth.example", "aud": ["api", "chat"]}),
+        SECRET,
+    );
+    Client::ready(&gw, &provider_style, Encoding::Json).await;
+}
+
+#[tokio::test]
+async fn array_aud_is_accepted_with_no_audience_configured() {
+    let gw = Gateway::start(&[]);
+    let t = sign(
+        json!({"sub": "a", "exp": now() + 60, "aud": ["api", "chat"]}),
+        SECRET,
+    );
+    Client::ready(&gw, &t, Encoding::Json).await;
+}
+
+#[tokio::test]
+async fn iat_in_the_future_beyond_the_leeway_is_401() {
+    let gw = Gateway::start(&["--jwt-iat-leeway", "60s"]);
+    let issued = |iat: u64| sign(json!({"sub": "a", "exp": now() + 3600, "iat": iat}), SECRET);
+    Client::ready(&gw, &issued(now() + 5), Encoding::Json).await;
+    assert!(matches!(
+        Client::try_connect(
+            &gw,
+            Some(&issued(now() + 600)),
+            TokenIn::Query,
+            Encoding::Json
+        )
+        .await,
+        Err(ConnectError::Http(401))
+    ));
+}
+
+#[tokio::test]
+/// PROTOCOL.md §1 allows a `sub` of 128 bytes; its `user:<sub>` topic (133 bytes) fits
+/// the 160-byte topic limit of §3.
+async fn a_128_byte_sub_gets_ready_with_its_user_topic() {
+    let gw = Gateway::start(&[]);
+    let sub = format!("auth0|{}", "x".repeat(122));
+    assert_eq!(sub.len(), 128);
+    for encoding in BOTH {
+        let mut client = Client::ready(&gw, &token(&sub, &[]), encoding).await;
+        gw.publish(json!({"topic": format!("user:{sub}"), "op": "dm", "d": {"n": 1}}))
+            .await;
+        assert_eq!(client.expect_op("dm").await.d, json!({"n": 1}));
+        let mut in_band = Client::connect_anonymous(&gw, encoding).await;
+        in_band.expect_op("hello").await;
+        in_band
+            .send(ClientMessage::Identify {
+                token: token(&sub, &[]),
+            })
+            .await;
+        let ready = in_band.expect_op("ready").await;
+        assert_eq!(ready.d["user_id"], json!(sub));
+        assert_eq!(
+            topics_of(&ready),
+            vec!["global".to_owned(), format!("user:{sub}")]
+        );
+    }
+    let too_long = token(&"x".repeat(129), &[]);
+    assert!(matches!(
+        Client::try_connect(&gw, Some(&too_long), TokenIn::Query, Encoding::Json).await,
+        Err(ConnectError::Http(401))
+    ));
 }
 
 #[tokio::test]

@@ -8,8 +8,11 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// The longest topic (and pattern) accepted, in bytes.
-pub const MAX_TOPIC_LEN: usize = 128;
+/// The longest topic (and pattern) accepted, in bytes (PROTOCOL.md §3): room for
+/// `presence:<sub>`, the longest automatic topic, with the longest `sub` a token may
+/// carry (128 bytes, [`crate::Claims::MAX_SUB_LEN`]), and some to spare.
+pub const MAX_TOPIC_LEN: usize = 160;
+const _: () = assert!(MAX_TOPIC_LEN >= "presence:".len() + crate::claims::Claims::MAX_SUB_LEN);
 
 /// Why a topic or pattern was rejected.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -378,7 +381,7 @@ mod tests {
             (
                 &long,
                 TopicError::TooLong {
-                    len: 129,
+                    len: MAX_TOPIC_LEN + 1,
                     max: MAX_TOPIC_LEN,
                 },
             ),
@@ -410,6 +413,19 @@ mod tests {
         assert_eq!(
             Topic::with_namespace(Namespace::Global, ""),
             Ok(Topic::global())
+        );
+    }
+
+    #[test]
+    fn the_longest_sub_has_its_user_and_presence_topics() {
+        let sub = "s".repeat(crate::Claims::MAX_SUB_LEN);
+        assert_eq!(Topic::user(&sub).expect("user topic").as_str().len(), 133);
+        assert_eq!(
+            Topic::presence(&sub)
+                .expect("presence topic")
+                .as_str()
+                .len(),
+            137
         );
     }
 

@@ -5,9 +5,10 @@
 pub mod redis;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coregate_protocol::{
@@ -31,14 +32,64 @@ pub struct Gateway {
     child: Child,
     pub ws: SocketAddr,
     pub admin: SocketAddr,
+    /// What the process wrote on stderr so far, when [`Launch::capture_stderr`] asked.
+    stderr: Option<CapturedStderr>,
 }
 
-impl Gateway {
-    /// Starts `coregate` with the test secret, `extra` flags, and 2 shards unless
-    /// `extra` says otherwise.
-    pub fn start(extra: &[&str]) -> Gateway {
+/// A gateway's stderr, read into memory by a thread of its own (so that the gateway
+/// never blocks on a full pipe), whole once the process has ended.
+struct CapturedStderr {
+    text: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CapturedStderr {
+    fn start(child: &mut Child) -> CapturedStderr {
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        CapturedStderr {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
+
+    /// Everything, once the writer is gone.
+    fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.text()
+    }
+}
+
+/// How to start a gateway: [`Gateway::start`]'s defaults (free ports, the test secret,
+/// 2 shards, stderr inherited), or exactly the given flags, with extra environment
+/// variables and stderr captured.
+pub struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    capture_stderr: bool,
+}
+
+impl Launch {
+    /// `serve` on free loopback ports with the test secret, `extra` flags, and 2 shards
+    /// unless `extra` says otherwise.
+    pub fn new(extra: &[&str]) -> Launch {
         let mut args = vec![
-            "serve",
             "--listen",
             "127.0.0.1:0",
             "--admin",
@@ -50,21 +101,67 @@ impl Gateway {
             args.extend_from_slice(&["--shards", "2"]);
         }
         args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coregate"))
-            .args(&args)
+        Launch::bare(&args)
+    }
+
+    /// `serve` with exactly `args`.
+    pub fn bare(args: &[&str]) -> Launch {
+        Launch {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: Vec::new(),
+            capture_stderr: false,
+        }
+    }
+
+    /// Sets an environment variable of the process (`RUST_LOG` too, which is otherwise
+    /// `$GATEWAY_LOG` or `warn`).
+    pub fn env(mut self, name: &str, value: &str) -> Launch {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Collects stderr instead of passing it through: see [`Gateway::stderr`].
+    pub fn capture_stderr(mut self) -> Launch {
+        self.capture_stderr = true;
+        self
+    }
+
+    fn spawn(&self) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_coregate"));
+        command
+            .arg("serve")
+            .args(&self.args)
             .env(
                 "RUST_LOG",
                 std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("coregate starts");
+            .stderr(if self.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        command.spawn().expect("coregate starts")
+    }
+
+    /// Starts the gateway and waits for its readiness line; panics (with what it
+    /// wrote on stderr, if captured) if it exits first.
+    pub fn start(self) -> Gateway {
+        let mut child = self.spawn();
+        let mut stderr = self
+            .capture_stderr
+            .then(|| CapturedStderr::start(&mut child));
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("readiness line");
+        let read = BufReader::new(stdout).read_line(&mut line);
+        if read.is_err() || line.is_empty() {
+            let status = child.wait().unwrap();
+            let text = stderr.as_mut().map(|s| s.finish()).unwrap_or_default();
+            panic!("coregate exited ({status}) before listening: {text}");
+        }
         let addr = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -76,7 +173,81 @@ impl Gateway {
             ws: addr("ws="),
             admin: addr("admin="),
             child,
+            stderr,
         }
+    }
+
+    /// Runs a gateway that is expected to refuse to start: its exit code and stderr.
+    /// Panics if it is still running after `limit` (it is killed then).
+    pub fn run_to_exit(mut self, limit: Duration) -> (Option<i32>, String) {
+        self.capture_stderr = true;
+        let mut child = self.spawn();
+        let mut stderr = CapturedStderr::start(&mut child);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), stderr.finish());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "coregate still running after {limit:?}: {}",
+                    stderr.finish()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1 (for tests that need a fixed
+/// `--listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    /// Starts `coregate` with the test secret, `extra` flags, and 2 shards unless
+    /// `extra` says otherwise.
+    pub fn start(extra: &[&str]) -> Gateway {
+        Launch::new(extra).start()
+    }
+
+    /// What the gateway wrote on stderr so far (it must have been started with
+    /// [`Launch::capture_stderr`]).
+    pub fn stderr(&self) -> String {
+        self.stderr.as_ref().expect("stderr captured").text()
+    }
+
+    /// Waits until the captured stderr contains `needle`; all of it so far.
+    pub async fn wait_for_stderr(&self, needle: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let text = self.stderr();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on stderr after {limit:?}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM, waits for the process to exit, and returns all it wrote on
+    /// stderr (captured) and its exit code.
+    pub fn stop(&mut self, limit: Duration) -> (Option<i32>, String) {
+        self.signal_term();
+        let code = self.wait_exit(limit);
+        assert!(code.is_some(), "still running {limit:?} after SIGTERM");
+        let text = self.stderr.as_mut().expect("stderr captured").finish();
+        (code, text)
     }
 
     pub fn url(&self, query: &str) -> String {
@@ -209,14 +380,37 @@ pub fn metric_samples(text: &str, name: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// A minimal HTTP/1.1 request over a real socket: `(status, body)`.
+/// A minimal HTTP/1.1 request over a real socket, with a JSON body: `(status, body)`.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with_headers(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// A minimal HTTP/1.1 request with exactly `headers` (besides `Host`,
+/// `Content-Length` and `Connection`): `(status, body)`.
+pub async fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("admin reachable");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
+    ));
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
