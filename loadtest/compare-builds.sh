@@ -9,7 +9,7 @@
 #   fanout0   fanout -s 5000 -t 1 -r 200        -> deliveries per gateway CPU-second
 #   fanout20  the same with --batch-delay 20ms  -> deliveries per gateway CPU-second
 #   p99       fanout -s 2000 -t 10 -r 200       -> publish->receive p99 (us)
-# and prints one line per run; the JSON reports stay in $OUT (default /tmp/compare-builds).
+# (SCENARIOS="idle15k p99" runs a subset) and prints one line per run; the JSON reports stay in $OUT (default /tmp/compare-builds).
 # The harness is this checkout's target/release/loadtest. Loopback only, bounded in time.
 set -euo pipefail
 OLD=${1:?old coregate binary}
@@ -50,7 +50,7 @@ run() {
       start_gateway "$bin"
       "$LT" idle --url "ws://$WS/ws" --secret $S -n 15000 --max-per-process 5000 \
         --source-addrs 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --settle 3s --duration 5s \
-        --gateway-pid "$GWPID" --json "$json" >/dev/null
+        --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
       echo "$round $build idle15k bytes/conn $(field "$json" "round(r['gateway']['bytes_per_connection'])")"
       ;;
     fanout0 | fanout20)
@@ -58,13 +58,13 @@ run() {
       start_gateway "$bin" --batch-delay $delay
       "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 5000 -t 1 -r 200 \
         --payload-bytes 100 --duration 10s --source-addrs 127.0.0.1,127.0.0.2 \
-        --gateway-pid "$GWPID" --json "$json" >/dev/null
+        --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
       echo "$round $build $name deliveries/cpu-s $(field "$json" "round(r['gateway']['deliveries_per_cpu_s'])") deliveries/s $(field "$json" "round(r['fanout']['deliveries_per_s'])")"
       ;;
     p99)
       start_gateway "$bin"
       "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 2000 -t 10 -r 200 \
-        --payload-bytes 100 --duration 10s --gateway-pid "$GWPID" --json "$json" >/dev/null
+        --payload-bytes 100 --duration 10s --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
       echo "$round $build p99 latency_us p50 $(field "$json" "r['fanout']['latency_us']['p50']") p99 $(field "$json" "r['fanout']['latency_us']['p99']")"
       ;;
   esac
@@ -72,7 +72,7 @@ run() {
 }
 
 for round in $(seq "$ROUNDS"); do
-  for name in idle15k fanout0 fanout20 p99; do
+  for name in ${SCENARIOS:-idle15k fanout0 fanout20 p99}; do
     # Alternate which build goes first, so that neither always runs on a warmer machine.
     if [ $((round % 2)) -eq 1 ]; then order="old new"; else order="new old"; fi
     for build in $order; do

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::ShardConfig;
-use crate::rate_limit::TokenBucket;
+use crate::rate_limit::{Bucket, Rate};
 
 /// Per-IP buckets kept at most; past this, full (idle) buckets are forgotten first.
 const MAX_TRACKED_IPS: usize = 65_536;
@@ -33,11 +33,11 @@ pub enum Denied {
 #[derive(Debug)]
 pub struct Admission {
     max_connections: usize,
-    ip_connect_rate: u32,
-    ip_connect_burst: u32,
+    /// Attempts per second per address; `None`: no limit.
+    ip_rate: Option<Rate>,
     max_connections_per_user: usize,
     open: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, TokenBucket>>,
+    per_ip: Mutex<HashMap<IpAddr, Bucket>>,
     per_user: Mutex<HashMap<Box<str>, usize>>,
 }
 
@@ -45,8 +45,13 @@ impl Admission {
     pub fn new(config: &ShardConfig) -> Admission {
         Admission {
             max_connections: config.max_connections,
-            ip_connect_rate: config.ip_connect_rate,
-            ip_connect_burst: config.ip_connect_burst,
+            ip_rate: (config.ip_connect_rate > 0).then(|| {
+                Rate::new(
+                    config.ip_connect_rate,
+                    Duration::from_secs(1),
+                    config.ip_connect_burst.max(config.ip_connect_rate),
+                )
+            }),
             max_connections_per_user: config.max_connections_per_user,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -57,8 +62,8 @@ impl Admission {
     /// Admits one more connection from `ip`: within the node's maximum and the
     /// address's attempt rate. Every attempt counts against the rate, admitted or not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionSlot, Denied> {
-        if self.ip_connect_rate > 0 {
-            self.take_ip_attempt(ip, now)?;
+        if let Some(rate) = &self.ip_rate {
+            self.take_ip_attempt(rate, ip, now)?;
         }
         let open = self.open.fetch_add(1, Ordering::Relaxed);
         let slot = ConnectionSlot(self.clone());
@@ -68,27 +73,20 @@ impl Admission {
         Ok(slot)
     }
 
-    fn take_ip_attempt(&self, ip: IpAddr, now: Instant) -> Result<(), Denied> {
+    fn take_ip_attempt(&self, rate: &Rate, ip: IpAddr, now: Instant) -> Result<(), Denied> {
         let mut per_ip = lock(&self.per_ip);
         if per_ip.len() >= MAX_TRACKED_IPS && !per_ip.contains_key(&ip) {
-            per_ip.retain(|_, bucket| !bucket.is_full(now));
+            per_ip.retain(|_, bucket| !bucket.is_full(rate, now));
             if per_ip.len() >= MAX_TRACKED_IPS {
                 per_ip.clear();
             }
         }
-        let bucket = per_ip.entry(ip).or_insert_with(|| {
-            TokenBucket::new(
-                self.ip_connect_rate,
-                Duration::from_secs(1),
-                self.ip_connect_burst.max(self.ip_connect_rate),
-                now,
-            )
-        });
-        if bucket.try_take(now) {
+        let bucket = per_ip.entry(ip).or_insert_with(|| Bucket::full(rate, now));
+        if bucket.try_take(rate, now) {
             Ok(())
         } else {
             Err(Denied::IpRate {
-                retry_after: bucket.retry_after(now),
+                retry_after: bucket.retry_after(rate, now),
             })
         }
     }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use super::handshake::Upgraded;
 use super::LocalShard;
+use crate::admission::ConnectionSlot;
 use crate::authorizer::MembershipError;
 use crate::hub::{ConnKey, MembershipWait};
 use crate::session::{Now, Transmit};
@@ -40,31 +42,56 @@ struct Writing {
     written: usize,
 }
 
-struct Connection<'a> {
-    shard: &'a Rc<LocalShard>,
+struct Connection {
+    shard: Rc<LocalShard>,
     stream: TcpStream,
     key: ConnKey,
     writing: Option<Writing>,
     /// The socket's read side has ended (EOF while closing).
     eof: bool,
+    /// The connection's place in the node's maximum, given back when the task ends.
+    _slot: ConnectionSlot,
 }
 
-/// Runs the connection `key` over `stream` until it ends; the caller removes it from the hub.
-pub(super) async fn run(shard: &Rc<LocalShard>, stream: TcpStream, key: ConnKey) {
-    let mut connection = Connection {
+/// Registers an upgraded connection with the hub and returns its task. A plain
+/// function on purpose: a task's future lives, at the size of its largest state, as
+/// long as the connection, and what is taken apart here (the upgrade's results) then
+/// stays out of it; only the [`Connection`] is kept.
+pub(super) fn session_task(
+    shard: Rc<LocalShard>,
+    upgraded: Upgraded,
+) -> impl std::future::Future<Output = ()> {
+    let Upgraded {
+        stream,
+        encoding,
+        slot,
+        identity,
+    } = upgraded;
+    let key = shard
+        .hub
+        .borrow_mut()
+        .connect(encoding, identity, Now::system());
+    Connection {
         shard,
         stream,
         key,
         writing: None,
         eof: false,
-    };
-    if let End::Flushed = poll_fn(|cx| connection.poll(cx)).await {
-        // Boxed: the linger's timer and buffer are needed only while closing.
-        Box::pin(connection.finish_close()).await;
+        _slot: slot,
     }
+    .run()
 }
 
-impl Connection<'_> {
+impl Connection {
+    /// Runs the connection until it ends, then removes it from the hub.
+    async fn run(mut self) {
+        if let End::Flushed = poll_fn(|cx| self.poll(cx)).await {
+            // Boxed: the linger's timer and buffer are needed only while closing.
+            Box::pin(self.finish_close()).await;
+        }
+        self.shard.hub.borrow_mut().remove(self.key);
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
             if let Poll::Ready(end) = self.poll_write(cx) {
@@ -89,7 +116,7 @@ impl Connection<'_> {
                     .register_waker(self.key, cx.waker());
                 return Poll::Pending;
             }
-            let shard = self.shard;
+            let shard = &self.shard;
             let mut buf = shard.read_buf.borrow_mut();
             match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -121,7 +148,7 @@ impl Connection<'_> {
     /// Writes what the session hands out until the socket would block. `Ready` only
     /// when the socket failed.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        let shard = self.shard;
+        let shard = &self.shard;
         loop {
             if self.writing.is_none() {
                 let transmit = shard

@@ -12,7 +12,6 @@ use glommio::net::TcpStream;
 use super::{connection, LocalShard};
 use crate::admission::{ConnectionSlot, Denied, UserSlot};
 use crate::auth::Identity;
-use crate::session::Now;
 use crate::stats::ShardStats;
 use crate::upgrade::{self, Refusal, UpgradeRequest};
 
@@ -27,18 +26,18 @@ const NODE_FULL_RETRY_AFTER_SECS: u64 = 5;
 /// this task, so an idle connection keeps only what its session needs.
 pub(super) async fn serve_connection(shard: Rc<LocalShard>, stream: TcpStream) {
     if let Some(upgraded) = upgrade_connection(&shard, stream).await {
-        glommio::spawn_local(run_session(shard, upgraded)).detach();
+        glommio::spawn_local(connection::session_task(shard, upgraded)).detach();
     }
 }
 
 /// A connection whose upgrade succeeded: the 101 response has been written.
-struct Upgraded {
-    stream: TcpStream,
-    encoding: coregate_protocol::Encoding,
+pub(super) struct Upgraded {
+    pub(super) stream: TcpStream,
+    pub(super) encoding: coregate_protocol::Encoding,
     /// Its place in the node's maximum, held until the connection ends.
-    slot: ConnectionSlot,
+    pub(super) slot: ConnectionSlot,
     /// Set when the token came with the upgrade; `None` means in-band `identify`.
-    identity: Option<(Identity, UserSlot)>,
+    pub(super) identity: Option<(Identity, UserSlot)>,
 }
 
 /// Reads and answers the upgrade request; `None` when it was refused or the peer left.
@@ -119,22 +118,6 @@ fn refusal_for(denied: Denied) -> Refusal {
         },
         Denied::UserLimit => Refusal::UserLimit,
     }
-}
-
-/// The WebSocket session of an upgraded connection, until it closes.
-async fn run_session(shard: Rc<LocalShard>, upgraded: Upgraded) {
-    let Upgraded {
-        stream,
-        encoding,
-        slot: _held_until_closed,
-        identity,
-    } = upgraded;
-    let key = shard
-        .hub
-        .borrow_mut()
-        .connect(encoding, identity, Now::system());
-    connection::run(&shard, stream, key).await;
-    shard.hub.borrow_mut().remove(key);
 }
 
 /// Reads the HTTP upgrade request. `Err(None)`: the peer went away.

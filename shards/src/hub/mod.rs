@@ -30,7 +30,7 @@ use crate::config::ShardConfig;
 use crate::session::outbox::LocalDelivery;
 use crate::session::{
     CloseReason, Enqueued, Now, PendingSubscribe, Scratch, Session, SessionCtx, SessionEvent,
-    Transmit,
+    SessionRates, Transmit,
 };
 use crate::stats::ShardStats;
 use topic_table::LocalTopicTable;
@@ -70,6 +70,7 @@ impl Slot {
 /// The parts of the hub every session call borrows, apart from the slab.
 struct Parts {
     config: Arc<ShardConfig>,
+    rates: SessionRates,
     stats: Arc<ShardStats>,
     verifier: Arc<dyn TokenVerifier>,
     admission: Arc<Admission>,
@@ -82,6 +83,7 @@ impl Parts {
     fn ctx(&mut self) -> SessionCtx<'_> {
         SessionCtx {
             config: &self.config,
+            rates: &self.rates,
             stats: &self.stats,
             verifier: &*self.verifier,
             admission: &self.admission,
@@ -128,6 +130,7 @@ impl LocalHub {
             next_generation: 0,
             topics: LocalTopicTable::default(),
             parts: Parts {
+                rates: SessionRates::new(&config),
                 config,
                 stats,
                 verifier,
@@ -164,7 +167,12 @@ impl LocalHub {
             index: entry.key() as u32,
             generation,
         };
-        let mut session = Box::new(Session::new(encoding, &self.parts.config, now.instant));
+        let mut session = Box::new(Session::new(
+            encoding,
+            &self.parts.config,
+            &self.parts.rates,
+            now.instant,
+        ));
         session.start(identity, now, &mut self.parts.ctx());
         entry.insert(Slot {
             generation,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::rate_limit::TokenBucket;
+use crate::rate_limit::{Bucket, Rate};
 
 /// What an [`Allowance`] says about one more message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -18,37 +18,35 @@ pub enum Charge {
     Flood,
 }
 
-/// A rate for one kind of message plus the count of refusals in a row: a client that
-/// slows down when told is served again, one that keeps sending is closed.
+/// One connection's tokens for one kind of message, plus the count of refusals in a
+/// row: a client that slows down when told is served again, one that keeps sending is
+/// closed. The rate is the caller's, kept once per shard.
 #[derive(Clone, Debug)]
 pub struct Allowance {
-    bucket: TokenBucket,
+    bucket: Bucket,
     refused_in_a_row: u32,
-    flood_after: u32,
 }
 
 impl Allowance {
-    /// `rate` per `per`, `burst` at once; past `flood_after` refusals in a row, [`Charge::Flood`].
-    pub fn new(rate: u32, per: Duration, burst: u32, flood_after: u32, now: Instant) -> Self {
+    pub fn new(rate: &Rate, now: Instant) -> Self {
         Allowance {
-            bucket: TokenBucket::new(rate, per, burst, now),
+            bucket: Bucket::full(rate, now),
             refused_in_a_row: 0,
-            flood_after,
         }
     }
 
-    /// Charges one message.
-    pub fn charge(&mut self, now: Instant) -> Charge {
-        if self.bucket.try_take(now) {
+    /// Charges one message at `rate`; past `flood_after` refusals in a row, [`Charge::Flood`].
+    pub fn charge(&mut self, rate: &Rate, flood_after: u32, now: Instant) -> Charge {
+        if self.bucket.try_take(rate, now) {
             self.refused_in_a_row = 0;
             return Charge::Allowed;
         }
         self.refused_in_a_row += 1;
-        if self.refused_in_a_row > self.flood_after {
+        if self.refused_in_a_row > flood_after {
             return Charge::Flood;
         }
         Charge::Refused {
-            retry_after: self.bucket.retry_after(now),
+            retry_after: self.bucket.retry_after(rate, now),
         }
     }
 }
@@ -60,14 +58,31 @@ mod tests {
     #[test]
     fn refusals_in_a_row_end_in_a_flood_and_an_allowed_message_resets_them() {
         let t0 = Instant::now();
-        let mut allowance = Allowance::new(1, Duration::from_secs(1), 1, 2, t0);
-        assert_eq!(allowance.charge(t0), Charge::Allowed);
-        assert!(matches!(allowance.charge(t0), Charge::Refused { .. }));
-        assert!(matches!(allowance.charge(t0), Charge::Refused { .. }));
+        let rate = Rate::new(1, Duration::from_secs(1), 1);
+        let mut allowance = Allowance::new(&rate, t0);
+        assert_eq!(allowance.charge(&rate, 2, t0), Charge::Allowed);
+        assert!(matches!(
+            allowance.charge(&rate, 2, t0),
+            Charge::Refused { .. }
+        ));
+        assert!(matches!(
+            allowance.charge(&rate, 2, t0),
+            Charge::Refused { .. }
+        ));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(allowance.charge(t1), Charge::Allowed, "slowed down: served");
-        assert!(matches!(allowance.charge(t1), Charge::Refused { .. }));
-        assert!(matches!(allowance.charge(t1), Charge::Refused { .. }));
-        assert_eq!(allowance.charge(t1), Charge::Flood);
+        assert_eq!(
+            allowance.charge(&rate, 2, t1),
+            Charge::Allowed,
+            "slowed down: served"
+        );
+        assert!(matches!(
+            allowance.charge(&rate, 2, t1),
+            Charge::Refused { .. }
+        ));
+        assert!(matches!(
+            allowance.charge(&rate, 2, t1),
+            Charge::Refused { .. }
+        ));
+        assert_eq!(allowance.charge(&rate, 2, t1), Charge::Flood);
     }
 }

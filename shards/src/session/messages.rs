@@ -74,7 +74,7 @@ impl Session {
         };
         let user_id = identity.user_id.clone();
         self.set_identity(identity, now);
-        self.lift_pre_ready_limits(now.instant, ctx.config);
+        self.lift_pre_ready_limits(ctx.config);
         let automatic = [user_topic, Topic::global()];
         for topic in &automatic {
             self.hold(topic.clone(), ctx);
@@ -95,7 +95,7 @@ impl Session {
     /// deadline on the monotonic clock.
     fn set_identity(&mut self, identity: Identity, now: Now) {
         let left = Duration::from_secs(identity.expires_at.saturating_sub(now.unix_secs));
-        self.token_deadline = Some(now.instant + left);
+        self.deadline = now.instant + left;
         self.identity = Some(identity);
     }
 
@@ -132,8 +132,8 @@ impl Session {
         let mut removed = Vec::new();
         for raw in dedup(requested) {
             if let Ok(topic) = Topic::parse(raw) {
-                if self.membership_checks > 0 {
-                    self.unsubscribed_while_checking.push(topic.clone());
+                if let Some(waits) = &mut self.membership_waits {
+                    waits.unsubscribed.push(topic.clone());
                 }
                 if let Some(at) = self.subscriptions.iter().position(|t| *t == topic) {
                     self.subscriptions.swap_remove(at);

@@ -44,6 +44,7 @@ use crate::config::ShardConfig;
 use crate::stats::ShardStats;
 use crate::ws::{self, BufferedIo};
 
+use crate::rate_limit::Rate;
 use allowance::{Allowance, Charge};
 pub use close::CloseReason;
 use outbox::Outbox;
@@ -114,9 +115,43 @@ pub struct Scratch {
     control: Vec<u8>,
 }
 
+/// The per-connection rates, made once per shard from its configuration (each
+/// connection keeps only its tokens).
+#[derive(Clone, Debug)]
+pub struct SessionRates {
+    events: Rate,
+    pings: Rate,
+    pings_before_ready: Rate,
+}
+
+impl SessionRates {
+    pub fn new(config: &ShardConfig) -> SessionRates {
+        let second = Duration::from_secs(1);
+        SessionRates {
+            events: Rate::new(
+                config.rate_limit_events,
+                config.rate_limit_window,
+                config.rate_limit_burst,
+            ),
+            pings: Rate::new(PING_RATE_PER_SEC, second, PING_BURST),
+            pings_before_ready: Rate::new(1, second, PRE_READY_PING_BURST),
+        }
+    }
+}
+
+/// Subscribes waiting for membership verdicts, and the topics unsubscribed meanwhile:
+/// the client's later word wins over a late verdict. Boxed in the session, and there
+/// only while checks are outstanding.
+#[derive(Debug, Default)]
+struct MembershipWaits {
+    outstanding: u32,
+    unsubscribed: Vec<Topic>,
+}
+
 /// What a session may use of its shard while it handles something.
 pub struct SessionCtx<'a> {
     pub config: &'a ShardConfig,
+    pub rates: &'a SessionRates,
     pub stats: &'a ShardStats,
     pub verifier: &'a dyn TokenVerifier,
     pub admission: &'a Arc<Admission>,
@@ -130,11 +165,11 @@ pub struct SessionCtx<'a> {
 pub struct Session {
     encoding: Encoding,
     session_id: Uuid,
-    connected_at: Instant,
+    /// Before `ready`, when the client must have identified; after, when its token
+    /// expires (on the monotonic clock). One field: a connection has one or the other.
+    deadline: Instant,
     last_seen: Instant,
     identity: Option<Identity>,
-    /// When the token expires, on the monotonic clock.
-    token_deadline: Option<Instant>,
     /// The user's connection place, given back when the session is dropped.
     user_slot: Option<UserSlot>,
     subscriptions: Vec<Topic>,
@@ -149,23 +184,23 @@ pub struct Session {
     over_budget_since: Option<Instant>,
     events_allowance: Allowance,
     pings_allowance: Allowance,
-    /// Subscribes waiting for membership verdicts.
-    membership_checks: u32,
-    /// Topics unsubscribed while membership checks were outstanding: the client's later
-    /// word wins over a late verdict.
-    unsubscribed_while_checking: Vec<Topic>,
+    membership_waits: Option<Box<MembershipWaits>>,
 }
 
 impl Session {
     /// A new connection; nothing is queued until [`Session::start`].
-    pub fn new(encoding: Encoding, config: &ShardConfig, now: Instant) -> Session {
+    pub fn new(
+        encoding: Encoding,
+        config: &ShardConfig,
+        rates: &SessionRates,
+        now: Instant,
+    ) -> Session {
         Session {
             encoding,
             session_id: Uuid::new_v4(),
-            connected_at: now,
+            deadline: now + config.identify_timeout,
             last_seen: now,
             identity: None,
-            token_deadline: None,
             user_slot: None,
             subscriptions: Vec::new(),
             outbox: Outbox::default(),
@@ -174,22 +209,9 @@ impl Session {
             aborted: false,
             peer_closed: false,
             over_budget_since: None,
-            events_allowance: Allowance::new(
-                config.rate_limit_events,
-                config.rate_limit_window,
-                config.rate_limit_burst,
-                config.flood_close_after,
-                now,
-            ),
-            pings_allowance: Allowance::new(
-                1,
-                Duration::from_secs(1),
-                PRE_READY_PING_BURST,
-                config.flood_close_after,
-                now,
-            ),
-            membership_checks: 0,
-            unsubscribed_while_checking: Vec::new(),
+            events_allowance: Allowance::new(&rates.events, now),
+            pings_allowance: Allowance::new(&rates.pings_before_ready, now),
+            membership_waits: None,
         }
     }
 
@@ -265,9 +287,8 @@ impl Session {
             return (!self.aborted).then_some(since + CLOSE_FLUSH_LIMIT);
         }
         let heartbeat = self.last_seen + config.heartbeat_interval * 2;
-        let identify = (!self.is_ready()).then_some(self.connected_at + config.identify_timeout);
         let slow = self.over_budget_since.map(|s| s + config.slow_client_grace);
-        [Some(heartbeat), identify, self.token_deadline, slow]
+        [Some(heartbeat), Some(self.deadline), slow]
             .into_iter()
             .flatten()
             .min()
@@ -284,12 +305,12 @@ impl Session {
             return;
         }
         let config = ctx.config;
-        let reason = if !self.is_ready()
-            && now.saturating_duration_since(self.connected_at) >= config.identify_timeout
-        {
-            Some(CloseReason::IdentifyTimeout)
-        } else if self.token_deadline.is_some_and(|deadline| now >= deadline) {
-            Some(CloseReason::TokenExpired)
+        let reason = if now >= self.deadline {
+            Some(if self.is_ready() {
+                CloseReason::TokenExpired
+            } else {
+                CloseReason::IdentifyTimeout
+            })
         } else if now.saturating_duration_since(self.last_seen) >= config.heartbeat_interval * 2 {
             Some(CloseReason::HeartbeatTimeout)
         } else if self
@@ -324,7 +345,7 @@ impl Session {
                 Ok(Message::Close(_)) => self.peer_closed = true,
                 // Answered by tungstenite already; charged like the protocol's pings.
                 Ok(Message::Ping(_)) => {
-                    if self.pings_allowance.charge(now.instant) == Charge::Flood {
+                    if self.charge(true, now.instant, ctx) == Charge::Flood {
                         close = Some(CloseReason::Flood);
                     }
                 }
@@ -384,20 +405,30 @@ impl Session {
         }
     }
 
-    /// What `ready` lifts: the pre-`ready` limits on message size and pings.
-    fn lift_pre_ready_limits(&mut self, now: Instant, config: &ShardConfig) {
+    /// What `ready` lifts: the pre-`ready` limit on message size (pings follow the
+    /// readiness in [`Session::charge`]).
+    fn lift_pre_ready_limits(&mut self, config: &ShardConfig) {
         let max = config.max_message_size;
         self.ws.set_config(|c| {
             c.max_message_size = Some(max);
             c.max_frame_size = Some(max);
         });
-        self.pings_allowance = Allowance::new(
-            PING_RATE_PER_SEC,
-            Duration::from_secs(1),
-            PING_BURST,
-            config.flood_close_after,
-            now,
-        );
+    }
+
+    /// Charges one message, a ping or another, to its allowance.
+    fn charge(&mut self, is_ping: bool, now: Instant, ctx: &SessionCtx) -> Charge {
+        let flood_after = ctx.config.flood_close_after;
+        if !is_ping {
+            return self
+                .events_allowance
+                .charge(&ctx.rates.events, flood_after, now);
+        }
+        let rate = if self.is_ready() {
+            &ctx.rates.pings
+        } else {
+            &ctx.rates.pings_before_ready
+        };
+        self.pings_allowance.charge(rate, flood_after, now)
     }
 
     /// One WebSocket data message: one or more protocol messages, each charged to its
@@ -419,12 +450,7 @@ impl Session {
                 ),
                 Err(bad) => (false, bad.r#ref),
             };
-            let allowance = if is_ping {
-                &mut self.pings_allowance
-            } else {
-                &mut self.events_allowance
-            };
-            match allowance.charge(now.instant) {
+            match self.charge(is_ping, now.instant, ctx) {
                 Charge::Allowed => {}
                 Charge::Refused { retry_after } => {
                     self.reply(

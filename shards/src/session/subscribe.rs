@@ -159,7 +159,7 @@ impl Session {
             return;
         }
         request.question = Some((user_id, lookup));
-        self.membership_checks += 1;
+        self.membership_waits.get_or_insert_default().outstanding += 1;
         ctx.events.push(SessionEvent::CheckMembership(request));
     }
 
@@ -171,10 +171,12 @@ impl Session {
         now: Instant,
         ctx: &mut SessionCtx,
     ) {
-        self.membership_checks = self.membership_checks.saturating_sub(1);
-        request.forget(&self.unsubscribed_while_checking);
-        if self.membership_checks == 0 {
-            self.unsubscribed_while_checking = Vec::new();
+        if let Some(waits) = &mut self.membership_waits {
+            request.forget(&waits.unsubscribed);
+            waits.outstanding = waits.outstanding.saturating_sub(1);
+            if waits.outstanding == 0 {
+                self.membership_waits = None;
+            }
         }
         if !self.is_closing() {
             self.finish_subscribe(request, ctx);
