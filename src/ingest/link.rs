@@ -218,27 +218,33 @@ impl Node {
         }
     }
 
-    /// Opens both connections; on failure, schedules the next attempt.
+    /// Opens both connections and subscribes every topic of interest again; on failure,
+    /// schedules the next attempt. The node says it is connected (`/ready`, `/publish`)
+    /// only once the subscriptions are in place: from then on deliveries flow.
     async fn connect(&mut self) {
         match tokio::time::timeout(self.settings.timeout, self.open()).await {
             Ok(Ok((subscriber, publisher))) => {
                 let down_for = self.backoff.outage_age(Instant::now());
+                self.backoff.reset();
                 self.subscriber = Some(subscriber);
                 self.publisher_conn.send_replace(Some(publisher));
-                self.backoff.reset();
+                self.subscriptions.reset(self.router.topics());
+                self.sync_subscriptions().await;
+                if self.subscriber.is_none() {
+                    // Lost while subscribing: `lost` scheduled the next attempt.
+                    return;
+                }
                 self.stats.redis_connected.store(true, Ordering::Relaxed);
-                let topics = self.router.topics().count() as u64;
+                let topics = self.subscriptions.len() as u64;
                 if self.ever_connected {
                     self.stats
                         .redis_resubscriptions
                         .fetch_add(topics, Ordering::Relaxed);
-                    tracing::info!(topics, ?down_for, "Redis reconnected: subscribing again");
+                    tracing::info!(topics, ?down_for, "Redis reconnected: subscribed again");
                 } else {
                     tracing::info!("Redis connected");
                 }
                 self.ever_connected = true;
-                self.subscriptions.reset(self.router.topics());
-                self.sync_subscriptions().await;
             }
             Ok(Err(error)) => self.connect_failed(&error.to_string()),
             Err(_) => self.connect_failed("timed out"),
@@ -272,8 +278,10 @@ impl Node {
             return;
         }
         self.publisher_conn.send_replace(None);
-        self.stats.redis_connected.store(false, Ordering::Relaxed);
-        self.stats.redis_outages.fetch_add(1, Ordering::Relaxed);
+        // Not an outage if it never said it was connected (lost while resubscribing).
+        if self.stats.redis_connected.swap(false, Ordering::Relaxed) {
+            self.stats.redis_outages.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats
             .redis_subscribed_topics
             .store(0, Ordering::Relaxed);
