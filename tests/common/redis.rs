@@ -97,6 +97,13 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// After [`kill`](Self::kill): starts the server again on its port and waits until
+    /// it answers, so that an outage can last as long as a test wants.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn().await;
+    }
+
     /// `PUBLISH channel payload`: the number of subscribers that got it.
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
         redis::cmd("PUBLISH")
