@@ -27,8 +27,6 @@ pub enum ErrorCode {
     InvalidTopic,
     /// The request needs something that is not ready yet.
     NotReady,
-    /// Server-side failure.
-    Internal,
 }
 
 impl ErrorCode {
@@ -43,7 +41,6 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::NotReady => "not_ready",
-            ErrorCode::Internal => "internal",
         }
     }
 
@@ -57,7 +54,6 @@ impl ErrorCode {
             "invalid_token" => ErrorCode::InvalidToken,
             "invalid_topic" => ErrorCode::InvalidTopic,
             "not_ready" => ErrorCode::NotReady,
-            "internal" => ErrorCode::Internal,
             _ => return None,
         })
     }
@@ -569,11 +565,6 @@ mod tests {
         "not_found",
     ];
 
-    /// Codes this crate can name that §7 does not list, and why they may stay.
-    /// `internal` is decoded for completeness but the gateway never sends it (no
-    /// `ErrorCode::Internal` outside this crate); it should go, or §7 should list it.
-    const NOT_IN_SECTION_7: [ErrorCode; 1] = [ErrorCode::Internal];
-
     #[test]
     fn every_error_code_is_in_the_protocol_table() {
         // An exhaustive match: a new variant does not compile until it is listed here.
@@ -585,8 +576,7 @@ mod tests {
             | ErrorCode::RateLimited
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidTopic
-            | ErrorCode::NotReady
-            | ErrorCode::Internal => code,
+            | ErrorCode::NotReady => code,
         };
         let variants = [
             ErrorCode::BadRequest,
@@ -597,14 +587,9 @@ mod tests {
             ErrorCode::InvalidToken,
             ErrorCode::InvalidTopic,
             ErrorCode::NotReady,
-            ErrorCode::Internal,
         ]
         .map(all);
         for code in variants {
-            if NOT_IN_SECTION_7.contains(&code) {
-                assert!(!PROTOCOL_SECTION_7_ERROR_CODES.contains(&code.as_str()));
-                continue;
-            }
             assert!(
                 PROTOCOL_SECTION_7_ERROR_CODES.contains(&code.as_str()),
                 "`{}` is not in PROTOCOL.md §7",
@@ -624,7 +609,6 @@ mod tests {
             ErrorCode::InvalidToken,
             ErrorCode::InvalidTopic,
             ErrorCode::NotReady,
-            ErrorCode::Internal,
         ] {
             assert_eq!(ErrorCode::from_wire(s.as_str()), Some(s));
             assert_eq!(

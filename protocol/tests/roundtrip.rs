@@ -42,7 +42,6 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::InvalidToken),
         Just(ErrorCode::InvalidTopic),
         Just(ErrorCode::NotReady),
-        Just(ErrorCode::Internal),
     ]
 }
 
