@@ -127,7 +127,7 @@ impl Launch {
     }
 
     fn spawn(&self) -> Child {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_coregate"));
+        let mut command = Command::new(gateway_binary());
         command
             .arg("serve")
             .args(&self.args)
@@ -701,4 +701,12 @@ impl Client {
 
 async fn futures_util_send(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>, message: Message) {
     ws.send(message).await.expect("send");
+}
+
+/// The gateway the tests start: this build's, or `COREGATE_BIN` (e.g. a release build,
+/// to measure what a test observes at production speed).
+pub fn gateway_binary() -> std::path::PathBuf {
+    std::env::var_os("COREGATE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_coregate").into())
 }
