@@ -180,7 +180,11 @@ async fn floods_that_are_never_read_leave_memory_bounded_and_the_canary_served()
     );
     rtts.sort();
     let p99 = rtts[rtts.len() * 99 / 100];
-    eprintln!("canary: {} pings, p50 {:?}, p99 {p99:?}", rtts.len(), rtts[rtts.len() / 2]);
+    eprintln!(
+        "canary: {} pings, p50 {:?}, p99 {p99:?}",
+        rtts.len(),
+        rtts[rtts.len() / 2]
+    );
     // Served, not starved. The 10 ms target is measured on a release build
     // (BENCHMARKS.md, `COREGATE_BIN=target/release/coregate`); this test runs the
     // debug build on a shared CI machine, so it only checks for starvation.
