@@ -221,6 +221,10 @@ pub async fn run(
         match pipe.query_async::<Vec<i64>>(&mut conn).await {
             Ok(results) => {
                 for (signal, result) in signals.into_iter().zip(results) {
+                    if result == 1 {
+                        // The script announced it.
+                        stats.redis_published.fetch_add(1, Ordering::Relaxed);
+                    }
                     let key = settings.key(&signal.topic, &signal.user_id);
                     match (signal.action, result) {
                         (TypingAction::Start, 1 | 2) => {
@@ -299,6 +303,10 @@ async fn run_checks(
                         checks.push(Reverse((at, key)));
                     }
                 } else {
+                    if left == 0 {
+                        // The script announced the stop.
+                        stats.redis_published.fetch_add(1, Ordering::Relaxed);
+                    }
                     owned.remove(&key);
                 }
             }
