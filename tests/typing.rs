@@ -238,3 +238,25 @@ async fn across_two_nodes_a_stop_or_a_disconnect_on_the_other_node_is_announced_
         client.expect_silence(QUIET).await;
     }
 }
+
+#[tokio::test]
+async fn a_node_killed_with_an_open_indicator_has_it_stopped_once_by_a_survivor() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "1s");
+    let b = node(&redis, "1s");
+    let [mut alice_a, _alice_b, _bob, mut carol] = two_nodes(&redis, &a, &b, "channel:5").await;
+    let started = Instant::now();
+    start(&mut alice_a, "channel:5").await;
+    expect_typing(&mut carol, "typing_start", "alice", "channel:5").await;
+    // SIGKILL: no close is handled, the owner's check never runs.
+    drop(a);
+    expect_typing(&mut carol, "typing_stop", "alice", "channel:5").await;
+    let after = started.elapsed();
+    // The TTL, then overdue by 2 s, found by b's sweep (every second).
+    assert!(
+        after >= Duration::from_millis(2_900) && after < Duration::from_millis(4_900),
+        "stopped after {after:?}"
+    );
+    carol.expect_silence(Duration::from_millis(1_500)).await;
+    assert_eq!(b.metric("coregate_redis_published_total").await, 1.0);
+}

@@ -3,22 +3,27 @@
 //! that a `typing_start` and the `typing_stop` that follows it reach Redis's pub/sub in
 //! the order they were decided, whichever nodes decided them).
 //!
-//! One key per open indicator, `<redis-prefix>typing:<topic> <user_id>` (neither part
-//! holds a space), a hash `{owner: <node id>, deadline: <ms, Redis TIME>}` with a Redis
-//! expiry of twice the TTL as a backstop. Per typing action:
+//! One hash per open indicator, `<redis-prefix>typing:<topic> <user_id>` (neither part
+//! holds a space): `{owner: <node id>, deadline: <ms on Redis's clock>, channel, stop:
+//! <the typing_stop payload>}`, with a Redis expiry of twice the TTL plus a minute as a
+//! last backstop; and one sorted set of every indicator by deadline,
+//! `<redis-prefix>typing:deadlines`, for the survivors of a node that died. Per typing
+//! action:
 //!
 //! - `typing_start` (after the node's per-user rate, [`TypingRate`]): `EVAL` of
-//!   [`START`]: no key → create it, owned by this node, and `PUBLISH` the
-//!   `typing_start` (1); a key → move its deadline to now + TTL, announce nothing (0),
-//!   or take it over (2) when its owner is overdue by more than [`TAKEOVER_AFTER_MS`]
-//!   (the owner died: someone must announce the stop). The node that owns a key checks
-//!   it at its deadline.
+//!   [`START`]: no hash → create it, owned by this node, `ZADD` the deadline and
+//!   `PUBLISH` the `typing_start` (1); a hash → move its deadline to now + TTL and
+//!   announce nothing (0). The node that created an indicator checks it at its deadline.
 //! - The owner's check at the deadline: `EVAL` of [`CHECK`]: still this node's and the
-//!   deadline passed (on Redis's clock) → `DEL` and `PUBLISH` the `typing_stop` (0);
-//!   extended meanwhile → the time left (> 0), checked again then; gone or another
-//!   node's → -1, forgotten.
-//! - `typing_stop` (explicit, an unsubscribe, or a close): `EVAL` of [`STOP`]: `DEL`,
-//!   and `PUBLISH` the `typing_stop` only if it deleted the key.
+//!   deadline passed (on Redis's clock) → `DEL`, `ZREM` and `PUBLISH` the `typing_stop`
+//!   (0); extended meanwhile → the time left in ms (> 0), checked again then; gone or
+//!   another node's → -1, forgotten.
+//! - `typing_stop` (explicit, an unsubscribe, or a close): `EVAL` of [`STOP`]: `DEL` and
+//!   `ZREM`, and `PUBLISH` the `typing_stop` only if it deleted the hash.
+//! - Every node, every [`SWEEP_EVERY`]: `EVAL` of [`SWEEP`]: the indicators overdue by
+//!   more than [`OVERDUE_MS`] (their owner died, or is cut off from Redis) are deleted
+//!   and their `typing_stop` published, in the script, so exactly once whichever nodes
+//!   sweep. With every owner alive it reads an empty range.
 //!
 //! Each batch of signals, and each batch of due checks, is one pipelined round trip.
 //! While Redis is down, signals are dropped (counted as publish errors) and due checks
@@ -40,29 +45,28 @@ use super::log_limit::LogLimit;
 use super::typing::TypingRate;
 use super::IngestorStats;
 
-/// `KEYS[1]` the indicator; `ARGV`: channel, `typing_start` payload, node id, TTL in ms,
-/// [`TAKEOVER_AFTER_MS`].
+/// `KEYS`: the indicator, the deadlines set; `ARGV`: channel, `typing_start` payload,
+/// node id, TTL in ms, `typing_stop` payload.
 pub const START: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[4])
-local old = redis.call('HGET', KEYS[1], 'deadline')
-if old then
-  redis.call('HSET', KEYS[1], 'deadline', now + ttl)
-  redis.call('PEXPIRE', KEYS[1], ttl * 2)
-  if tonumber(old) + tonumber(ARGV[5]) < now then
-    redis.call('HSET', KEYS[1], 'owner', ARGV[3])
-    return 2
-  end
-  return 0
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+if fresh then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'channel', ARGV[1], 'stop', ARGV[5])
 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'deadline', now + ttl)
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
+redis.call('HSET', KEYS[1], 'deadline', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl * 2 + 60000)
+redis.call('ZADD', KEYS[2], now + ttl, KEYS[1])
+if fresh then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  return 1
+end
+return 0
 "#;
 
-/// `KEYS[1]` the indicator; `ARGV`: channel, `typing_stop` payload, node id.
+/// `KEYS`: the indicator, the deadlines set; `ARGV`: channel, `typing_stop` payload,
+/// node id.
 pub const CHECK: &str = r#"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then
   return -1
@@ -74,12 +78,14 @@ if left > 0 then
   return left
 end
 redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 0
 "#;
 
-/// `KEYS[1]` the indicator; `ARGV`: channel, `typing_stop` payload.
+/// `KEYS`: the indicator, the deadlines set; `ARGV`: channel, `typing_stop` payload.
 pub const STOP: &str = r#"
+redis.call('ZREM', KEYS[2], KEYS[1])
 if redis.call('DEL', KEYS[1]) == 1 then
   redis.call('PUBLISH', ARGV[1], ARGV[2])
   return 1
@@ -87,9 +93,36 @@ end
 return 0
 "#;
 
-/// How far past its deadline an indicator must be before another node's `typing_start`
-/// takes it over from an owner that did not check it (dead, or cut off from Redis).
-pub const TAKEOVER_AFTER_MS: u64 = 2_000;
+/// `KEYS`: the deadlines set; `ARGV`: [`OVERDUE_MS`], the most to sweep at once. The
+/// number of stops it published.
+pub const SWEEP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[2]))
+local stopped = 0
+for _, key in ipairs(due) do
+  local entry = redis.call('HMGET', key, 'deadline', 'channel', 'stop')
+  if not entry[1] then
+    redis.call('ZREM', KEYS[1], key)
+  elseif tonumber(entry[1]) + tonumber(ARGV[1]) <= now then
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('PUBLISH', entry[2], entry[3])
+    stopped = stopped + 1
+  else
+    redis.call('ZADD', KEYS[1], tonumber(entry[1]), key)
+  end
+end
+return stopped
+"#;
+
+/// How far past its deadline an indicator must be before any node's sweep stops it in
+/// place of its owner.
+pub const OVERDUE_MS: u64 = 2_000;
+/// How often each node sweeps for overdue indicators.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Indicators one sweep stops at most; the rest wait for the next.
+const SWEEP_LIMIT: u64 = 1_000;
 /// Signals per pipelined batch.
 const BATCH: usize = 256;
 /// When a check could not be made (Redis down or failing), how soon it is tried again.
@@ -111,6 +144,9 @@ impl TypingRedis {
     }
     fn channel(&self, topic: &Topic) -> String {
         Publication::redis_channel(&self.prefix, topic)
+    }
+    fn deadlines(&self) -> String {
+        format!("{}typing:deadlines", self.prefix)
     }
 }
 
@@ -135,6 +171,8 @@ pub async fn run(
     let mut batch = Vec::with_capacity(BATCH);
     let mut warnings = LogLimit::per_second();
     let mut last_prune = Instant::now();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next_check = checks.peek().map(|Reverse((at, _))| *at);
         let due = tokio::select! {
@@ -145,6 +183,13 @@ pub async fn run(
                 false
             }
             _ = sleep_until(next_check), if next_check.is_some() => true,
+            _ = sweep.tick() => {
+                let conn = connection.borrow().clone();
+                if let Some(conn) = conn {
+                    run_sweep(conn, &settings, &stats, &mut warnings).await;
+                }
+                continue;
+            }
         };
         let now = Instant::now();
         if now.saturating_duration_since(last_prune) >= Duration::from_secs(1) {
@@ -199,21 +244,30 @@ pub async fn run(
             let channel = settings.channel(&signal.topic);
             let payload = signal.announcement().to_backend_payload();
             match signal.action {
-                TypingAction::Start => pipe
-                    .cmd("EVAL")
-                    .arg(START)
-                    .arg(1)
-                    .arg(key)
-                    .arg(channel)
-                    .arg(payload)
-                    .arg(&settings.node_id)
-                    .arg(settings.ttl.as_millis() as u64)
-                    .arg(TAKEOVER_AFTER_MS),
+                TypingAction::Start => {
+                    let stop = announcement(
+                        &signal.topic,
+                        &signal.user_id,
+                        signal.name.as_deref(),
+                        TypingAction::Stop,
+                    );
+                    pipe.cmd("EVAL")
+                        .arg(START)
+                        .arg(2)
+                        .arg(key)
+                        .arg(settings.deadlines())
+                        .arg(channel)
+                        .arg(payload)
+                        .arg(&settings.node_id)
+                        .arg(settings.ttl.as_millis() as u64)
+                        .arg(stop.to_backend_payload())
+                }
                 TypingAction::Stop => pipe
                     .cmd("EVAL")
                     .arg(STOP)
-                    .arg(1)
+                    .arg(2)
                     .arg(key)
+                    .arg(settings.deadlines())
                     .arg(channel)
                     .arg(payload),
             };
@@ -227,7 +281,7 @@ pub async fn run(
                     }
                     let key = settings.key(&signal.topic, &signal.user_id);
                     match (signal.action, result) {
-                        (TypingAction::Start, 1 | 2) => {
+                        (TypingAction::Start, 1) => {
                             let check_at = now + settings.ttl;
                             checks.push(Reverse((check_at, key.clone())));
                             owned.insert(
@@ -286,8 +340,9 @@ async fn run_checks(
         let stop = announcement(&o.topic, &o.user_id, o.name.as_deref(), TypingAction::Stop);
         pipe.cmd("EVAL")
             .arg(CHECK)
-            .arg(1)
+            .arg(2)
             .arg(key)
+            .arg(settings.deadlines())
             .arg(settings.channel(&o.topic))
             .arg(stop.to_backend_payload())
             .arg(&settings.node_id);
@@ -317,6 +372,35 @@ async fn run_checks(
                 tracing::warn!(%error, suppressed, "typing expiry check failed; retrying");
             }
             retry(owned, keys);
+        }
+    }
+}
+
+/// Stops the indicators whose owner is overdue (see [`SWEEP`]).
+async fn run_sweep(
+    mut conn: MultiplexedConnection,
+    settings: &TypingRedis,
+    stats: &IngestorStats,
+    warnings: &mut LogLimit,
+) {
+    let swept = redis::cmd("EVAL")
+        .arg(SWEEP)
+        .arg(1)
+        .arg(settings.deadlines())
+        .arg(OVERDUE_MS)
+        .arg(SWEEP_LIMIT)
+        .query_async::<u64>(&mut conn)
+        .await;
+    match swept {
+        Ok(0) => {}
+        Ok(stopped) => {
+            stats.redis_published.fetch_add(stopped, Ordering::Relaxed);
+            tracing::info!(stopped, "typing indicators of an unresponsive node stopped");
+        }
+        Err(error) => {
+            if let Some(suppressed) = warnings.allow(Instant::now()) {
+                tracing::warn!(%error, suppressed, "typing sweep failed");
+            }
         }
     }
 }
