@@ -294,6 +294,14 @@ coregate_shards::shard_settings!(define_config! {
             /// Redis on the same network answers in well under 1 ms.
             authorizer_timeout: Duration = Duration::from_millis(100);
         }
+        "Chat" {
+            /// How long a typing indicator stays on without a new `typing_start`.
+            ///
+            /// Then the gateway announces `typing_stop` itself (once, on every node).
+            /// Clients repeat `typing_start` every few seconds while typing; 10 s
+            /// covers a pause without leaving a stale indicator long.
+            typing_ttl: Duration = Duration::from_secs(10);
+        }
     }
 });
 
@@ -443,6 +451,7 @@ impl Config {
         let positive = [
             ("redis_timeout", self.redis_timeout),
             ("authorizer_timeout", self.authorizer_timeout),
+            ("typing_ttl", self.typing_ttl),
         ];
         for (name, value) in positive {
             if value.is_zero() {

@@ -498,6 +498,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         max_payload: config.max_message_size,
         members_prefix: config.members_prefix.clone(),
         timeout: config.redis_timeout,
+        typing_ttl: config.typing_ttl,
     });
     let redis_configured = redis.is_some();
     let ingestor = ingest::spawn(
@@ -505,6 +506,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         ingest::Router::new(shards.senders.clone(), ingestor_stats.clone()),
         redis,
         membership,
+        config.typing_ttl,
     )?;
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel();

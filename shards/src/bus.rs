@@ -277,6 +277,66 @@ pub enum IngestorCommand {
     },
     /// A publication to deliver on every node (through Redis when configured).
     Publish(Publication),
+    /// A typing transition of one connection: the ingestor dedups it node-wide (and
+    /// across nodes through Redis), applies the per-user rate and the TTL, and announces
+    /// only the user-level `typing_start` / `typing_stop`.
+    Typing(TypingSignal),
+}
+
+/// What a connection did about typing on a topic.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TypingAction {
+    /// `typing_start`.
+    Start,
+    /// `typing_stop`, an unsubscribe from the topic, or the connection's close.
+    Stop,
+}
+
+/// A typing transition, as the session saw it; see [`IngestorCommand::Typing`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypingSignal {
+    pub topic: Topic,
+    pub user_id: String,
+    /// The token's `name` claim, carried into the announcements.
+    pub name: Option<String>,
+    pub action: TypingAction,
+}
+
+impl TypingAction {
+    /// The op announced to the topic's other subscribers.
+    pub fn op(self) -> &'static str {
+        match self {
+            TypingAction::Start => "typing_start",
+            TypingAction::Stop => "typing_stop",
+        }
+    }
+}
+
+impl TypingSignal {
+    /// The announcement of this transition: `{user_id, name?}` on the topic, excluding
+    /// the typist's own connections (PROTOCOL.md §5).
+    pub fn announcement(&self) -> Publication {
+        announcement(
+            &self.topic,
+            &self.user_id,
+            self.name.as_deref(),
+            self.action,
+        )
+    }
+}
+
+/// `typing_start` / `typing_stop` `{user_id, name?}` on `topic`, excluding `user_id`.
+pub fn announcement(
+    topic: &Topic,
+    user_id: &str,
+    name: Option<&str>,
+    action: TypingAction,
+) -> Publication {
+    let mut d = serde_json::json!({ "user_id": user_id });
+    if let Some(name) = name {
+        d["name"] = serde_json::Value::String(name.to_owned());
+    }
+    Publication::new(topic.clone(), action.op(), d, Some(user_id.to_owned()))
 }
 
 /// The shard's handle on the ingestor.

@@ -85,6 +85,17 @@ pub async fn run(
         stats.clone(),
         broken.clone(),
     ));
+    let (typing_tx, typing_rx) = mpsc::channel(PUBLISH_QUEUE);
+    tokio::spawn(super::typing_redis::run(
+        typing_rx,
+        publisher_watch.clone(),
+        super::typing_redis::TypingRedis {
+            prefix: settings.prefix.clone(),
+            ttl: settings.typing_ttl,
+            node_id: format!("{:016x}", fastrand::u64(..)),
+        },
+        stats.clone(),
+    ));
     if let Some(checks) = membership {
         tokio::spawn(super::membership::run(
             checks,
@@ -102,6 +113,7 @@ pub async fn run(
         subscriber: None,
         publisher_conn,
         publish_tx,
+        typing_tx,
         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP)
             .young(BACKOFF_YOUNG_CAP, BACKOFF_YOUNG_FOR),
         retry_at: tokio::time::Instant::now(),
@@ -177,6 +189,8 @@ struct Node {
     /// The publisher connection, shared with the publisher and membership tasks.
     publisher_conn: watch::Sender<Option<MultiplexedConnection>>,
     publish_tx: mpsc::Sender<Publication>,
+    /// Typing signals for the typing task ([`super::typing_redis`]).
+    typing_tx: mpsc::Sender<coregate_shards::TypingSignal>,
     backoff: Backoff,
     retry_at: tokio::time::Instant,
     ever_connected: bool,
@@ -213,6 +227,13 @@ impl Node {
                             "publication dropped: the publish queue is full"
                         );
                     }
+                }
+            }
+            IngestorCommand::Typing(signal) => {
+                if self.typing_tx.try_send(signal).is_err() {
+                    self.stats
+                        .redis_publish_errors
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

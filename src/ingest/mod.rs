@@ -13,10 +13,12 @@
 //! - [`link`]: the Redis side: connections, reconnection, decoding what arrives;
 //! - [`publisher`]: PUBLISH, pipelined, in order;
 //! - [`membership`]: SISMEMBER checks for the shards' authorizer;
+//! - [`typing`]: typing indicators node-wide (dedup, rate, TTL), the whole of it
+//!   without Redis; [`typing_redis`]: the same across nodes, kept in Redis;
 //! - [`backoff`], [`log_limit`]: reconnection delays and rate-limited warnings.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coregate_shards::{IngestorCommand, MembershipCheck};
 
@@ -27,6 +29,8 @@ mod membership;
 mod publisher;
 mod router;
 mod subscriptions;
+pub mod typing;
+pub mod typing_redis;
 
 pub use router::Router;
 
@@ -72,6 +76,8 @@ pub struct RedisSettings {
     pub members_prefix: String,
     /// How long to wait for connecting and for any one reply.
     pub timeout: Duration,
+    /// `--typing-ttl`.
+    pub typing_ttl: Duration,
 }
 
 /// Runs the ingestor on its own thread until every command sender is gone.
@@ -81,6 +87,7 @@ pub fn spawn(
     mut router: Router,
     redis: Option<RedisSettings>,
     membership: Option<flume::Receiver<MembershipCheck>>,
+    typing_ttl: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = match &redis {
         None => None,
@@ -96,13 +103,19 @@ pub fn spawn(
             (Some(runtime), Some(settings)) => {
                 runtime.block_on(link::run(commands, router, settings, membership));
             }
-            _ => run_embedded(&commands, &mut router),
+            _ => run_embedded(&commands, &mut router, typing_ttl),
         })
 }
 
-/// The embedded bus: publications are delivered locally as they come.
-fn run_embedded(commands: &flume::Receiver<IngestorCommand>, router: &mut Router) {
-    let mut handle = |command| match command {
+/// The embedded bus: publications are delivered locally as they come; typing goes
+/// through the node's [`typing::TypingTable`], whose expiries this loop's timer drives.
+fn run_embedded(
+    commands: &flume::Receiver<IngestorCommand>,
+    router: &mut Router,
+    typing_ttl: Duration,
+) {
+    let mut typing = typing::TypingTable::new(typing_ttl);
+    let mut handle = |command, typing: &mut typing::TypingTable| match command {
         IngestorCommand::Interest {
             shard_id,
             topic,
@@ -112,12 +125,33 @@ fn run_embedded(commands: &flume::Receiver<IngestorCommand>, router: &mut Router
             router.change_interest(shard_id, topic, encoding, change);
         }
         IngestorCommand::Publish(publication) => router.deliver(publication),
+        IngestorCommand::Typing(signal) => {
+            if let Some(announcement) = typing.handle(signal, Instant::now()) {
+                router.deliver(announcement);
+            }
+        }
     };
-    while let Ok(command) = commands.recv() {
-        handle(command);
-        // Drain what is already queued before blocking again.
-        while let Ok(command) = commands.try_recv() {
-            handle(command);
+    loop {
+        let next = match typing.poll_timeout() {
+            Some(deadline) => match commands.recv_deadline(deadline) {
+                Ok(command) => Some(command),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match commands.recv() {
+                Ok(command) => Some(command),
+                Err(_) => return,
+            },
+        };
+        if let Some(command) = next {
+            handle(command, &mut typing);
+            // Drain what is already queued before blocking again.
+            while let Ok(command) = commands.try_recv() {
+                handle(command, &mut typing);
+            }
+        }
+        for stop in typing.handle_timeout(Instant::now()) {
+            handle(IngestorCommand::Publish(stop), &mut typing);
         }
     }
 }

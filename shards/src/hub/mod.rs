@@ -251,12 +251,16 @@ impl LocalHub {
         self.waits.clear();
     }
 
-    /// The connection ended: its topics are let go of and its places given back.
+    /// The connection ended: its typing indicators are stopped, its topics let go of
+    /// and its places given back.
     pub fn remove(&mut self, key: ConnKey) {
         if slot_mut(&mut self.slots, key).is_none() {
             return;
         }
         let slot = self.slots.remove(key.index as usize);
+        for stop in slot.session.typing_stops() {
+            self.commands.push_back(IngestorCommand::Typing(stop));
+        }
         let encoding = slot.session.encoding();
         for topic in slot.session.subscriptions() {
             let change = self.topics.unsubscribe(topic, key, encoding);
@@ -388,6 +392,9 @@ impl LocalHub {
             SessionEvent::Publish(publication) => {
                 self.commands
                     .push_back(IngestorCommand::Publish(publication));
+            }
+            SessionEvent::Typing(signal) => {
+                self.commands.push_back(IngestorCommand::Typing(signal));
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
         }

@@ -4,7 +4,7 @@
 use coregate_protocol::{ClientEnvelope, ClientMessage, Encoding};
 
 use crate::authorizer::MembershipCheck;
-use crate::bus::{IngestorCommand, InterestChange};
+use crate::bus::{IngestorCommand, InterestChange, TypingAction, TypingSignal};
 use crate::config::ShardConfig;
 use crate::testing::Harness;
 
@@ -35,7 +35,7 @@ fn interest(commands: Vec<IngestorCommand>) -> Vec<(String, Encoding, InterestCh
                 change,
                 ..
             } => Some((topic.as_str().to_owned(), encoding, change)),
-            IngestorCommand::Publish(_) => None,
+            IngestorCommand::Publish(_) | IngestorCommand::Typing(_) => None,
         })
         .collect()
 }
@@ -72,15 +72,12 @@ fn a_publication_reaches_every_subscriber_but_the_excluded_user() {
         h.send_message(c, subscribe_message("channel:1"));
         assert_eq!(h.read(c).count("subscribed"), 1);
     }
-    // Typing from alice goes to the ingestor for every node, excluding alice.
+    // Typing from alice goes to the node's typing table, whose announcement excludes
+    // alice.
     h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:1"}}"#);
-    let publications: Vec<_> = h
-        .ingestor_commands()
-        .into_iter()
-        .filter_map(|command| match command {
-            IngestorCommand::Publish(p) => Some(p),
-            IngestorCommand::Interest { .. } => None,
-        })
+    let publications: Vec<_> = typing(h.ingestor_commands())
+        .iter()
+        .map(TypingSignal::announcement)
         .collect();
     assert_eq!(publications.len(), 1);
     assert_eq!(publications[0].exclude_user(), Some("alice"));
@@ -94,6 +91,85 @@ fn a_publication_reaches_every_subscriber_but_the_excluded_user() {
     assert_eq!(read.ops(), ["typing_start"]);
     assert_eq!(read.first("typing_start")["d"]["user_id"], "alice");
     assert_eq!(read.first("typing_start")["topic"], "channel:1");
+}
+
+/// Typing signals sent to the ingestor.
+fn typing(commands: Vec<IngestorCommand>) -> Vec<TypingSignal> {
+    commands
+        .into_iter()
+        .filter_map(|command| match command {
+            IngestorCommand::Typing(signal) => Some(signal),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `(topic, action)` of each typing signal.
+fn typing_actions(commands: Vec<IngestorCommand>) -> Vec<(String, TypingAction)> {
+    typing(commands)
+        .into_iter()
+        .map(|s| (s.topic.as_str().to_owned(), s.action))
+        .collect()
+}
+
+#[test]
+fn typing_signals_carry_the_user_and_the_close_stops_every_open_indicator() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_subscribed("alice", "channel:1");
+    h.send(a, &subscribe("channel:2", 2));
+    h.send(a, &subscribe("channel:3", 3));
+    h.ingestor_commands();
+    h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:1"}}"#);
+    h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:2"}}"#);
+    h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:3"}}"#);
+    h.send(a, r#"{"op":"typing_stop","d":{"topic":"channel:3"}}"#);
+    let signals = typing(h.ingestor_commands());
+    assert_eq!(signals.len(), 4);
+    assert!(signals.iter().all(|s| s.user_id == "alice"));
+    assert_eq!(
+        h.hub.session(a).map(|s| s.typing_topics().len()),
+        Some(2),
+        "channel:1 and channel:2 are open"
+    );
+    h.hub.remove(a);
+    let mut stops = typing_actions(h.ingestor_commands());
+    stops.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        stops,
+        [
+            ("channel:1".into(), TypingAction::Stop),
+            ("channel:2".into(), TypingAction::Stop)
+        ],
+        "the close stops what was open, and only that"
+    );
+}
+
+#[test]
+fn unsubscribing_stops_the_indicator_and_a_stop_is_sent_even_if_another_connection_started() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_subscribed("alice", "channel:1");
+    h.ingestor_commands();
+    h.send(a, r#"{"op":"typing_start","d":{"topic":"channel:1"}}"#);
+    h.send(a, r#"{"op":"unsubscribe","d":{"topics":["channel:1"]}}"#);
+    assert_eq!(
+        typing_actions(h.ingestor_commands()),
+        [
+            ("channel:1".into(), TypingAction::Start),
+            ("channel:1".into(), TypingAction::Stop)
+        ]
+    );
+    h.hub.remove(a);
+    assert_eq!(typing_actions(h.ingestor_commands()), []);
+    // A second tab that never started still stops the user's indicator.
+    let b = h.connect_subscribed("alice", "channel:1");
+    h.ingestor_commands();
+    h.send(b, r#"{"op":"typing_stop","d":{"topic":"channel:1"}}"#);
+    assert_eq!(
+        typing_actions(h.ingestor_commands()),
+        [("channel:1".into(), TypingAction::Stop)]
+    );
+    h.hub.remove(b);
+    assert_eq!(typing_actions(h.ingestor_commands()), [], "nothing open");
 }
 
 #[test]

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use coregate_protocol::{
-    ClientEnvelope, ClientMessage, ErrorCode, Publication, ServerMessage, Topic,
-};
+use coregate_protocol::{ClientEnvelope, ClientMessage, ErrorCode, ServerMessage, Topic};
 
 use super::{dedup, CloseReason, Now, Session, SessionCtx, SessionEvent};
 use crate::admission::UserSlot;
 use crate::auth::Identity;
+use crate::bus::{TypingAction, TypingSignal};
 
 impl Session {
     /// Handles one decoded message; `Some` when the connection must close.
@@ -46,8 +45,12 @@ impl Session {
                 self.subscribe(&topics, since, r#ref, now.instant, ctx)
             }
             ClientMessage::Unsubscribe { topics } => self.unsubscribe(&topics, r#ref, ctx),
-            ClientMessage::TypingStart { topic } => self.typing(&topic, "typing_start", r#ref, ctx),
-            ClientMessage::TypingStop { topic } => self.typing(&topic, "typing_stop", r#ref, ctx),
+            ClientMessage::TypingStart { topic } => {
+                self.typing(&topic, TypingAction::Start, r#ref, ctx)
+            }
+            ClientMessage::TypingStop { topic } => {
+                self.typing(&topic, TypingAction::Stop, r#ref, ctx)
+            }
             other => self.reply_error(
                 ErrorCode::BadRequest,
                 &format!("`{}` is not available on this gateway yet", other.op()),
@@ -137,6 +140,8 @@ impl Session {
                 }
                 if let Some(at) = self.subscriptions.iter().position(|t| *t == topic) {
                     self.subscriptions.swap_remove(at);
+                    // No longer a subscriber: its indicator there, if any, stops.
+                    self.typing_signal(topic.clone(), TypingAction::Stop, ctx);
                     ctx.events.push(SessionEvent::Unsubscribe(topic));
                 }
             }
@@ -145,9 +150,18 @@ impl Session {
         self.reply(&ServerMessage::Unsubscribed { topics: removed }, r#ref, ctx);
     }
 
-    /// `typing_start` / `typing_stop`: published to the topic's other subscribers, on
-    /// every node; the typist must be subscribed to the topic.
-    fn typing(&mut self, raw_topic: &str, op: &str, r#ref: Option<u64>, ctx: &mut SessionCtx) {
+    /// `typing_start` / `typing_stop`: the typist must be subscribed to the topic. The
+    /// connection remembers where it has an indicator open (so that its close can stop
+    /// them) and hands the transition to the node, whose typing table dedups, rate-limits,
+    /// expires and announces (`typing_start`/`typing_stop` to the topic's other
+    /// subscribers on every node, never to the typist's own connections).
+    fn typing(
+        &mut self,
+        raw_topic: &str,
+        action: TypingAction,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) {
         let topic = match Topic::parse(raw_topic) {
             Ok(topic) if self.subscriptions.contains(&topic) => topic,
             _ => {
@@ -160,19 +174,31 @@ impl Session {
                 return;
             }
         };
+        self.typing_signal(topic, action, ctx);
+    }
+
+    /// Records the transition on this connection and tells the node. A stop for a topic
+    /// where this connection had nothing open is still sent: another connection of the
+    /// same user (on any node) may have started it, and the stop is user-level.
+    fn typing_signal(&mut self, topic: Topic, action: TypingAction, ctx: &mut SessionCtx) {
+        let open = self.typing.iter().position(|t| *t == topic);
+        match (action, open) {
+            (TypingAction::Start, None) => self.typing.push(topic.clone()),
+            (TypingAction::Stop, Some(at)) => {
+                self.typing.swap_remove(at);
+            }
+            // An unsubscribe stops only what this connection had open.
+            (TypingAction::Stop, None) if !self.subscriptions.contains(&topic) => return,
+            _ => {}
+        }
         let Some(identity) = &self.identity else {
             return;
         };
-        let mut d = serde_json::json!({ "user_id": identity.user_id });
-        if let Some(name) = &identity.name {
-            d["name"] = serde_json::Value::String(name.clone());
-        }
-        let user_id = identity.user_id.clone();
-        ctx.events.push(SessionEvent::Publish(Publication::new(
+        ctx.events.push(SessionEvent::Typing(TypingSignal {
             topic,
-            op,
-            d,
-            Some(user_id),
-        )));
+            user_id: identity.user_id.clone(),
+            name: identity.name.clone(),
+            action,
+        }));
     }
 }

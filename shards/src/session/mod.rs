@@ -100,8 +100,10 @@ pub enum SessionEvent {
     Subscribe(Topic),
     /// The connection let go of this topic.
     Unsubscribe(Topic),
-    /// A publication born on this connection (typing), for every node.
+    /// A publication born on this connection, for every node.
     Publish(Publication),
+    /// A typing transition of this connection, for the node's typing table.
+    Typing(crate::bus::TypingSignal),
     /// A subscribe waits for the membership store's verdicts on some topics.
     CheckMembership(PendingSubscribe),
 }
@@ -173,6 +175,9 @@ pub struct Session {
     /// The user's connection place, given back when the session is dropped.
     user_slot: Option<UserSlot>,
     subscriptions: Vec<Topic>,
+    /// Topics this connection has an open typing indicator in (a `typing_start` not yet
+    /// followed by its `typing_stop`): stopped when it unsubscribes or closes.
+    typing: Vec<Topic>,
     outbox: Outbox,
     ws: WebSocketContext,
     closing_since: Option<Instant>,
@@ -203,6 +208,7 @@ impl Session {
             identity: None,
             user_slot: None,
             subscriptions: Vec::new(),
+            typing: Vec::new(),
             outbox: Outbox::default(),
             ws: ws::server_context(config.max_message_size.min(PRE_READY_MAX_MESSAGE_SIZE)),
             closing_since: None,
@@ -267,6 +273,24 @@ impl Session {
     }
     pub fn subscriptions(&self) -> &[Topic] {
         &self.subscriptions
+    }
+    /// The topics this connection has an open typing indicator in.
+    pub fn typing_topics(&self) -> &[Topic] {
+        &self.typing
+    }
+    /// The `typing_stop`s that the connection's end owes: one per open indicator. The
+    /// hub sends them when it removes the connection, whatever closed it.
+    pub fn typing_stops(&self) -> impl Iterator<Item = crate::bus::TypingSignal> + '_ {
+        let identity = self.identity.as_ref();
+        self.typing.iter().filter_map(move |topic| {
+            let identity = identity?;
+            Some(crate::bus::TypingSignal {
+                topic: topic.clone(),
+                user_id: identity.user_id.clone(),
+                name: identity.name.clone(),
+                action: crate::bus::TypingAction::Stop,
+            })
+        })
     }
     pub fn queued_bytes(&self) -> usize {
         self.outbox.queued_bytes()
