@@ -135,8 +135,8 @@ impl Session {
         let mut removed = Vec::new();
         for raw in dedup(requested) {
             if let Ok(topic) = Topic::parse(raw) {
-                if let Some(waits) = &mut self.membership_waits {
-                    waits.unsubscribed.push(topic.clone());
+                if let Some(waits) = self.occasional.as_mut().filter(|o| o.membership_checks > 0) {
+                    waits.unsubscribed_while_checking.push(topic.clone());
                 }
                 if let Some(at) = self.subscriptions.iter().position(|t| *t == topic) {
                     self.subscriptions.swap_remove(at);
@@ -181,11 +181,12 @@ impl Session {
     /// where this connection had nothing open is still sent: another connection of the
     /// same user (on any node) may have started it, and the stop is user-level.
     fn typing_signal(&mut self, topic: Topic, action: TypingAction, ctx: &mut SessionCtx) {
-        let open = self.typing.iter().position(|t| *t == topic);
+        let open = self.typing_topics().iter().position(|t| *t == topic);
         match (action, open) {
-            (TypingAction::Start, None) => self.typing.push(topic.clone()),
+            (TypingAction::Start, None) => self.occasional().typing.push(topic.clone()),
             (TypingAction::Stop, Some(at)) => {
-                self.typing.swap_remove(at);
+                self.occasional().typing.swap_remove(at);
+                self.release_occasional_if_unused();
             }
             // An unsubscribe stops only what this connection had open.
             (TypingAction::Stop, None) if !self.subscriptions.contains(&topic) => return,

@@ -141,13 +141,25 @@ impl SessionRates {
     }
 }
 
-/// Subscribes waiting for membership verdicts, and the topics unsubscribed meanwhile:
-/// the client's later word wins over a late verdict. Boxed in the session, and there
-/// only while checks are outstanding.
+/// What a connection holds only now and then, boxed, and there only while some of it
+/// is in use: most connections, most of the time, have none of it, and the session
+/// stays within a smaller allocation size class for it (BENCHMARKS.md, issue 11).
 #[derive(Debug, Default)]
-struct MembershipWaits {
-    outstanding: u32,
-    unsubscribed: Vec<Topic>,
+struct Occasional {
+    /// Subscribes waiting for membership verdicts.
+    membership_checks: u32,
+    /// Topics unsubscribed while membership checks were outstanding: the client's
+    /// later word wins over a late verdict.
+    unsubscribed_while_checking: Vec<Topic>,
+    /// Topics this connection has an open typing indicator in (a `typing_start` not
+    /// yet followed by its `typing_stop`): stopped when it unsubscribes or closes.
+    typing: Vec<Topic>,
+}
+
+impl Occasional {
+    fn is_empty(&self) -> bool {
+        self.membership_checks == 0 && self.typing.is_empty()
+    }
 }
 
 /// What a session may use of its shard while it handles something.
@@ -175,9 +187,6 @@ pub struct Session {
     /// The user's connection place, given back when the session is dropped.
     user_slot: Option<UserSlot>,
     subscriptions: Vec<Topic>,
-    /// Topics this connection has an open typing indicator in (a `typing_start` not yet
-    /// followed by its `typing_stop`): stopped when it unsubscribes or closes.
-    typing: Vec<Topic>,
     outbox: Outbox,
     ws: WebSocketContext,
     closing_since: Option<Instant>,
@@ -189,7 +198,7 @@ pub struct Session {
     over_budget_since: Option<Instant>,
     events_allowance: Allowance,
     pings_allowance: Allowance,
-    membership_waits: Option<Box<MembershipWaits>>,
+    occasional: Option<Box<Occasional>>,
 }
 
 impl Session {
@@ -208,7 +217,6 @@ impl Session {
             identity: None,
             user_slot: None,
             subscriptions: Vec::new(),
-            typing: Vec::new(),
             outbox: Outbox::default(),
             ws: ws::server_context(config.max_message_size.min(PRE_READY_MAX_MESSAGE_SIZE)),
             closing_since: None,
@@ -217,7 +225,7 @@ impl Session {
             over_budget_since: None,
             events_allowance: Allowance::new(&rates.events, now),
             pings_allowance: Allowance::new(&rates.pings_before_ready, now),
-            membership_waits: None,
+            occasional: None,
         }
     }
 
@@ -276,13 +284,13 @@ impl Session {
     }
     /// The topics this connection has an open typing indicator in.
     pub fn typing_topics(&self) -> &[Topic] {
-        &self.typing
+        self.occasional.as_ref().map_or(&[], |o| &o.typing)
     }
     /// The `typing_stop`s that the connection's end owes: one per open indicator. The
     /// hub sends them when it removes the connection, whatever closed it.
     pub fn typing_stops(&self) -> impl Iterator<Item = crate::bus::TypingSignal> + '_ {
         let identity = self.identity.as_ref();
-        self.typing.iter().filter_map(move |topic| {
+        self.typing_topics().iter().filter_map(move |topic| {
             let identity = identity?;
             Some(crate::bus::TypingSignal {
                 topic: topic.clone(),
@@ -298,6 +306,18 @@ impl Session {
     /// Whether [`Session::poll_transmit`] has something to hand out.
     pub fn has_output(&self) -> bool {
         self.outbox.has_priority() || (!self.is_closing() && self.outbox.normal_len() > 0)
+    }
+
+    /// The occasional state, made when first needed.
+    fn occasional(&mut self) -> &mut Occasional {
+        self.occasional.get_or_insert_default()
+    }
+
+    /// Gives the occasional state's memory back once nothing in it is in use.
+    fn release_occasional_if_unused(&mut self) {
+        if self.occasional.as_ref().is_some_and(|o| o.is_empty()) {
+            self.occasional = None;
+        }
     }
 
     /// Frees the outbox's buffers if it is empty (see `Outbox::release_idle_buffers`).

@@ -159,7 +159,7 @@ impl Session {
             return;
         }
         request.question = Some((user_id, lookup));
-        self.membership_waits.get_or_insert_default().outstanding += 1;
+        self.occasional().membership_checks += 1;
         ctx.events.push(SessionEvent::CheckMembership(request));
     }
 
@@ -171,13 +171,14 @@ impl Session {
         now: Instant,
         ctx: &mut SessionCtx,
     ) {
-        if let Some(waits) = &mut self.membership_waits {
-            request.forget(&waits.unsubscribed);
-            waits.outstanding = waits.outstanding.saturating_sub(1);
-            if waits.outstanding == 0 {
-                self.membership_waits = None;
+        if let Some(waits) = self.occasional.as_mut() {
+            request.forget(&waits.unsubscribed_while_checking);
+            waits.membership_checks = waits.membership_checks.saturating_sub(1);
+            if waits.membership_checks == 0 {
+                waits.unsubscribed_while_checking = Vec::new();
             }
         }
+        self.release_occasional_if_unused();
         if !self.is_closing() {
             self.finish_subscribe(request, ctx);
         }

@@ -496,3 +496,11 @@ fn messages_before_ready_are_held_to_a_smaller_size() {
     assert_eq!(read.close, None, "after ready the configured limit applies");
     assert_eq!(read.count("pong"), 1);
 }
+#[test]
+fn a_session_stays_within_the_640_byte_allocation_class() {
+    // Each connection's session is one allocation; mimalloc's next size class is 768
+    // bytes, which every idle connection would pay (BENCHMARKS.md, issue 11). Rarely
+    // used state goes in `Occasional`, boxed while in use.
+    let size = std::mem::size_of::<super::Session>();
+    assert!(size <= 640, "Session is {size} bytes");
+}
