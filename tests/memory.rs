@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{token, Client, Gateway};
 use coregate_protocol::{ClientMessage, Encoding};
+use coregate_shards::ws::client_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Concurrent flooders per phase.
@@ -28,26 +29,6 @@ fn rss_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// A final, masked client frame.
-fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=65_535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 /// What a flooder sends, over and over, never reading after the upgrade's response.
 #[derive(Clone, Copy)]
 enum Flood {
@@ -62,9 +43,9 @@ enum Flood {
 async fn flooder(gw: std::net::SocketAddr, token: Option<String>, flood: Flood, until: Instant) {
     let app_pings = {
         let lines = vec![r#"{"op":"ping"}"#; 64 * 1024 / 14].join("\n");
-        masked(0x1, lines.as_bytes())
+        client_frame(0x1, lines.as_bytes())
     };
-    let ws_pings: Vec<u8> = (0..500).flat_map(|_| masked(0x9, b"ping")).collect();
+    let ws_pings: Vec<u8> = (0..500).flat_map(|_| client_frame(0x9, b"ping")).collect();
     let chunk = match flood {
         Flood::AppPings => app_pings,
         Flood::WebSocketPings => ws_pings,

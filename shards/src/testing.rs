@@ -46,25 +46,7 @@ impl TokenVerifier for TestVerifier {
     }
 }
 
-/// A frame as a client sends it: final, masked (RFC 6455 §5.3).
-pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=65_535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&MASK);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    frame
-}
+pub use crate::ws::client_frame;
 
 /// A text frame of `text`.
 pub fn text(text: &str) -> Vec<u8> {
