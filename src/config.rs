@@ -301,6 +301,12 @@ coregate_shards::shard_settings!(define_config! {
             /// Clients repeat `typing_start` every few seconds while typing; 10 s
             /// covers a pause without leaving a stale indicator long.
             typing_ttl: Duration = Duration::from_secs(10);
+
+            /// How long after a user's last connection closes `offline` is announced.
+            ///
+            /// A connection of the user within it (a page reload, a drain's reconnect)
+            /// announces nothing, so that presence does not flap; 5 s covers a reload.
+            presence_grace: Duration = Duration::from_secs(5);
         }
     }
 });

@@ -507,6 +507,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         redis,
         membership,
         config.typing_ttl,
+        config.presence_grace,
     )?;
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel();

@@ -57,6 +57,7 @@ enum Event {
     Retry,
     HealthCheck,
     PublisherBroken,
+    PresenceTimeout,
 }
 
 /// See the module docs. Returns once every command sender is gone.
@@ -65,6 +66,7 @@ pub async fn run(
     router: Router,
     settings: RedisSettings,
     membership: Option<flume::Receiver<MembershipCheck>>,
+    presence_grace: std::time::Duration,
 ) {
     let client = match Client::open(settings.url.as_str()) {
         Ok(client) => client,
@@ -114,6 +116,7 @@ pub async fn run(
         publisher_conn,
         publish_tx,
         typing_tx,
+        presence: super::presence::PresenceTable::new(presence_grace),
         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP)
             .young(BACKOFF_YOUNG_CAP, BACKOFF_YOUNG_FOR),
         retry_at: tokio::time::Instant::now(),
@@ -129,12 +132,17 @@ pub async fn run(
             node.connect().await;
         }
         let connected = node.subscriber.is_some();
+        let presence_at = node.presence.poll_timeout();
+        let presence_sleep = presence_at.map_or(node.retry_at, tokio::time::Instant::from_std);
         let event = tokio::select! {
             command = commands.recv_async() => Event::Command(command.ok()),
             message = next_message(node.subscriber.as_mut()) => Event::Message(message),
             _ = tokio::time::sleep_until(node.retry_at), if !connected => Event::Retry,
             _ = health.tick(), if connected => Event::HealthCheck,
             _ = broken.notified() => Event::PublisherBroken,
+            _ = tokio::time::sleep_until(presence_sleep), if presence_at.is_some() => {
+                Event::PresenceTimeout
+            }
         };
         match event {
             Event::Command(None) => return,
@@ -162,6 +170,14 @@ pub async fn run(
             Event::Retry => {}
             Event::HealthCheck => node.health_check().await,
             Event::PublisherBroken => node.lost("the publisher connection failed"),
+            Event::PresenceTimeout => {
+                for offline in node
+                    .presence
+                    .handle_timeout(Instant::now(), super::unix_ms())
+                {
+                    node.handle(IngestorCommand::Publish(offline));
+                }
+            }
         }
     }
 }
@@ -191,6 +207,9 @@ struct Node {
     publish_tx: mpsc::Sender<Publication>,
     /// Typing signals for the typing task ([`super::typing_redis`]).
     typing_tx: mpsc::Sender<coregate_shards::TypingSignal>,
+    /// Presence, kept by this node alone for now: announcements go out through Redis
+    /// to every node, but the connection counts and queries are this node's.
+    presence: super::presence::PresenceTable,
     backoff: Backoff,
     retry_at: tokio::time::Instant,
     ever_connected: bool,
@@ -234,6 +253,17 @@ impl Node {
                     self.stats
                         .redis_publish_errors
                         .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            IngestorCommand::Presence(signal @ coregate_shards::PresenceSignal::Query { .. }) => {
+                super::answer_presence_query(&self.presence, &self.router, signal);
+            }
+            IngestorCommand::Presence(signal) => {
+                for announcement in self
+                    .presence
+                    .handle(signal, Instant::now(), super::unix_ms())
+                {
+                    self.handle(IngestorCommand::Publish(announcement));
                 }
             }
         }
