@@ -162,11 +162,12 @@ pub enum ShardMessage {
         window: std::time::Duration,
     },
     /// The node's answer to a connection's `presence_query`: sent as `presence_state`
-    /// with the query's `ref` if that connection is still there.
+    /// with the query's `ref` if that connection is still there; `None` where the node
+    /// has no presence to answer from (with Redis, not built yet): `error`.
     PresenceState {
         conn: crate::hub::ConnKey,
         r#ref: Option<u64>,
-        users: Vec<coregate_protocol::PresenceEntry>,
+        users: Option<Vec<coregate_protocol::PresenceEntry>>,
     },
 }
 

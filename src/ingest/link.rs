@@ -57,7 +57,6 @@ enum Event {
     Retry,
     HealthCheck,
     PublisherBroken,
-    PresenceTimeout,
 }
 
 /// See the module docs. Returns once every command sender is gone.
@@ -66,7 +65,6 @@ pub async fn run(
     router: Router,
     settings: RedisSettings,
     membership: Option<flume::Receiver<MembershipCheck>>,
-    presence_grace: std::time::Duration,
 ) {
     let client = match Client::open(settings.url.as_str()) {
         Ok(client) => client,
@@ -116,7 +114,6 @@ pub async fn run(
         publisher_conn,
         publish_tx,
         typing_tx,
-        presence: super::presence::PresenceTable::new(presence_grace),
         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP)
             .young(BACKOFF_YOUNG_CAP, BACKOFF_YOUNG_FOR),
         retry_at: tokio::time::Instant::now(),
@@ -132,17 +129,12 @@ pub async fn run(
             node.connect().await;
         }
         let connected = node.subscriber.is_some();
-        let presence_at = node.presence.poll_timeout();
-        let presence_sleep = presence_at.map_or(node.retry_at, tokio::time::Instant::from_std);
         let event = tokio::select! {
             command = commands.recv_async() => Event::Command(command.ok()),
             message = next_message(node.subscriber.as_mut()) => Event::Message(message),
             _ = tokio::time::sleep_until(node.retry_at), if !connected => Event::Retry,
             _ = health.tick(), if connected => Event::HealthCheck,
             _ = broken.notified() => Event::PublisherBroken,
-            _ = tokio::time::sleep_until(presence_sleep), if presence_at.is_some() => {
-                Event::PresenceTimeout
-            }
         };
         match event {
             Event::Command(None) => return,
@@ -170,14 +162,6 @@ pub async fn run(
             Event::Retry => {}
             Event::HealthCheck => node.health_check().await,
             Event::PublisherBroken => node.lost("the publisher connection failed"),
-            Event::PresenceTimeout => {
-                for offline in node
-                    .presence
-                    .handle_timeout(Instant::now(), super::unix_ms())
-                {
-                    node.handle(IngestorCommand::Publish(offline));
-                }
-            }
         }
     }
 }
@@ -207,9 +191,6 @@ struct Node {
     publish_tx: mpsc::Sender<Publication>,
     /// Typing signals for the typing task ([`super::typing_redis`]).
     typing_tx: mpsc::Sender<coregate_shards::TypingSignal>,
-    /// Presence, kept by this node alone for now: announcements go out through Redis
-    /// to every node, but the connection counts and queries are this node's.
-    presence: super::presence::PresenceTable,
     backoff: Backoff,
     retry_at: tokio::time::Instant,
     ever_connected: bool,
@@ -255,17 +236,26 @@ impl Node {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
-            IngestorCommand::Presence(signal @ coregate_shards::PresenceSignal::Query { .. }) => {
-                super::answer_presence_query(&self.presence, &self.router, signal);
+            // Presence across nodes (state in Redis under a per-node lease) is not built
+            // yet: a node's own count would announce `offline` while the user is still
+            // connected to another node, so nothing is announced with Redis, and a
+            // query is answered `error` rather than with a partial truth.
+            IngestorCommand::Presence(coregate_shards::PresenceSignal::Query {
+                shard_id,
+                conn,
+                r#ref,
+                ..
+            }) => {
+                self.router.send_to(
+                    shard_id,
+                    coregate_shards::ShardMessage::PresenceState {
+                        conn,
+                        r#ref,
+                        users: None,
+                    },
+                );
             }
-            IngestorCommand::Presence(signal) => {
-                for announcement in self
-                    .presence
-                    .handle(signal, Instant::now(), super::unix_ms())
-                {
-                    self.handle(IngestorCommand::Publish(announcement));
-                }
-            }
+            IngestorCommand::Presence(_) => {}
         }
     }
 

@@ -104,13 +104,7 @@ pub fn spawn(
         .name("ingestor".into())
         .spawn(move || match (runtime, redis) {
             (Some(runtime), Some(settings)) => {
-                runtime.block_on(link::run(
-                    commands,
-                    router,
-                    settings,
-                    membership,
-                    presence_grace,
-                ));
+                runtime.block_on(link::run(commands, router, settings, membership));
             }
             _ => run_embedded(&commands, &mut router, typing_ttl, presence_grace),
         })
@@ -137,7 +131,7 @@ pub(crate) fn answer_presence_query(
         user_ids,
     } = signal
     {
-        let users = table.query(&viewer, &user_ids);
+        let users = Some(table.query(&viewer, &user_ids));
         router.send_to(
             shard_id,
             coregate_shards::ShardMessage::PresenceState { conn, r#ref, users },

@@ -439,7 +439,7 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         status: coregate_protocol::PresenceStatus::Busy,
         since: 5,
     }];
-    h.hub.answer_presence_query(a, Some(7), users.clone());
+    h.hub.answer_presence_query(a, Some(7), Some(users.clone()));
     let read = h.read(a);
     assert_eq!(read.ops(), ["presence_state"]);
     assert_eq!(read.first("presence_state")["ref"], 7);
@@ -448,11 +448,20 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         "busy"
     );
     assert_eq!(read.first("presence_state")["d"]["users"][0]["since"], 5);
+    // A node without presence to answer from (with Redis, not built yet): `error`.
+    h.send(
+        a,
+        r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":8}"#,
+    );
+    h.hub.answer_presence_query(a, Some(8), None);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "bad_request");
+    assert_eq!(read.first("error")["ref"], 8);
     // A late answer for a connection that is gone reaches nobody (nor a newcomer).
     h.hub.remove(a);
     let b = h.connect_ready("bob", JSON);
     h.read(b);
-    h.hub.answer_presence_query(a, Some(7), users);
+    h.hub.answer_presence_query(a, Some(7), Some(users));
     assert!(h.read(b).ops().is_empty());
 }
 

@@ -319,17 +319,25 @@ impl Session {
         })
     }
     /// The node's answer to this connection's `presence_query`: `presence_state` with
-    /// the query's `ref`.
+    /// the query's `ref`, or `error` where the node has no presence to answer from.
     pub fn answer_presence_query(
         &mut self,
         r#ref: Option<u64>,
-        users: Vec<coregate_protocol::PresenceEntry>,
+        users: Option<Vec<coregate_protocol::PresenceEntry>>,
         ctx: &mut SessionCtx,
     ) {
         if self.is_closing() {
             return;
         }
-        self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx);
+        match users {
+            Some(users) => self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx),
+            None => self.reply_error(
+                ErrorCode::BadRequest,
+                "`presence_query` is not available on this gateway yet (with Redis)",
+                r#ref,
+                ctx,
+            ),
+        }
     }
     pub fn queued_bytes(&self) -> usize {
         self.outbox.queued_bytes()
