@@ -1,6 +1,6 @@
-//! End-to-end tests of presence (PROTOCOL.md §4–§5, issue 12) on one node, on the
-//! embedded bus: real gateway processes and real WebSocket clients. With Redis,
-//! presence across nodes is not built yet; the last test pins what such a node does.
+//! End-to-end tests of presence (PROTOCOL.md §4–§5, issue 12): real gateway processes
+//! and real WebSocket clients, on one node's embedded bus and on two nodes sharing a
+//! private `redis-server`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -200,24 +200,133 @@ async fn presence_query_answers_many_users_and_refuses_more_than_100() {
     assert_eq!(error.d["code"], "limit");
 }
 
-#[tokio::test]
-async fn with_redis_presence_is_not_announced_and_a_query_is_refused() {
-    let redis = RedisServer::start().await;
+/// A node on `redis` with a short grace and lease.
+fn node(redis: &RedisServer) -> Gateway {
     let url = redis.url();
-    let gw = Gateway::start(&["--redis-url", url.as_str(), "--presence-grace", "1s"]);
-    let mut bob = watcher(&gw, "bob", &["presence:alice"]).await;
-    redis.wait_numsub("presence:alice", 1).await;
-    let mut alice = connect(&gw, "alice").await;
-    set(&mut alice, PresenceStatus::Away).await;
+    Gateway::start(&[
+        "--redis-url",
+        url.as_str(),
+        "--presence-grace",
+        "1s",
+        "--presence-ttl",
+        "2s",
+    ])
+}
+
+/// `bob` on `a` and `carol` on `b`, both watching `presence:alice`.
+async fn watchers(redis: &RedisServer, a: &Gateway, b: &Gateway) -> (Client, Client) {
+    let bob = watcher(a, "bob", &["presence:alice"]).await;
+    let carol = watcher(b, "carol", &["presence:alice"]).await;
+    redis.wait_numsub("presence:alice", 2).await;
+    (bob, carol)
+}
+
+async fn redis_keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn across_two_nodes_presence_is_user_level_and_announced_once() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis);
+    let b = node(&redis);
+    let (mut bob, mut carol) = watchers(&redis, &a, &b).await;
+    let mut alice_a = connect(&a, "alice").await;
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "online").await;
+    }
+    let alice_b = connect(&b, "alice").await;
+    bob.expect_silence(QUIET).await;
+    // Invisible on a: offline to everyone, on both nodes; the truth to herself.
+    set(&mut alice_a, PresenceStatus::Invisible).await;
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "offline").await;
+    }
+    assert_eq!(query(&mut carol, &["alice"]).await[0]["status"], "offline");
+    assert_eq!(
+        query(&mut alice_a, &["alice"]).await[0]["status"],
+        "invisible"
+    );
+    set(&mut alice_a, PresenceStatus::Online).await;
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "online").await;
+    }
+    // Her tab on a closes: still online (on b), whatever the grace.
+    drop(alice_a);
+    carol.expect_silence(Duration::from_millis(2_500)).await;
+    bob.expect_silence(QUIET).await;
+    assert_eq!(query(&mut bob, &["alice"]).await[0]["status"], "online");
+    // Her last tab closes: offline once, after the grace (the sweep runs every second).
+    let closed = Instant::now();
+    drop(alice_b);
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "offline").await;
+    }
+    let after = closed.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(3_500),
+        "offline came {after:?} after the last close"
+    );
+    for client in [&mut bob, &mut carol] {
+        client.expect_silence(Duration::from_millis(1_200)).await;
+    }
+    assert_eq!(
+        query(&mut carol, &["alice"]).await,
+        json!([{"user_id": "alice", "status": "offline", "since": 0}])
+    );
+    assert!(redis_keys(&redis, "presence:u:alice").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_reconnect_to_the_other_node_within_the_grace_announces_nothing() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis);
+    let b = node(&redis);
+    let (mut bob, mut carol) = watchers(&redis, &a, &b).await;
+    let alice = connect(&a, "alice").await;
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "online").await;
+    }
     drop(alice);
-    bob.expect_silence(Duration::from_millis(1_500)).await;
-    let r#ref = bob
-        .send(ClientMessage::PresenceQuery {
-            user_ids: vec!["alice".into()],
-        })
-        .await;
-    let error = bob.wait_op("error").await;
-    assert_eq!(error.r#ref, Some(r#ref));
-    assert_eq!(error.d["code"], "bad_request");
-    assert_eq!(gw.metric("coregate_redis_published_total").await, 0.0);
+    let _back = connect(&b, "alice").await;
+    bob.expect_silence(Duration::from_millis(3_000)).await;
+    carol.expect_silence(QUIET).await;
+    assert_eq!(query(&mut bob, &["alice"]).await[0]["status"], "online");
+}
+
+#[tokio::test]
+async fn a_node_killed_has_its_users_taken_offline_once_by_a_survivor() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis);
+    let b = node(&redis);
+    let c = node(&redis);
+    let (mut bob, mut carol) = watchers(&redis, &b, &c).await;
+    let _alice = connect(&a, "alice").await;
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "online").await;
+    }
+    let killed = Instant::now();
+    // SIGKILL: no close is handled; only the lease tells.
+    drop(a);
+    for client in [&mut bob, &mut carol] {
+        expect_update(client, "presence:alice", "alice", "offline").await;
+    }
+    let after = killed.elapsed();
+    // The lease (2 s) plus the grace (1 s), found by a sweep (every second).
+    assert!(
+        after >= Duration::from_millis(1_900) && after < Duration::from_millis(5_500),
+        "offline came {after:?} after the kill"
+    );
+    for client in [&mut bob, &mut carol] {
+        client.expect_silence(Duration::from_millis(1_500)).await;
+    }
+    assert_eq!(query(&mut bob, &["alice"]).await[0]["status"], "offline");
+    assert!(redis_keys(&redis, "presence:u:alice").await.is_empty());
+    // The dead node's set is gone; the survivors' (bob's, carol's) remain.
+    assert_eq!(redis_keys(&redis, "presence:node:*").await.len(), 2);
 }

@@ -13,7 +13,9 @@
 //! - [`link`]: the Redis side: connections, reconnection, decoding what arrives;
 //! - [`publisher`]: PUBLISH, pipelined, in order;
 //! - [`membership`]: SISMEMBER checks for the shards' authorizer;
-//! - [`presence`]: presence node-wide (connections per user, grace, status, query);
+//! - [`presence`]: presence node-wide (connections per user, grace, status, query),
+//!   the whole of it without Redis; [`presence_redis`]: the same across nodes, in
+//!   Redis, with a lease per node;
 //! - [`typing`]: typing indicators node-wide (dedup, rate, TTL), the whole of it
 //!   without Redis; [`typing_redis`]: the same across nodes, kept in Redis;
 //! - [`backoff`], [`log_limit`]: reconnection delays and rate-limited warnings.
@@ -28,6 +30,7 @@ mod link;
 mod log_limit;
 mod membership;
 pub mod presence;
+pub mod presence_redis;
 mod publisher;
 mod router;
 mod subscriptions;
@@ -80,6 +83,10 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// `--typing-ttl`.
     pub typing_ttl: Duration,
+    /// `--presence-grace`.
+    pub presence_grace: Duration,
+    /// `--presence-ttl`: each node's lease on its users' presence.
+    pub presence_ttl: Duration,
 }
 
 /// Runs the ingestor on its own thread until every command sender is gone.

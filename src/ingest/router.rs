@@ -139,6 +139,11 @@ impl Router {
         self.deliver_to(publication, sets);
     }
 
+    /// Every shard's inbox, by shard id.
+    pub fn shards(&self) -> &[ShardSender] {
+        &self.shards
+    }
+
     /// Hands one message to one shard (a reply to one of its connections); a full or
     /// stopped queue drops it, counted like a dropped delivery.
     pub fn send_to(&self, shard_id: usize, message: ShardMessage) {
