@@ -163,7 +163,7 @@ pub enum ShardMessage {
     },
     /// The node's answer to a connection's `presence_query`: sent as `presence_state`
     /// with the query's `ref` if that connection is still there; `None` where the node
-    /// has no presence to answer from (with Redis, not built yet): `error`.
+    /// could not read the presence state (Redis unreachable): `error {code: not_ready}`.
     PresenceState {
         conn: crate::hub::ConnKey,
         r#ref: Option<u64>,

@@ -448,14 +448,14 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         "busy"
     );
     assert_eq!(read.first("presence_state")["d"]["users"][0]["since"], 5);
-    // A node without presence to answer from (with Redis, not built yet): `error`.
+    // A node that could not read the presence state (Redis unreachable): `not_ready`.
     h.send(
         a,
         r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":8}"#,
     );
     h.hub.answer_presence_query(a, Some(8), None);
     let read = h.read(a);
-    assert_eq!(read.first("error")["d"]["code"], "bad_request");
+    assert_eq!(read.first("error")["d"]["code"], "not_ready");
     assert_eq!(read.first("error")["ref"], 8);
     // A late answer for a connection that is gone reaches nobody (nor a newcomer).
     h.hub.remove(a);

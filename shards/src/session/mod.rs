@@ -319,7 +319,8 @@ impl Session {
         })
     }
     /// The node's answer to this connection's `presence_query`: `presence_state` with
-    /// the query's `ref`, or `error` where the node has no presence to answer from.
+    /// the query's `ref`, or `error {code: not_ready}` where the node could not read
+    /// the presence state (Redis unreachable).
     pub fn answer_presence_query(
         &mut self,
         r#ref: Option<u64>,
@@ -332,8 +333,8 @@ impl Session {
         match users {
             Some(users) => self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx),
             None => self.reply_error(
-                ErrorCode::BadRequest,
-                "`presence_query` is not available on this gateway yet (with Redis)",
+                ErrorCode::NotReady,
+                "presence cannot be read now (Redis is unreachable); try again",
                 r#ref,
                 ctx,
             ),
