@@ -330,3 +330,38 @@ async fn a_node_killed_has_its_users_taken_offline_once_by_a_survivor() {
     // The dead node's set is gone; the survivors' (bob's, carol's) remain.
     assert_eq!(redis_keys(&redis, "presence:node:*").await.len(), 2);
 }
+
+#[tokio::test]
+async fn while_redis_is_down_a_query_is_not_ready_and_signals_go_out_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let a = node(&redis);
+    let mut bob = connect(&a, "bob").await;
+    assert_eq!(query(&mut bob, &["bob"]).await[0]["status"], "online");
+    redis.kill();
+    let r#ref = bob
+        .send(ClientMessage::PresenceQuery {
+            user_ids: vec!["bob".into()],
+        })
+        .await;
+    let error = bob.wait_op("error").await;
+    assert_eq!(error.r#ref, Some(r#ref));
+    assert_eq!(error.d["code"], "not_ready");
+    // Alice connects during the outage: her signal waits and goes out afterwards.
+    let _alice = connect(&a, "alice").await;
+    redis.start_again().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r#ref = bob
+            .send(ClientMessage::PresenceQuery {
+                user_ids: vec!["alice".into()],
+            })
+            .await;
+        let reply = bob.next().await.unwrap();
+        assert_eq!(reply.r#ref, Some(r#ref));
+        if reply.op == "presence_state" && reply.d["users"][0]["status"] == "online" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice never online: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

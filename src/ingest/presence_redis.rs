@@ -23,7 +23,8 @@
 //! `EVAL` of [`SET`]; `presence_query` one of [`QUERY`].
 //!
 //! While Redis is down, signals wait (in order, up to [`MAX_PENDING`]) and are sent
-//! again once it is back; queries are answered `error` at once.
+//! again once it is back (a batch Redis refuses with an error is dropped, not retried);
+//! queries are answered `error {code: not_ready}` at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -193,7 +194,7 @@ fn eval<'a>(pipe: &'a mut redis::Pipeline, body: &str) -> &'a mut redis::Pipelin
 /// See the module docs. Runs until the ingestor drops the sender.
 pub async fn run(
     mut signals: mpsc::Receiver<PresenceSignal>,
-    connection: watch::Receiver<Option<MultiplexedConnection>>,
+    mut connection: watch::Receiver<Option<MultiplexedConnection>>,
     settings: PresenceRedis,
     shards: Vec<ShardSender>,
     stats: Arc<IngestorStats>,
@@ -209,20 +210,20 @@ pub async fn run(
                 if count == 0 {
                     return;
                 }
-                for signal in batch.drain(..) {
-                    match signal {
-                        PresenceSignal::Query { .. } => {
-                            let conn = connection.borrow().clone();
-                            query(signal, conn, &settings, &shards).await;
-                        }
-                        other => pending.push_back(other),
-                    }
-                }
+                pending.extend(batch.drain(..));
                 while pending.len() > MAX_PENDING {
-                    pending.pop_front();
+                    if let Some(dropped) = pending.pop_front() {
+                        query(dropped, None, &settings, &shards).await;
+                    }
                     stats
                         .redis_publish_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            // (Re)connected: what waited goes out now, not at the next tick.
+            changed = connection.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
             _ = sweep.tick() => {
@@ -233,22 +234,46 @@ pub async fn run(
             }
         }
         let conn = connection.borrow().clone();
-        if let Some(conn) = conn {
-            send(&mut pending, conn, &settings, &mut warnings).await;
+        match conn {
+            Some(conn) => send(&mut pending, conn, &settings, &shards, &mut warnings).await,
+            None => {
+                // Queries cannot wait for Redis: `not_ready` now; the rest waits.
+                let mut waiting = VecDeque::with_capacity(pending.len());
+                for signal in pending.drain(..) {
+                    match signal {
+                        PresenceSignal::Query { .. } => {
+                            query(signal, None, &settings, &shards).await;
+                        }
+                        other => waiting.push_back(other),
+                    }
+                }
+                pending = waiting;
+            }
         }
     }
 }
 
-/// Sends the waiting signals, in order, a batch per round trip; on failure they wait
-/// for the next attempt.
+/// Sends the waiting signals, in order, a batch per round trip (a query is read after
+/// every signal before it went out); on failure they wait for the next attempt.
 async fn send(
     pending: &mut VecDeque<PresenceSignal>,
     mut conn: MultiplexedConnection,
     settings: &PresenceRedis,
+    shards: &[ShardSender],
     warnings: &mut LogLimit,
 ) {
     while !pending.is_empty() {
-        let count = pending.len().min(BATCH);
+        if matches!(pending.front(), Some(PresenceSignal::Query { .. })) {
+            if let Some(signal) = pending.pop_front() {
+                query(signal, Some(conn.clone()), settings, shards).await;
+            }
+            continue;
+        }
+        let count = pending
+            .iter()
+            .take(BATCH)
+            .take_while(|s| !matches!(s, PresenceSignal::Query { .. }))
+            .count();
         let mut pipe = redis::pipe();
         for signal in pending.iter().take(count) {
             match signal {
@@ -294,6 +319,14 @@ async fn send(
             Ok(_) => {
                 pending.drain(..count);
             }
+            // Redis answered with an error (not a lost connection): sending the same
+            // batch again would fail again and hold every later signal back.
+            Err(error) if !(error.is_io_error() || error.is_timeout()) => {
+                if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
+                    tracing::warn!(%error, suppressed, count, "presence signals refused by Redis; dropped");
+                }
+                pending.drain(..count);
+            }
             Err(error) => {
                 if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
                     tracing::warn!(%error, suppressed, "presence signals not sent; retrying");
@@ -312,6 +345,7 @@ async fn query(
     settings: &PresenceRedis,
     shards: &[ShardSender],
 ) {
+    // Anything but a query has no one waiting for an answer.
     let PresenceSignal::Query {
         shard_id,
         conn: key,
