@@ -365,3 +365,31 @@ async fn while_redis_is_down_a_query_is_not_ready_and_signals_go_out_once_it_is_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn signal(gw: &Gateway, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(gw.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_node_thought_dead_that_comes_back_counts_its_users_again() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis);
+    let b = node(&redis);
+    let mut carol = watcher(&b, "carol", &["presence:alice"]).await;
+    redis.wait_numsub("presence:alice", 1).await;
+    let _alice = connect(&a, "alice").await;
+    expect_update(&mut carol, "presence:alice", "alice", "online").await;
+    // Stopped past its lease and the grace: b takes alice offline.
+    signal(&a, "STOP");
+    expect_update(&mut carol, "presence:alice", "alice", "offline").await;
+    // Back: its sweep finds its lease gone and puts its connections back.
+    signal(&a, "CONT");
+    expect_update(&mut carol, "presence:alice", "alice", "online").await;
+    carol.expect_silence(Duration::from_millis(1_500)).await;
+    assert_eq!(query(&mut carol, &["alice"]).await[0]["status"], "online");
+}

@@ -20,13 +20,15 @@
 //! node's lease, takes the connections of nodes whose lease ran out off their users'
 //! counts, and announces `offline` for the users whose grace ran out with no connection
 //! left (exactly once: the script deletes what it announces). `presence_set` is one
-//! `EVAL` of [`SET`]; `presence_query` one of [`QUERY`].
+//! `EVAL` of [`SET`]; `presence_query` one of [`QUERY`]. A node whose own sweep finds
+//! its lease gone (it was cut off or stopped past the TTL, and a survivor took its users
+//! offline) puts its live connections back with one pipelined [`RESYNC`] per user.
 //!
 //! While Redis is down, signals wait (in order, up to [`MAX_PENDING`]) and are sent
 //! again once it is back (a batch Redis refuses with an error is dropped, not retried);
 //! queries are answered `error {code: not_ready}` at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,8 +121,11 @@ return out
 "#;
 
 /// `KEYS`: leases, offline set; `ARGV`: node id, `--presence-ttl` ms, key prefix, grace
-/// ms, the most users to take offline at once. The number of announcements made.
+/// ms, the most users to take offline at once. 1 if this node's lease had lapsed (a
+/// survivor took its connections off): the node then puts them back ([`RESYNC`]).
 const SWEEP: &str = r#"
+local lapsed = 0
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then lapsed = 1 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local prefix = ARGV[3]
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
@@ -149,7 +154,25 @@ for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 
     redis.call('DEL', key)
   end
 end
-return announced
+return lapsed
+"#;
+
+/// `KEYS`: user hash, node set, leases, offline set; `ARGV`: node id, user id, the
+/// channels, `--presence-ttl` ms, this node's live connections of the user. Puts back
+/// what a sweep took off while this node was thought dead (its lease had lapsed: cut
+/// off from Redis, or stopped, for longer than the TTL). 1 if it announced.
+const RESYNC: &str = r#"
+local field = 'n:' .. ARGV[1]
+local before = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+local count = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], field, count)
+redis.call('HINCRBY', KEYS[1], 'total', count - before)
+redis.call('HSETNX', KEYS[1], 'chosen', 'online')
+redis.call('HSET', KEYS[1], 'ch', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return settle(KEYS[1], ARGV[2])
 "#;
 
 /// How often each node refreshes its lease and sweeps.
@@ -200,6 +223,7 @@ pub async fn run(
     stats: Arc<IngestorStats>,
 ) {
     let mut pending: VecDeque<PresenceSignal> = VecDeque::new();
+    let mut local: HashMap<String, Local> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut warnings = LogLimit::per_second();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -229,13 +253,23 @@ pub async fn run(
             _ = sweep.tick() => {
                 let conn = connection.borrow().clone();
                 if let Some(conn) = conn {
-                    run_sweep(conn, &settings, &mut warnings).await;
+                    run_sweep(conn, &settings, &local, &mut warnings).await;
                 }
             }
         }
         let conn = connection.borrow().clone();
         match conn {
-            Some(conn) => send(&mut pending, conn, &settings, &shards, &mut warnings).await,
+            Some(conn) => {
+                send(
+                    &mut pending,
+                    conn,
+                    &settings,
+                    &shards,
+                    &mut local,
+                    &mut warnings,
+                )
+                .await
+            }
             None => {
                 // Queries cannot wait for Redis: `not_ready` now; the rest waits.
                 let mut waiting = VecDeque::with_capacity(pending.len());
@@ -260,6 +294,7 @@ async fn send(
     mut conn: MultiplexedConnection,
     settings: &PresenceRedis,
     shards: &[ShardSender],
+    local: &mut HashMap<String, Local>,
     warnings: &mut LogLimit,
 ) {
     while !pending.is_empty() {
@@ -278,10 +313,6 @@ async fn send(
         for signal in pending.iter().take(count) {
             match signal {
                 PresenceSignal::Connect { user_id, topics } => {
-                    let channels: Vec<String> = topics
-                        .iter()
-                        .map(|t| Publication::redis_channel(&settings.prefix, t))
-                        .collect();
                     eval(&mut pipe, CONNECT)
                         .arg(4)
                         .arg(settings.user(user_id))
@@ -290,7 +321,7 @@ async fn send(
                         .arg(settings.offline())
                         .arg(&settings.node_id)
                         .arg(user_id)
-                        .arg(channels.join("\n"))
+                        .arg(channels(topics, settings))
                         .arg(settings.ttl.as_millis() as u64);
                 }
                 PresenceSignal::Disconnect { user_id } => {
@@ -317,7 +348,8 @@ async fn send(
         }
         match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
             Ok(_) => {
-                pending.drain(..count);
+                let sent: Vec<_> = pending.drain(..count).collect();
+                record(local, &sent, settings);
             }
             // Redis answered with an error (not a lost connection): sending the same
             // batch again would fail again and hold every later signal back.
@@ -406,6 +438,7 @@ fn status_of(s: &str) -> PresenceStatus {
 async fn run_sweep(
     mut conn: MultiplexedConnection,
     settings: &PresenceRedis,
+    local: &HashMap<String, Local>,
     warnings: &mut LogLimit,
 ) {
     let mut pipe = redis::pipe();
@@ -418,9 +451,77 @@ async fn run_sweep(
         .arg(&settings.prefix)
         .arg(settings.grace.as_millis() as u64)
         .arg(SWEEP_LIMIT);
-    if let Err(error) = pipe.query_async::<Vec<u64>>(&mut conn).await {
+    let lapsed = match pipe.query_async::<Vec<u64>>(&mut conn).await {
+        Ok(result) => result.first() == Some(&1),
+        Err(error) => {
+            if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
+                tracing::warn!(%error, suppressed, "presence sweep failed");
+            }
+            false
+        }
+    };
+    if !lapsed || local.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        users = local.len(),
+        "this node's presence lease had lapsed; its users' connections are counted again"
+    );
+    let mut pipe = redis::pipe();
+    for (user_id, l) in local {
+        eval(&mut pipe, RESYNC)
+            .arg(4)
+            .arg(settings.user(user_id))
+            .arg(settings.node_set())
+            .arg(settings.leases())
+            .arg(settings.offline())
+            .arg(&settings.node_id)
+            .arg(user_id)
+            .arg(&l.channels)
+            .arg(settings.ttl.as_millis() as u64)
+            .arg(l.connections);
+    }
+    if let Err(error) = pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
         if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
-            tracing::warn!(%error, suppressed, "presence sweep failed");
+            tracing::warn!(%error, suppressed, "presence resync failed");
         }
     }
+}
+
+/// What this node has told Redis of one user: their live connections here, and the
+/// channels of the latest, for a [`RESYNC`].
+#[derive(Debug, Default)]
+struct Local {
+    connections: u32,
+    channels: String,
+}
+
+/// Applies the signals Redis has taken to this node's own view.
+fn record(local: &mut HashMap<String, Local>, sent: &[PresenceSignal], settings: &PresenceRedis) {
+    for signal in sent {
+        match signal {
+            PresenceSignal::Connect { user_id, topics } => {
+                let l = local.entry(user_id.clone()).or_default();
+                l.connections += 1;
+                l.channels = channels(topics, settings);
+            }
+            PresenceSignal::Disconnect { user_id } => {
+                if let Some(l) = local.get_mut(user_id) {
+                    l.connections = l.connections.saturating_sub(1);
+                    if l.connections == 0 {
+                        local.remove(user_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn channels(topics: &[coregate_protocol::Topic], settings: &PresenceRedis) -> String {
+    topics
+        .iter()
+        .map(|t| Publication::redis_channel(&settings.prefix, t))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
