@@ -84,8 +84,8 @@ impl JwtVerifier {
     /// [`TokenVerifier::verify`] at `now` (Unix seconds) for the checks made here;
     /// jsonwebtoken checks `exp` and `nbf` against its own clock as well.
     pub fn verify_at(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
+        let data = jsonwebtoken::decode::<TokenClaims>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -99,9 +99,8 @@ impl JwtVerifier {
                     AuthError::BadClaims(format!("missing `{claim}`"))
                 }
                 _ => AuthError::Malformed,
-            },
-        )?;
-        let claims = data.claims;
+            })?;
+        let TokenClaims { claims, presence } = data.claims;
         check_times(&claims, now, self.iat_leeway)?;
         if claims.sub.is_empty()
             || claims.sub.len() > Claims::MAX_SUB_LEN
@@ -114,11 +113,17 @@ impl JwtVerifier {
         let topics = claims
             .topic_patterns()
             .map_err(|e| AuthError::BadClaims(format!("`topics`: {e}")))?;
+        let presence = presence
+            .iter()
+            .map(|raw| Topic::parse(raw))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AuthError::BadClaims(format!("`presence`: {e}")))?;
         Ok(Identity {
             user_id: claims.sub,
             name: claims.name,
             expires_at: claims.exp,
             topics,
+            presence: (!presence.is_empty()).then(|| Box::new(presence)),
         })
     }
 }
@@ -139,6 +144,17 @@ fn unix_now() -> u64 {
 /// which is when the shard's sweeper closes the connection too; not valid before `nbf`;
 /// and not issued in the future, beyond `iat_leeway` seconds (PROTOCOL.md §1: `iat` is
 /// validated if present). Fractions of seconds were dropped when the claims were read.
+/// What the gateway reads of a token: PROTOCOL.md §1's claims, and the optional
+/// `presence` claim (topics where the user's presence transitions are announced, besides
+/// `presence:<sub>`; a malformed topic makes the token invalid, as in `topics`).
+#[derive(serde::Deserialize)]
+struct TokenClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    presence: Vec<String>,
+}
+
 fn check_times(claims: &Claims, now: u64, iat_leeway: u64) -> Result<(), AuthError> {
     if claims.exp <= now {
         return Err(AuthError::Expired);
@@ -277,6 +293,27 @@ mod tests {
                 .expect_err("aud required when configured"),
             AuthError::BadClaims("missing `aud`".into())
         );
+    }
+
+    #[test]
+    fn the_presence_claim_becomes_the_announcement_topics() {
+        let exp = unix_now() + 600;
+        let verifier = JwtVerifier::hs256(SECRET, &Config::default());
+        let token = sign(serde_json::json!({
+            "sub": "ann", "exp": exp, "presence": ["server:1", "presence:ann", "server:2"]
+        }));
+        let identity = verifier.verify(&token).expect("a valid presence claim");
+        let topics: Vec<_> = identity.presence_topics().into_iter().collect();
+        let names: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["presence:ann", "server:1", "server:2"]);
+        let none = sign(serde_json::json!({"sub": "ann", "exp": exp}));
+        let identity = verifier.verify(&none).expect("no presence claim");
+        assert!(identity.presence.is_none());
+        let bad = sign(serde_json::json!({"sub": "ann", "exp": exp, "presence": ["no spaces"]}));
+        assert!(matches!(
+            verifier.verify(&bad),
+            Err(AuthError::BadClaims(reason)) if reason.contains("presence")
+        ));
     }
 
     #[test]

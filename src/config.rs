@@ -301,6 +301,18 @@ coregate_shards::shard_settings!(define_config! {
             /// Clients repeat `typing_start` every few seconds while typing; 10 s
             /// covers a pause without leaving a stale indicator long.
             typing_ttl: Duration = Duration::from_secs(10);
+
+            /// How long after a user's last connection closes `offline` is announced.
+            ///
+            /// A connection of the user within it (a page reload, a drain's reconnect)
+            /// announces nothing, so that presence does not flap; 5 s covers a reload.
+            presence_grace: Duration = Duration::from_secs(5);
+
+            /// How long a node's lease on its users' presence lasts without a refresh (Redis only).
+            ///
+            /// Each node refreshes its lease every second; when a node dies, a survivor
+            /// takes its users offline once the lease ran out (plus the grace).
+            presence_ttl: Duration = Duration::from_secs(30);
         }
     }
 });
@@ -452,11 +464,18 @@ impl Config {
             ("redis_timeout", self.redis_timeout),
             ("authorizer_timeout", self.authorizer_timeout),
             ("typing_ttl", self.typing_ttl),
+            ("presence_ttl", self.presence_ttl),
         ];
         for (name, value) in positive {
             if value.is_zero() {
                 return Err(invalid(name, "must be more than zero"));
             }
+        }
+        if self.presence_ttl < Duration::from_secs(2) {
+            return Err(invalid(
+                "presence_ttl",
+                "must be at least 2s: each node refreshes its lease every second",
+            ));
         }
         if let Some(url) = &self.redis_url {
             // The reason names the problem, never the URL (it may hold a password).

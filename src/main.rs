@@ -499,6 +499,8 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         members_prefix: config.members_prefix.clone(),
         timeout: config.redis_timeout,
         typing_ttl: config.typing_ttl,
+        presence_grace: config.presence_grace,
+        presence_ttl: config.presence_ttl,
     });
     let redis_configured = redis.is_some();
     let ingestor = ingest::spawn(
@@ -507,6 +509,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         redis,
         membership,
         config.typing_ttl,
+        config.presence_grace,
     )?;
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel();

@@ -107,6 +107,8 @@ fn spawn_shard(
                         }
                         // The end of a run (see `run`).
                         ShardMessage::Drain { .. } => ControlFlow::Break(()),
+                        // Never sent here.
+                        ShardMessage::PresenceState { .. } => ControlFlow::Continue(()),
                     })
                     .await;
                     received

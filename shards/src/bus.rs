@@ -161,6 +161,14 @@ pub enum ShardMessage {
     Drain {
         window: std::time::Duration,
     },
+    /// The node's answer to a connection's `presence_query`: sent as `presence_state`
+    /// with the query's `ref` if that connection is still there; `None` where the node
+    /// could not read the presence state (Redis unreachable): `error {code: not_ready}`.
+    PresenceState {
+        conn: crate::hub::ConnKey,
+        r#ref: Option<u64>,
+        users: Option<Vec<coregate_protocol::PresenceEntry>>,
+    },
 }
 
 /// Why a message could not be handed to a shard.
@@ -281,6 +289,34 @@ pub enum IngestorCommand {
     /// across nodes through Redis), applies the per-user rate and the TTL, and announces
     /// only the user-level `typing_start` / `typing_stop`.
     Typing(TypingSignal),
+    /// A presence signal of one connection: the ingestor counts connections per user
+    /// node-wide, applies the grace and announces only user-level transitions.
+    Presence(PresenceSignal),
+}
+
+/// What a connection tells the node about its user's presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresenceSignal {
+    /// The connection became ready: one more connection of the user. `topics` are
+    /// where the user's transitions are announced: `presence:<sub>` and the `presence`
+    /// claim's topics.
+    Connect { user_id: String, topics: Vec<Topic> },
+    /// A ready connection ended (whatever ended it).
+    Disconnect { user_id: String },
+    /// `presence_set`.
+    Set {
+        user_id: String,
+        status: coregate_protocol::PresenceStatus,
+    },
+    /// `presence_query`: answered to `conn` on `shard_id` with a
+    /// [`ShardMessage::PresenceState`].
+    Query {
+        shard_id: usize,
+        conn: crate::hub::ConnKey,
+        r#ref: Option<u64>,
+        viewer: String,
+        user_ids: Vec<String>,
+    },
 }
 
 /// What a connection did about typing on a topic.

@@ -85,6 +85,9 @@ pub async fn run(
         stats.clone(),
         broken.clone(),
     ));
+    // This process's id in Redis (typing's owner field, presence's lease): new at each
+    // start, so that a restarted node never inherits, nor resurrects, its old state.
+    let node_id = format!("{:016x}", fastrand::u64(..));
     let (typing_tx, typing_rx) = mpsc::channel(PUBLISH_QUEUE);
     tokio::spawn(super::typing_redis::run(
         typing_rx,
@@ -92,8 +95,21 @@ pub async fn run(
         super::typing_redis::TypingRedis {
             prefix: settings.prefix.clone(),
             ttl: settings.typing_ttl,
-            node_id: format!("{:016x}", fastrand::u64(..)),
+            node_id: node_id.clone(),
         },
+        stats.clone(),
+    ));
+    let (presence_tx, presence_rx) = mpsc::channel(PUBLISH_QUEUE);
+    tokio::spawn(super::presence_redis::run(
+        presence_rx,
+        publisher_watch.clone(),
+        super::presence_redis::PresenceRedis {
+            prefix: settings.prefix.clone(),
+            grace: settings.presence_grace,
+            ttl: settings.presence_ttl,
+            node_id: node_id.clone(),
+        },
+        router.shards().to_vec(),
         stats.clone(),
     ));
     if let Some(checks) = membership {
@@ -114,6 +130,7 @@ pub async fn run(
         publisher_conn,
         publish_tx,
         typing_tx,
+        presence_tx,
         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP)
             .young(BACKOFF_YOUNG_CAP, BACKOFF_YOUNG_FOR),
         retry_at: tokio::time::Instant::now(),
@@ -191,6 +208,8 @@ struct Node {
     publish_tx: mpsc::Sender<Publication>,
     /// Typing signals for the typing task ([`super::typing_redis`]).
     typing_tx: mpsc::Sender<coregate_shards::TypingSignal>,
+    /// Presence signals for the presence task ([`super::presence_redis`]).
+    presence_tx: mpsc::Sender<coregate_shards::PresenceSignal>,
     backoff: Backoff,
     retry_at: tokio::time::Instant,
     ever_connected: bool,
@@ -234,6 +253,30 @@ impl Node {
                     self.stats
                         .redis_publish_errors
                         .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            IngestorCommand::Presence(signal) => {
+                if let Err(error) = self.presence_tx.try_send(signal) {
+                    self.stats
+                        .redis_publish_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    // A query still gets its answer: `error`.
+                    if let coregate_shards::PresenceSignal::Query {
+                        shard_id,
+                        conn,
+                        r#ref,
+                        ..
+                    } = error.into_inner()
+                    {
+                        self.router.send_to(
+                            shard_id,
+                            coregate_shards::ShardMessage::PresenceState {
+                                conn,
+                                r#ref,
+                                users: None,
+                            },
+                        );
+                    }
                 }
             }
         }

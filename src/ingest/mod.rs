@@ -13,6 +13,9 @@
 //! - [`link`]: the Redis side: connections, reconnection, decoding what arrives;
 //! - [`publisher`]: PUBLISH, pipelined, in order;
 //! - [`membership`]: SISMEMBER checks for the shards' authorizer;
+//! - [`presence`]: presence node-wide (connections per user, grace, status, query),
+//!   the whole of it without Redis; [`presence_redis`]: the same across nodes, in
+//!   Redis, with a lease per node;
 //! - [`typing`]: typing indicators node-wide (dedup, rate, TTL), the whole of it
 //!   without Redis; [`typing_redis`]: the same across nodes, kept in Redis;
 //! - [`backoff`], [`log_limit`]: reconnection delays and rate-limited warnings.
@@ -26,6 +29,8 @@ mod backoff;
 mod link;
 mod log_limit;
 mod membership;
+pub mod presence;
+pub mod presence_redis;
 mod publisher;
 mod router;
 mod subscriptions;
@@ -78,6 +83,10 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// `--typing-ttl`.
     pub typing_ttl: Duration,
+    /// `--presence-grace`.
+    pub presence_grace: Duration,
+    /// `--presence-ttl`: each node's lease on its users' presence.
+    pub presence_ttl: Duration,
 }
 
 /// Runs the ingestor on its own thread until every command sender is gone.
@@ -88,6 +97,7 @@ pub fn spawn(
     redis: Option<RedisSettings>,
     membership: Option<flume::Receiver<MembershipCheck>>,
     typing_ttl: Duration,
+    presence_grace: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = match &redis {
         None => None,
@@ -103,19 +113,53 @@ pub fn spawn(
             (Some(runtime), Some(settings)) => {
                 runtime.block_on(link::run(commands, router, settings, membership));
             }
-            _ => run_embedded(&commands, &mut router, typing_ttl),
+            _ => run_embedded(&commands, &mut router, typing_ttl, presence_grace),
         })
 }
 
+/// The wall clock in ms since the epoch (presence's `since`).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Answers a `presence_query` from `table` to the asking connection's shard.
+pub(crate) fn answer_presence_query(
+    table: &presence::PresenceTable,
+    router: &Router,
+    signal: coregate_shards::PresenceSignal,
+) {
+    if let coregate_shards::PresenceSignal::Query {
+        shard_id,
+        conn,
+        r#ref,
+        viewer,
+        user_ids,
+    } = signal
+    {
+        let users = Some(table.query(&viewer, &user_ids));
+        router.send_to(
+            shard_id,
+            coregate_shards::ShardMessage::PresenceState { conn, r#ref, users },
+        );
+    }
+}
+
 /// The embedded bus: publications are delivered locally as they come; typing goes
-/// through the node's [`typing::TypingTable`], whose expiries this loop's timer drives.
+/// through the node's [`typing::TypingTable`] and presence through its
+/// [`presence::PresenceTable`], whose deadlines this loop's timer drives.
 fn run_embedded(
     commands: &flume::Receiver<IngestorCommand>,
     router: &mut Router,
     typing_ttl: Duration,
+    presence_grace: Duration,
 ) {
     let mut typing = typing::TypingTable::new(typing_ttl);
-    let mut handle = |command, typing: &mut typing::TypingTable| match command {
+    let mut presence = presence::PresenceTable::new(presence_grace);
+    let mut handle = |command,
+                      typing: &mut typing::TypingTable,
+                      presence: &mut presence::PresenceTable| match command {
         IngestorCommand::Interest {
             shard_id,
             topic,
@@ -130,9 +174,21 @@ fn run_embedded(
                 router.deliver(announcement);
             }
         }
+        IngestorCommand::Presence(signal @ coregate_shards::PresenceSignal::Query { .. }) => {
+            answer_presence_query(presence, router, signal);
+        }
+        IngestorCommand::Presence(signal) => {
+            for announcement in presence.handle(signal, Instant::now(), unix_ms()) {
+                router.deliver(announcement);
+            }
+        }
     };
     loop {
-        let next = match typing.poll_timeout() {
+        let deadline = [typing.poll_timeout(), presence.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let next = match deadline {
             Some(deadline) => match commands.recv_deadline(deadline) {
                 Ok(command) => Some(command),
                 Err(flume::RecvTimeoutError::Timeout) => None,
@@ -144,14 +200,21 @@ fn run_embedded(
             },
         };
         if let Some(command) = next {
-            handle(command, &mut typing);
+            handle(command, &mut typing, &mut presence);
             // Drain what is already queued before blocking again.
             while let Ok(command) = commands.try_recv() {
-                handle(command, &mut typing);
+                handle(command, &mut typing, &mut presence);
             }
         }
         for stop in typing.handle_timeout(Instant::now()) {
-            handle(IngestorCommand::Publish(stop), &mut typing);
+            handle(IngestorCommand::Publish(stop), &mut typing, &mut presence);
+        }
+        for offline in presence.handle_timeout(Instant::now(), unix_ms()) {
+            handle(
+                IngestorCommand::Publish(offline),
+                &mut typing,
+                &mut presence,
+            );
         }
     }
 }

@@ -139,6 +139,23 @@ impl Router {
         self.deliver_to(publication, sets);
     }
 
+    /// Every shard's inbox, by shard id.
+    pub fn shards(&self) -> &[ShardSender] {
+        &self.shards
+    }
+
+    /// Hands one message to one shard (a reply to one of its connections); a full or
+    /// stopped queue drops it, counted like a dropped delivery.
+    pub fn send_to(&self, shard_id: usize, message: ShardMessage) {
+        let Some(shard) = self.shards.get(shard_id) else {
+            return;
+        };
+        if let Err(error) = shard.try_send(message) {
+            self.stats.shard_queue_full.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, "reply dropped: a shard's queue is full");
+        }
+    }
+
     fn deliver_to(&mut self, publication: Publication, sets: [ShardSet; 2]) {
         self.stats.publications.fetch_add(1, Ordering::Relaxed);
         let delivery = SharedDelivery::new(publication, Instant::now());

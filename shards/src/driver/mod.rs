@@ -113,6 +113,10 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
         match message {
             ShardMessage::Deliver(delivery) => shard.hub.borrow_mut().route(delivery, now),
             ShardMessage::Drain { window } => shard.start_drain(window),
+            ShardMessage::PresenceState { conn, r#ref, users } => shard
+                .hub
+                .borrow_mut()
+                .answer_presence_query(conn, r#ref, users),
         }
         ControlFlow::Continue(())
     })

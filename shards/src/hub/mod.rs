@@ -25,7 +25,7 @@ use slab::Slab;
 use crate::admission::{Admission, UserSlot};
 use crate::auth::{Identity, TokenVerifier};
 use crate::authorizer::{MembershipAnswer, MembershipGate, SharedAuthorizer};
-use crate::bus::{IngestorCommand, IngestorSender, InterestChange, SharedDelivery};
+use crate::bus::{IngestorCommand, IngestorSender, InterestChange, PresenceSignal, SharedDelivery};
 use crate::config::ShardConfig;
 use crate::session::outbox::LocalDelivery;
 use crate::session::{
@@ -261,6 +261,9 @@ impl LocalHub {
         for stop in slot.session.typing_stops() {
             self.commands.push_back(IngestorCommand::Typing(stop));
         }
+        if let Some(leave) = slot.session.presence_leave() {
+            self.commands.push_back(IngestorCommand::Presence(leave));
+        }
         let encoding = slot.session.encoding();
         for topic in slot.session.subscriptions() {
             let change = self.topics.unsubscribe(topic, key, encoding);
@@ -268,6 +271,22 @@ impl LocalHub {
         }
         self.flush_commands();
         ShardStats::sub(&self.parts.stats.connections, 1);
+    }
+
+    /// The node answered `key`'s `presence_query` (a connection gone meanwhile, or a
+    /// newer one on the same index, gets nothing).
+    pub fn answer_presence_query(
+        &mut self,
+        key: ConnKey,
+        r#ref: Option<u64>,
+        users: Option<Vec<coregate_protocol::PresenceEntry>>,
+    ) {
+        let Some(slot) = slot_mut(&mut self.slots, key) else {
+            return;
+        };
+        slot.session
+            .answer_presence_query(r#ref, users, &mut self.parts.ctx());
+        slot.wake();
     }
 
     /// Queues a delivery for every local subscriber of its topic.
@@ -395,6 +414,22 @@ impl LocalHub {
             }
             SessionEvent::Typing(signal) => {
                 self.commands.push_back(IngestorCommand::Typing(signal));
+            }
+            SessionEvent::Presence(signal) => {
+                self.commands.push_back(IngestorCommand::Presence(signal));
+            }
+            SessionEvent::PresenceQuery { r#ref, user_ids } => {
+                let Some(viewer) = self.session(key).and_then(Session::user_id) else {
+                    return;
+                };
+                let query = PresenceSignal::Query {
+                    shard_id: self.shard_id,
+                    conn: key,
+                    r#ref,
+                    viewer: viewer.to_owned(),
+                    user_ids,
+                };
+                self.commands.push_back(IngestorCommand::Presence(query));
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
         }

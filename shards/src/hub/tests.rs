@@ -4,7 +4,7 @@
 use coregate_protocol::{ClientEnvelope, ClientMessage, Encoding};
 
 use crate::authorizer::MembershipCheck;
-use crate::bus::{IngestorCommand, InterestChange, TypingAction, TypingSignal};
+use crate::bus::{IngestorCommand, InterestChange, PresenceSignal, TypingAction, TypingSignal};
 use crate::config::ShardConfig;
 use crate::testing::Harness;
 
@@ -35,7 +35,9 @@ fn interest(commands: Vec<IngestorCommand>) -> Vec<(String, Encoding, InterestCh
                 change,
                 ..
             } => Some((topic.as_str().to_owned(), encoding, change)),
-            IngestorCommand::Publish(_) | IngestorCommand::Typing(_) => None,
+            IngestorCommand::Publish(_)
+            | IngestorCommand::Typing(_)
+            | IngestorCommand::Presence(_) => None,
         })
         .collect()
 }
@@ -332,4 +334,155 @@ fn drain_closes_with_reconnect_and_1012() {
     let read = h.read(a);
     assert_eq!(read.ops(), ["reconnect"]);
     assert_eq!(read.close, Some(1012));
+}
+
+/// Presence signals sent to the ingestor.
+fn presence(commands: Vec<IngestorCommand>) -> Vec<PresenceSignal> {
+    commands
+        .into_iter()
+        .filter_map(|command| match command {
+            IngestorCommand::Presence(signal) => Some(signal),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_ready_connection_counts_once_for_presence_and_its_end_uncounts_it() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    assert_eq!(
+        presence(h.ingestor_commands()),
+        [PresenceSignal::Connect {
+            user_id: "alice".into(),
+            topics: vec![coregate_protocol::Topic::parse("presence:alice").unwrap()],
+        }]
+    );
+    // A connection that never became ready was never counted, and is not uncounted.
+    let anonymous = h.connect(JSON);
+    h.hub.remove(anonymous);
+    assert_eq!(presence(h.ingestor_commands()), []);
+    h.hub.remove(a);
+    assert_eq!(
+        presence(h.ingestor_commands()),
+        [PresenceSignal::Disconnect {
+            user_id: "alice".into()
+        }]
+    );
+    // Removing it twice sends nothing more.
+    h.hub.remove(a);
+    assert_eq!(presence(h.ingestor_commands()), []);
+}
+
+#[test]
+fn identify_in_band_counts_the_connection_too() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect(JSON);
+    h.send(a, r#"{"op":"identify","d":{"token":"bob"},"ref":1}"#);
+    assert_eq!(h.read(a).ops(), ["hello", "ready"]);
+    assert!(matches!(
+        &presence(h.ingestor_commands())[..],
+        [PresenceSignal::Connect { user_id, .. }] if user_id == "bob"
+    ));
+}
+
+#[test]
+fn presence_set_is_handed_to_the_node_and_offline_is_refused() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.ingestor_commands();
+    h.send(a, r#"{"op":"presence_set","d":{"status":"away"},"ref":2}"#);
+    assert_eq!(
+        presence(h.ingestor_commands()),
+        [PresenceSignal::Set {
+            user_id: "alice".into(),
+            status: coregate_protocol::PresenceStatus::Away
+        }]
+    );
+    assert!(h.read(a).ops().is_empty(), "presence_set has no reply");
+    h.send(
+        a,
+        r#"{"op":"presence_set","d":{"status":"offline"},"ref":3}"#,
+    );
+    assert_eq!(presence(h.ingestor_commands()), []);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "bad_request");
+    assert_eq!(read.first("error")["ref"], 3);
+}
+
+#[test]
+fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.ingestor_commands();
+    h.send(
+        a,
+        r#"{"op":"presence_query","d":{"user_ids":["bob","carol"]},"ref":7}"#,
+    );
+    let [PresenceSignal::Query {
+        shard_id,
+        conn,
+        r#ref,
+        viewer,
+        user_ids,
+    }] = &presence(h.ingestor_commands())[..]
+    else {
+        panic!("one query expected");
+    };
+    assert_eq!((*shard_id, *conn, *r#ref), (0, a, Some(7)));
+    assert_eq!(viewer, "alice");
+    assert_eq!(user_ids, &["bob".to_owned(), "carol".to_owned()]);
+    let users = vec![coregate_protocol::PresenceEntry {
+        user_id: "bob".into(),
+        status: coregate_protocol::PresenceStatus::Busy,
+        since: 5,
+    }];
+    h.hub.answer_presence_query(a, Some(7), Some(users.clone()));
+    let read = h.read(a);
+    assert_eq!(read.ops(), ["presence_state"]);
+    assert_eq!(read.first("presence_state")["ref"], 7);
+    assert_eq!(
+        read.first("presence_state")["d"]["users"][0]["status"],
+        "busy"
+    );
+    assert_eq!(read.first("presence_state")["d"]["users"][0]["since"], 5);
+    // A node that could not read the presence state (Redis unreachable): `not_ready`.
+    h.send(
+        a,
+        r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":8}"#,
+    );
+    h.hub.answer_presence_query(a, Some(8), None);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "not_ready");
+    assert_eq!(read.first("error")["ref"], 8);
+    // A late answer for a connection that is gone reaches nobody (nor a newcomer).
+    h.hub.remove(a);
+    let b = h.connect_ready("bob", JSON);
+    h.read(b);
+    h.hub.answer_presence_query(a, Some(7), Some(users));
+    assert!(h.read(b).ops().is_empty());
+}
+
+#[test]
+fn presence_query_over_the_limit_is_refused() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.ingestor_commands();
+    let ids: Vec<String> = (0..=coregate_protocol::MAX_PRESENCE_QUERY_USERS)
+        .map(|i| format!("\"u{i}\""))
+        .collect();
+    h.send(
+        a,
+        &format!(
+            r#"{{"op":"presence_query","d":{{"user_ids":[{}]}},"ref":9}}"#,
+            ids.join(",")
+        ),
+    );
+    assert_eq!(presence(h.ingestor_commands()), []);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "limit");
+    assert_eq!(read.first("error")["ref"], 9);
 }

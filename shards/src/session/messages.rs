@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
-use coregate_protocol::{ClientEnvelope, ClientMessage, ErrorCode, ServerMessage, Topic};
+use coregate_protocol::{
+    ClientEnvelope, ClientMessage, ErrorCode, PresenceStatus, ServerMessage, Topic,
+    MAX_PRESENCE_QUERY_USERS,
+};
 
 use super::{dedup, CloseReason, Now, Session, SessionCtx, SessionEvent};
 use crate::admission::UserSlot;
 use crate::auth::Identity;
-use crate::bus::{TypingAction, TypingSignal};
+use crate::bus::{PresenceSignal, TypingAction, TypingSignal};
 
 impl Session {
     /// Handles one decoded message; `Some` when the connection must close.
@@ -51,6 +54,8 @@ impl Session {
             ClientMessage::TypingStop { topic } => {
                 self.typing(&topic, TypingAction::Stop, r#ref, ctx)
             }
+            ClientMessage::PresenceSet { status } => self.presence_set(status, r#ref, ctx),
+            ClientMessage::PresenceQuery { user_ids } => self.presence_query(user_ids, r#ref, ctx),
             other => self.reply_error(
                 ErrorCode::BadRequest,
                 &format!("`{}` is not available on this gateway yet", other.op()),
@@ -76,12 +81,20 @@ impl Session {
             return Some(CloseReason::AuthenticationFailed);
         };
         let user_id = identity.user_id.clone();
+        let presence_topics = identity.presence_topics();
         self.set_identity(identity, now);
         self.lift_pre_ready_limits(ctx.config);
         let automatic = [user_topic, Topic::global()];
         for topic in &automatic {
             self.hold(topic.clone(), ctx);
         }
+        // One more connection of the user; the hub's removal sends the matching
+        // `Disconnect` ([`Session::presence_leave`]).
+        ctx.events
+            .push(SessionEvent::Presence(PresenceSignal::Connect {
+                user_id: user_id.clone(),
+                topics: presence_topics,
+            }));
         self.reply(
             &ServerMessage::Ready {
                 user_id,
@@ -201,5 +214,42 @@ impl Session {
             name: identity.name.clone(),
             action,
         }));
+    }
+
+    /// `presence_set`: the node's presence table decides what to announce (only a
+    /// change of what others see: `invisible` reads as `offline`). No reply.
+    fn presence_set(&mut self, status: PresenceStatus, r#ref: Option<u64>, ctx: &mut SessionCtx) {
+        if !status.is_settable_by_client() {
+            self.reply_error(
+                ErrorCode::BadRequest,
+                "`offline` cannot be set: it follows the last connection's end",
+                r#ref,
+                ctx,
+            );
+            return;
+        }
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        ctx.events.push(SessionEvent::Presence(PresenceSignal::Set {
+            user_id: identity.user_id.clone(),
+            status,
+        }));
+    }
+
+    /// `presence_query`: at most [`MAX_PRESENCE_QUERY_USERS`] users (more is refused
+    /// `limit`); answered `presence_state` by the node's presence table.
+    fn presence_query(&mut self, user_ids: Vec<String>, r#ref: Option<u64>, ctx: &mut SessionCtx) {
+        if user_ids.len() > MAX_PRESENCE_QUERY_USERS {
+            self.reply_error(
+                ErrorCode::Limit,
+                &format!("at most {MAX_PRESENCE_QUERY_USERS} users per presence_query"),
+                r#ref,
+                ctx,
+            );
+            return;
+        }
+        ctx.events
+            .push(SessionEvent::PresenceQuery { r#ref, user_ids });
     }
 }

@@ -104,6 +104,16 @@ pub enum SessionEvent {
     Publish(Publication),
     /// A typing transition of this connection, for the node's typing table.
     Typing(crate::bus::TypingSignal),
+    /// A presence transition of this connection (ready, `presence_set`), for the node's
+    /// presence table. The close's `Disconnect` is the hub's to send
+    /// ([`Session::presence_leave`]).
+    Presence(crate::bus::PresenceSignal),
+    /// A `presence_query`: the hub sends it to the node with the connection's key, and
+    /// the answer comes back through [`Session::answer_presence_query`].
+    PresenceQuery {
+        r#ref: Option<u64>,
+        user_ids: Vec<String>,
+    },
     /// A subscribe waits for the membership store's verdicts on some topics.
     CheckMembership(PendingSubscribe),
 }
@@ -299,6 +309,36 @@ impl Session {
                 action: crate::bus::TypingAction::Stop,
             })
         })
+    }
+    /// The `Disconnect` that the end of a ready connection owes the presence table
+    /// (none for one that never became ready: it was never counted).
+    pub fn presence_leave(&self) -> Option<crate::bus::PresenceSignal> {
+        let identity = self.identity.as_ref()?;
+        Some(crate::bus::PresenceSignal::Disconnect {
+            user_id: identity.user_id.clone(),
+        })
+    }
+    /// The node's answer to this connection's `presence_query`: `presence_state` with
+    /// the query's `ref`, or `error {code: not_ready}` where the node could not read
+    /// the presence state (Redis unreachable).
+    pub fn answer_presence_query(
+        &mut self,
+        r#ref: Option<u64>,
+        users: Option<Vec<coregate_protocol::PresenceEntry>>,
+        ctx: &mut SessionCtx,
+    ) {
+        if self.is_closing() {
+            return;
+        }
+        match users {
+            Some(users) => self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx),
+            None => self.reply_error(
+                ErrorCode::NotReady,
+                "presence cannot be read now (Redis is unreachable); try again",
+                r#ref,
+                ctx,
+            ),
+        }
     }
     pub fn queued_bytes(&self) -> usize {
         self.outbox.queued_bytes()
