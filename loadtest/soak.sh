@@ -15,7 +15,9 @@
 # timeline and draws it as the plot's third panel (soak.svg).
 #
 # Environment: DURATION (60m), WARMUP_MIN (5), OUT (/tmp/soak), GW and LT (the release
-# binaries under ${CARGO_TARGET_DIR:-target}), USERS (3000), RATE (300).
+# binaries under ${CARGO_TARGET_DIR:-target}), USERS (3000), RATE (300). The gateway inherits
+# the environment: MIMALLOC_ALLOW_THP=0 runs it without transparent huge pages (BENCHMARKS.md,
+# "Soak", says why that matters for its RSS).
 # Loopback only; bounded: the harness runs under `timeout` (DURATION + 5 minutes).
 set -euo pipefail
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -60,7 +62,7 @@ rss_of() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status" 2>/dev/null || 
   >"$OUT/gateway.out" 2>"$OUT/gateway.log" &
 GWPID=$!
 for _ in $(seq 200); do
-  grep -q '^listening ' "$OUT/gateway.out" && break
+  grep -qs '^listening ' "$OUT/gateway.out" && break
   kill -0 "$GWPID" 2>/dev/null || break
   sleep 0.05
 done
@@ -142,6 +144,15 @@ try:
 except (OSError, ValueError) as e:
     print(f"no soak.json: {e}")
     sys.exit(1)
+# The harness's per-second samples: tells a brief spike from a lasting shift.
+secs = sorted(t["gateway_rss_bytes"] for t in r["timeline"]
+              if t.get("gateway_rss_bytes") and t["t_s"] >= warmup * 60)
+if secs:
+    med = secs[len(secs) // 2]
+    off = sum(1 for b in secs if abs(b - med) > 0.05 * med)
+    print(f"per second after the warm-up ({len(secs)} samples): median {mib(med):.1f} MiB, "
+          f"min {mib(secs[0]):.1f}, p99 {mib(secs[int(0.99 * (len(secs) - 1))]):.1f}, max {mib(secs[-1]):.1f}; "
+          f"{off} s ({off / len(secs) * 100:.1f}%) beyond ±5% of the median")
 c, f = r["chat"], r["fanout"]
 lost = c["stable_expected"] - c["stable_received"]
 print(f"stable users {c['stable_users']}: received {c['stable_received']} of {c['stable_expected']} expected "
