@@ -1,5 +1,7 @@
 //! The parent's view of a run while it goes: folds the fleets' events, prints a progress
 //! line to stderr each second and keeps it as a timeline, and waits for phases to end.
+//! With the gateway's pid, each second's tick also reads the gateway's RSS from `/proc`
+//! (one small file read a second), so a long run shows whether its memory stays flat.
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::fleet::{ConnectedSummary, FleetEvent, FleetReport};
 use crate::histo;
+use crate::procfs;
 use crate::workers::Events;
 
 /// One second of the run.
@@ -21,6 +24,10 @@ pub struct Tick {
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// The gateway's resident set size at this second (only with `--gateway-pid`, and
+    /// only while `/proc/<pid>` can be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_rss_bytes: Option<u64>,
 }
 
 pub struct Collector {
@@ -37,6 +44,7 @@ pub struct Collector {
     interval: Histogram<u64>,
     pub timeline: Vec<Tick>,
     pub phase: &'static str,
+    gateway_pid: Option<u32>,
 }
 
 impl Collector {
@@ -56,7 +64,14 @@ impl Collector {
             interval: histo::new(),
             timeline: Vec::new(),
             phase: "connect",
+            gateway_pid: None,
         }
+    }
+
+    /// Samples this gateway's RSS into every tick from now on.
+    pub fn with_gateway_pid(mut self, pid: Option<u32>) -> Collector {
+        self.gateway_pid = pid;
+        self
     }
 
     pub fn open(&self) -> u64 {
@@ -166,11 +181,15 @@ impl Collector {
             p50_us: p.p50,
             p99_us: p.p99,
             max_us: p.max,
+            gateway_rss_bytes: self.gateway_pid.and_then(procfs::rss_bytes),
         };
         self.interval.reset();
         if !self.quiet {
+            let rss = tick.gateway_rss_bytes.map_or(String::new(), |b| {
+                format!("  rss {:.1} MiB", b as f64 / 1048576.0)
+            });
             eprintln!(
-                "[{:6.1}s {:>8}] open {:>6} failed {:>5} | {:>9.0} deliveries/s  p50 {:>7}µs  p99 {:>7}µs  max {:>7}µs",
+                "[{:6.1}s {:>8}] open {:>6} failed {:>5} | {:>9.0} deliveries/s  p50 {:>7}µs  p99 {:>7}µs  max {:>7}µs{rss}",
                 tick.t_s,
                 self.phase,
                 tick.open,

@@ -101,7 +101,8 @@ async fn plan(common: &Common, shape: &Shape) -> anyhow::Result<(Vec<FleetSpec>,
 async fn connect_phase(common: &Common, shape: &Shape) -> anyhow::Result<(Fleets, Collector, f64)> {
     let (specs, local) = plan(common, shape).await?;
     let (fleets, events) = workers::start(specs, local).await?;
-    let mut collector = Collector::new(events, fleets.len(), common.quiet);
+    let mut collector =
+        Collector::new(events, fleets.len(), common.quiet).with_gateway_pid(common.gateway_pid);
     let begun = Instant::now();
     if !collector
         .pump_until(
