@@ -295,6 +295,13 @@ coregate_shards::shard_settings!(define_config! {
             authorizer_timeout: Duration = Duration::from_millis(100);
         }
         "Chat" {
+            /// Whether this node tracks presence (`presence_update`, `presence_query`).
+            ///
+            /// Off, connections announce nothing and cost Redis nothing for presence
+            /// (two `EVAL`s per connection with Redis), and `presence_query` is answered
+            /// `error {code: unavailable}`: for deployments that show no presence.
+            presence: bool = true;
+
             /// How long a typing indicator stays on without a new `typing_start`.
             ///
             /// Then the gateway announces `typing_stop` itself (once, on every node).

@@ -499,6 +499,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         members_prefix: config.members_prefix.clone(),
         timeout: config.redis_timeout,
         typing_ttl: config.typing_ttl,
+        presence: config.presence,
         presence_grace: config.presence_grace,
         presence_ttl: config.presence_ttl,
     });
@@ -509,7 +510,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         redis,
         membership,
         config.typing_ttl,
-        config.presence_grace,
+        config.presence.then_some(config.presence_grace),
     )?;
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel();

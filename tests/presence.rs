@@ -200,6 +200,28 @@ async fn presence_query_answers_many_users_and_refuses_more_than_100() {
     assert_eq!(error.d["code"], "limit");
 }
 
+#[tokio::test]
+async fn with_presence_off_nothing_is_announced_or_stored_and_queries_are_unavailable() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let embedded = Gateway::start(&["--presence", "false"]);
+    let with_redis = Gateway::start(&["--redis-url", url.as_str(), "--presence", "false"]);
+    for gw in [&embedded, &with_redis] {
+        let mut bob = watcher(gw, "bob", &["presence:alice"]).await;
+        let _alice = connect(gw, "alice").await;
+        bob.expect_silence(QUIET).await;
+        let r#ref = bob
+            .send(ClientMessage::PresenceQuery {
+                user_ids: vec!["alice".to_owned()],
+            })
+            .await;
+        let error = bob.wait_op("error").await;
+        assert_eq!(error.r#ref, Some(r#ref));
+        assert_eq!(error.d["code"], "unavailable");
+    }
+    assert_eq!(redis_keys(&redis, "*presence*").await, Vec::<String>::new());
+}
+
 /// A node on `redis` with a short grace and lease.
 fn node(redis: &RedisServer) -> Gateway {
     let url = redis.url();
@@ -228,6 +250,21 @@ async fn redis_keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn across_two_nodes_the_presence_claims_topics_receive_the_updates_once() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis);
+    let b = node(&redis);
+    let mut bob = watcher(&b, "bob", &["server:7"]).await;
+    redis.wait_numsub("server:7", 1).await;
+    let alice = Client::ready(&a, &token("alice", &["server:7"]), Encoding::Json).await;
+    expect_update(&mut bob, "server:7", "alice", "online").await;
+    bob.expect_silence(QUIET).await;
+    drop(alice);
+    expect_update(&mut bob, "server:7", "alice", "offline").await;
+    bob.expect_silence(QUIET).await;
 }
 
 #[tokio::test]

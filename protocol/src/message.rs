@@ -27,6 +27,8 @@ pub enum ErrorCode {
     InvalidTopic,
     /// The request needs something that is not ready yet.
     NotReady,
+    /// The feature is not configured on this gateway, or the backend did not answer.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::NotReady => "not_ready",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -54,6 +57,7 @@ impl ErrorCode {
             "invalid_token" => ErrorCode::InvalidToken,
             "invalid_topic" => ErrorCode::InvalidTopic,
             "not_ready" => ErrorCode::NotReady,
+            "unavailable" => ErrorCode::Unavailable,
             _ => return None,
         })
     }
@@ -550,8 +554,8 @@ mod tests {
 
     /// Every `error.d.code` of PROTOCOL.md §7's table ("Error codes and close codes"),
     /// copied by hand: a code the gateway can send must be listed there, so a change to
-    /// either side fails here until the other follows. (`unavailable` and `not_found`
-    /// belong to features not built yet: rpc, history, presence.)
+    /// either side fails here until the other follows. (`not_found` belongs to a
+    /// feature not built yet: history.)
     const PROTOCOL_SECTION_7_ERROR_CODES: [&str; 10] = [
         "bad_request",
         "unknown_op",
@@ -576,7 +580,8 @@ mod tests {
             | ErrorCode::RateLimited
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidTopic
-            | ErrorCode::NotReady => code,
+            | ErrorCode::NotReady
+            | ErrorCode::Unavailable => code,
         };
         let variants = [
             ErrorCode::BadRequest,
@@ -587,6 +592,7 @@ mod tests {
             ErrorCode::InvalidToken,
             ErrorCode::InvalidTopic,
             ErrorCode::NotReady,
+            ErrorCode::Unavailable,
         ]
         .map(all);
         for code in variants {
@@ -609,6 +615,7 @@ mod tests {
             ErrorCode::InvalidToken,
             ErrorCode::InvalidTopic,
             ErrorCode::NotReady,
+            ErrorCode::Unavailable,
         ] {
             assert_eq!(ErrorCode::from_wire(s.as_str()), Some(s));
             assert_eq!(

@@ -42,6 +42,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::InvalidToken),
         Just(ErrorCode::InvalidTopic),
         Just(ErrorCode::NotReady),
+        Just(ErrorCode::Unavailable),
     ]
 }
 

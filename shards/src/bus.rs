@@ -161,14 +161,25 @@ pub enum ShardMessage {
     Drain {
         window: std::time::Duration,
     },
-    /// The node's answer to a connection's `presence_query`: sent as `presence_state`
-    /// with the query's `ref` if that connection is still there; `None` where the node
-    /// could not read the presence state (Redis unreachable): `error {code: not_ready}`.
+    /// The node's answer to a connection's `presence_query`, sent to that connection
+    /// with the query's `ref` if it is still there.
     PresenceState {
         conn: crate::hub::ConnKey,
         r#ref: Option<u64>,
-        users: Option<Vec<coregate_protocol::PresenceEntry>>,
+        users: PresenceAnswer,
     },
+}
+
+/// What the node answers a `presence_query`.
+#[derive(Debug)]
+pub enum PresenceAnswer {
+    /// The users' states: `presence_state`.
+    Users(Vec<coregate_protocol::PresenceEntry>),
+    /// The state could not be read now (Redis unreachable): `error {code: not_ready}`.
+    NotReady,
+    /// Presence is switched off on this node (`--presence false`):
+    /// `error {code: unavailable}`.
+    Disabled,
 }
 
 /// Why a message could not be handed to a shard.

@@ -47,9 +47,9 @@ mod testing;
 pub use auth::{AuthError, Identity, TokenVerifier};
 pub use authorizer::{MembershipCheck, MembershipError, SharedAuthorizer};
 pub use bus::{
-    shard_inbox, HandOffError, IngestorCommand, IngestorSender, InterestChange, PresenceSignal,
-    ShardMessage, ShardSender, ShardSet, SharedDelivery, TypingAction, TypingSignal, WireMessage,
-    MAX_SHARDS,
+    shard_inbox, HandOffError, IngestorCommand, IngestorSender, InterestChange, PresenceAnswer,
+    PresenceSignal, ShardMessage, ShardSender, ShardSet, SharedDelivery, TypingAction,
+    TypingSignal, WireMessage, MAX_SHARDS,
 };
 pub use config::ShardConfig;
 pub use driver::{start_shards, RunningShards, ShardPlacement, StartError};

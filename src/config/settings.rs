@@ -57,6 +57,7 @@ macro_rules! plain_setting {
 plain_setting! {
     usize => "N", clap::value_parser!(usize);
     u32 => "N", clap::value_parser!(u32);
+    bool => "true|false", clap::value_parser!(bool);
     SocketAddr => "ADDR", clap::value_parser!(SocketAddr);
 }
 

@@ -99,19 +99,22 @@ pub async fn run(
         },
         stats.clone(),
     ));
-    let (presence_tx, presence_rx) = mpsc::channel(PUBLISH_QUEUE);
-    tokio::spawn(super::presence_redis::run(
-        presence_rx,
-        publisher_watch.clone(),
-        super::presence_redis::PresenceRedis {
-            prefix: settings.prefix.clone(),
-            grace: settings.presence_grace,
-            ttl: settings.presence_ttl,
-            node_id: node_id.clone(),
-        },
-        router.shards().to_vec(),
-        stats.clone(),
-    ));
+    let presence_tx = settings.presence.then(|| {
+        let (presence_tx, presence_rx) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(super::presence_redis::run(
+            presence_rx,
+            publisher_watch.clone(),
+            super::presence_redis::PresenceRedis {
+                prefix: settings.prefix.clone(),
+                grace: settings.presence_grace,
+                ttl: settings.presence_ttl,
+                node_id: node_id.clone(),
+            },
+            router.shards().to_vec(),
+            stats.clone(),
+        ));
+        presence_tx
+    });
     if let Some(checks) = membership {
         tokio::spawn(super::membership::run(
             checks,
@@ -208,8 +211,9 @@ struct Node {
     publish_tx: mpsc::Sender<Publication>,
     /// Typing signals for the typing task ([`super::typing_redis`]).
     typing_tx: mpsc::Sender<coregate_shards::TypingSignal>,
-    /// Presence signals for the presence task ([`super::presence_redis`]).
-    presence_tx: mpsc::Sender<coregate_shards::PresenceSignal>,
+    /// Presence signals for the presence task ([`super::presence_redis`]); `None`
+    /// where presence is off (`--presence false`).
+    presence_tx: Option<mpsc::Sender<coregate_shards::PresenceSignal>>,
     backoff: Backoff,
     retry_at: tokio::time::Instant,
     ever_connected: bool,
@@ -256,7 +260,11 @@ impl Node {
                 }
             }
             IngestorCommand::Presence(signal) => {
-                if let Err(error) = self.presence_tx.try_send(signal) {
+                let Some(presence_tx) = &self.presence_tx else {
+                    super::refuse_presence(&self.router, signal);
+                    return;
+                };
+                if let Err(error) = presence_tx.try_send(signal) {
                     self.stats
                         .redis_publish_errors
                         .fetch_add(1, Ordering::Relaxed);
@@ -273,7 +281,7 @@ impl Node {
                             coregate_shards::ShardMessage::PresenceState {
                                 conn,
                                 r#ref,
-                                users: None,
+                                users: coregate_shards::PresenceAnswer::NotReady,
                             },
                         );
                     }

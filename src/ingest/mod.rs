@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
-use coregate_shards::{IngestorCommand, MembershipCheck};
+use coregate_shards::{IngestorCommand, MembershipCheck, PresenceAnswer};
 
 mod backoff;
 mod link;
@@ -83,6 +83,8 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// `--typing-ttl`.
     pub typing_ttl: Duration,
+    /// `--presence`: whether presence is tracked at all.
+    pub presence: bool,
     /// `--presence-grace`.
     pub presence_grace: Duration,
     /// `--presence-ttl`: each node's lease on its users' presence.
@@ -97,7 +99,7 @@ pub fn spawn(
     redis: Option<RedisSettings>,
     membership: Option<flume::Receiver<MembershipCheck>>,
     typing_ttl: Duration,
-    presence_grace: Duration,
+    presence_grace: Option<Duration>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = match &redis {
         None => None,
@@ -138,10 +140,31 @@ pub(crate) fn answer_presence_query(
         user_ids,
     } = signal
     {
-        let users = Some(table.query(&viewer, &user_ids));
+        let users = PresenceAnswer::Users(table.query(&viewer, &user_ids));
         router.send_to(
             shard_id,
             coregate_shards::ShardMessage::PresenceState { conn, r#ref, users },
+        );
+    }
+}
+
+/// On a node whose presence is off (`--presence false`): a `presence_query` is
+/// answered `unavailable`, every other presence signal is dropped.
+pub(crate) fn refuse_presence(router: &Router, signal: coregate_shards::PresenceSignal) {
+    if let coregate_shards::PresenceSignal::Query {
+        shard_id,
+        conn,
+        r#ref,
+        ..
+    } = signal
+    {
+        router.send_to(
+            shard_id,
+            coregate_shards::ShardMessage::PresenceState {
+                conn,
+                r#ref,
+                users: PresenceAnswer::Disabled,
+            },
         );
     }
 }
@@ -153,38 +176,44 @@ fn run_embedded(
     commands: &flume::Receiver<IngestorCommand>,
     router: &mut Router,
     typing_ttl: Duration,
-    presence_grace: Duration,
+    presence_grace: Option<Duration>,
 ) {
     let mut typing = typing::TypingTable::new(typing_ttl);
-    let mut presence = presence::PresenceTable::new(presence_grace);
-    let mut handle = |command,
-                      typing: &mut typing::TypingTable,
-                      presence: &mut presence::PresenceTable| match command {
-        IngestorCommand::Interest {
-            shard_id,
-            topic,
-            encoding,
-            change,
-        } => {
-            router.change_interest(shard_id, topic, encoding, change);
-        }
-        IngestorCommand::Publish(publication) => router.deliver(publication),
-        IngestorCommand::Typing(signal) => {
-            if let Some(announcement) = typing.handle(signal, Instant::now()) {
-                router.deliver(announcement);
+    // `None`: presence is off on this node.
+    let mut presence = presence_grace.map(presence::PresenceTable::new);
+    let mut handle =
+        |command,
+         typing: &mut typing::TypingTable,
+         presence: &mut Option<presence::PresenceTable>| match command {
+            IngestorCommand::Interest {
+                shard_id,
+                topic,
+                encoding,
+                change,
+            } => {
+                router.change_interest(shard_id, topic, encoding, change);
             }
-        }
-        IngestorCommand::Presence(signal @ coregate_shards::PresenceSignal::Query { .. }) => {
-            answer_presence_query(presence, router, signal);
-        }
-        IngestorCommand::Presence(signal) => {
-            for announcement in presence.handle(signal, Instant::now(), unix_ms()) {
-                router.deliver(announcement);
+            IngestorCommand::Publish(publication) => router.deliver(publication),
+            IngestorCommand::Typing(signal) => {
+                if let Some(announcement) = typing.handle(signal, Instant::now()) {
+                    router.deliver(announcement);
+                }
             }
-        }
-    };
+            IngestorCommand::Presence(signal) => match presence {
+                None => refuse_presence(router, signal),
+                Some(table) if matches!(signal, coregate_shards::PresenceSignal::Query { .. }) => {
+                    answer_presence_query(table, router, signal);
+                }
+                Some(table) => {
+                    for announcement in table.handle(signal, Instant::now(), unix_ms()) {
+                        router.deliver(announcement);
+                    }
+                }
+            },
+        };
     loop {
-        let deadline = [typing.poll_timeout(), presence.poll_timeout()]
+        let presence_deadline = presence.as_ref().and_then(|p| p.poll_timeout());
+        let deadline = [typing.poll_timeout(), presence_deadline]
             .into_iter()
             .flatten()
             .min();
@@ -209,7 +238,11 @@ fn run_embedded(
         for stop in typing.handle_timeout(Instant::now()) {
             handle(IngestorCommand::Publish(stop), &mut typing, &mut presence);
         }
-        for offline in presence.handle_timeout(Instant::now(), unix_ms()) {
+        let offlines = match &mut presence {
+            Some(table) => table.handle_timeout(Instant::now(), unix_ms()),
+            None => Vec::new(),
+        };
+        for offline in offlines {
             handle(
                 IngestorCommand::Publish(offline),
                 &mut typing,

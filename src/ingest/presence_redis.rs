@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coregate_protocol::{PresenceEntry, PresenceStatus, Publication};
-use coregate_shards::{PresenceSignal, ShardMessage, ShardSender};
+use coregate_shards::{PresenceAnswer, PresenceSignal, ShardMessage, ShardSender};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
 
@@ -388,7 +388,7 @@ async fn query(
     else {
         return;
     };
-    let mut users = None;
+    let mut users = PresenceAnswer::NotReady;
     if let Some(mut conn) = conn {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(QUERY).arg(user_ids.len());
@@ -400,7 +400,7 @@ async fn query(
             cmd.arg(user_id);
         }
         if let Ok(flat) = cmd.query_async::<Vec<String>>(&mut conn).await {
-            users = Some(
+            users = PresenceAnswer::Users(
                 user_ids
                     .iter()
                     .zip(flat.chunks(2))

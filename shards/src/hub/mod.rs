@@ -279,7 +279,7 @@ impl LocalHub {
         &mut self,
         key: ConnKey,
         r#ref: Option<u64>,
-        users: Option<Vec<coregate_protocol::PresenceEntry>>,
+        users: crate::bus::PresenceAnswer,
     ) {
         let Some(slot) = slot_mut(&mut self.slots, key) else {
             return;

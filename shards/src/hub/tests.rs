@@ -4,7 +4,9 @@
 use coregate_protocol::{ClientEnvelope, ClientMessage, Encoding};
 
 use crate::authorizer::MembershipCheck;
-use crate::bus::{IngestorCommand, InterestChange, PresenceSignal, TypingAction, TypingSignal};
+use crate::bus::{
+    IngestorCommand, InterestChange, PresenceAnswer, PresenceSignal, TypingAction, TypingSignal,
+};
 use crate::config::ShardConfig;
 use crate::testing::Harness;
 
@@ -439,7 +441,8 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         status: coregate_protocol::PresenceStatus::Busy,
         since: 5,
     }];
-    h.hub.answer_presence_query(a, Some(7), Some(users.clone()));
+    h.hub
+        .answer_presence_query(a, Some(7), PresenceAnswer::Users(users.clone()));
     let read = h.read(a);
     assert_eq!(read.ops(), ["presence_state"]);
     assert_eq!(read.first("presence_state")["ref"], 7);
@@ -453,15 +456,27 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         a,
         r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":8}"#,
     );
-    h.hub.answer_presence_query(a, Some(8), None);
+    h.hub
+        .answer_presence_query(a, Some(8), PresenceAnswer::NotReady);
     let read = h.read(a);
     assert_eq!(read.first("error")["d"]["code"], "not_ready");
     assert_eq!(read.first("error")["ref"], 8);
+    // A node whose presence is off (`--presence false`): `unavailable`.
+    h.send(
+        a,
+        r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":9}"#,
+    );
+    h.hub
+        .answer_presence_query(a, Some(9), PresenceAnswer::Disabled);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "unavailable");
+    assert_eq!(read.first("error")["ref"], 9);
     // A late answer for a connection that is gone reaches nobody (nor a newcomer).
     h.hub.remove(a);
     let b = h.connect_ready("bob", JSON);
     h.read(b);
-    h.hub.answer_presence_query(a, Some(7), Some(users));
+    h.hub
+        .answer_presence_query(a, Some(7), PresenceAnswer::Users(users));
     assert!(h.read(b).ops().is_empty());
 }
 

@@ -40,6 +40,7 @@ use uuid::Uuid;
 use crate::admission::{Admission, UserSlot};
 use crate::auth::{Identity, TokenVerifier};
 use crate::authorizer::MembershipGate;
+use crate::bus::PresenceAnswer;
 use crate::config::ShardConfig;
 use crate::stats::ShardStats;
 use crate::ws::{self, BufferedIo};
@@ -319,22 +320,29 @@ impl Session {
         })
     }
     /// The node's answer to this connection's `presence_query`: `presence_state` with
-    /// the query's `ref`, or `error {code: not_ready}` where the node could not read
-    /// the presence state (Redis unreachable).
+    /// the query's `ref`, or the error that says why there is none.
     pub fn answer_presence_query(
         &mut self,
         r#ref: Option<u64>,
-        users: Option<Vec<coregate_protocol::PresenceEntry>>,
+        answer: PresenceAnswer,
         ctx: &mut SessionCtx,
     ) {
         if self.is_closing() {
             return;
         }
-        match users {
-            Some(users) => self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx),
-            None => self.reply_error(
+        match answer {
+            PresenceAnswer::Users(users) => {
+                self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx)
+            }
+            PresenceAnswer::NotReady => self.reply_error(
                 ErrorCode::NotReady,
                 "presence cannot be read now (Redis is unreachable); try again",
+                r#ref,
+                ctx,
+            ),
+            PresenceAnswer::Disabled => self.reply_error(
+                ErrorCode::Unavailable,
+                "presence is switched off on this gateway",
                 r#ref,
                 ctx,
             ),
