@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use coregate_protocol::{Encoding, TopicPatterns};
 use coregate_shards::admission::Admission;
-use coregate_shards::hub::{ConnKey, LocalHub};
+use coregate_shards::hub::{ConnKey, LocalHub, NodeLinks};
 use coregate_shards::session::Now;
 use coregate_shards::{
     AuthError, Identity, IngestorCommand, MembershipCheck, ShardConfig, ShardStats,
@@ -33,6 +33,7 @@ impl TokenVerifier for FuzzVerifier {
             name: Some("Fuzz".to_owned()),
             expires_at: UNIX_START + 3600,
             topics: TopicPatterns::parse_list(["channel:*"]).map_err(|_| AuthError::Malformed)?,
+            presence: None,
         })
     }
 }
@@ -85,8 +86,11 @@ impl Rig {
             Arc::new(ShardStats::default()),
             Arc::new(FuzzVerifier),
             admission.clone(),
-            ingestor_tx,
-            authorizer,
+            NodeLinks {
+                ingestor: ingestor_tx,
+                authorizer,
+                backend: None,
+            },
         );
         let identity = identity.then(|| {
             let identity = FuzzVerifier.verify("ok").expect("the fuzz token");
