@@ -33,6 +33,7 @@ pub struct AdminState {
     pub ingestor: flume::Sender<IngestorCommand>,
     pub shard_stats: Vec<Arc<ShardStats>>,
     pub ingestor_stats: Arc<IngestorStats>,
+    pub proxy_stats: Arc<crate::proxy::ProxyStats>,
     /// Set on SIGTERM: the node is going away.
     pub draining: Arc<AtomicBool>,
     /// Whether the node is fed through Redis (then it is ready only while connected).
@@ -168,7 +169,11 @@ async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Byte
 
 /// Prometheus text format, rendered by [`crate::metrics`].
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let out = crate::metrics::render(&state.shard_stats, &state.ingestor_stats);
+    let out = crate::metrics::render(
+        &state.shard_stats,
+        &state.ingestor_stats,
+        &state.proxy_stats,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -294,6 +294,30 @@ coregate_shards::shard_settings!(define_config! {
             /// Redis on the same network answers in well under 1 ms.
             authorizer_timeout: Duration = Duration::from_millis(100);
         }
+        "Backend calls (HTTP)" {
+            /// URL the gateway POSTs clients' `rpc` calls to; none: `rpc` answers `unavailable`.
+            ///
+            /// The body is `{user_id, session_id, method, d, meta}`; the answer `{d}`
+            /// becomes `rpc_result`, `{error: {code, message}}` an `error` (docs/protocol.md §8).
+            proxy_rpc_url: Option<String> = None;
+
+            /// The `rpc` methods clients may call, comma-separated; none: any method.
+            ///
+            /// A method not listed is refused `forbidden` by the gateway, without a call.
+            proxy_rpc_methods: Option<String> = None;
+
+            /// How long a backend call may take before it is answered `unavailable`.
+            ///
+            /// The call holds nothing of a shard meanwhile; a client waits this long
+            /// at most for an answer.
+            proxy_timeout: Duration = Duration::from_secs(5);
+
+            /// Secret sent with every backend call in the `X-Coregate-Secret` header.
+            ///
+            /// Lets the backend check that a call comes from this gateway. Prefer the
+            /// environment or the file to a flag, which shows in the process list.
+            proxy_secret: Option<String> = None;
+        }
         "Chat" {
             /// Whether this node tracks presence (`presence_update`, `presence_query`).
             ///
@@ -436,6 +460,9 @@ impl Config {
             }
         }
         self.cpu_list()?;
+        if let Some(url) = &self.proxy_rpc_url {
+            crate::proxy::parse_url(url).map_err(|e| invalid("proxy_rpc_url", e))?;
+        }
         let keys = [
             ("jwt_secret", self.jwt_secret.is_some()),
             ("jwt_secret_file", self.jwt_secret_file.is_some()),

@@ -20,6 +20,7 @@ mod auth;
 mod config;
 mod ingest;
 mod metrics;
+mod proxy;
 
 use config::{Config, ConfigArgs, ConfigError, LogFormat};
 
@@ -478,6 +479,14 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
     let (verifier, _dev_secret) = verifier(&config)?;
     let (ingestor_tx, ingestor_rx) = flume::bounded(INGESTOR_QUEUE);
     let (authorizer, membership) = membership_authorizer(&config).unzip();
+    let (backend, rpc_calls) = config
+        .proxy_rpc_url
+        .is_some()
+        .then(|| {
+            let (calls_tx, calls_rx) = flume::bounded(proxy::QUEUE);
+            (coregate_shards::SharedBackend::new(calls_tx), calls_rx)
+        })
+        .unzip();
     let placement = coregate_shards::ShardPlacement {
         nr_shards: config.shard_count(),
         cpus: config.cpu_list()?,
@@ -489,8 +498,28 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         verifier,
         ingestor_tx.clone(),
         authorizer,
+        backend,
     )
     .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+    let proxy_stats = Arc::new(proxy::ProxyStats::default());
+    let proxy = match (rpc_calls, &config.proxy_rpc_url) {
+        (Some(calls), Some(url)) => Some(proxy::spawn(
+            calls,
+            shards.senders.clone(),
+            proxy::ProxySettings {
+                rpc_url: proxy::parse_url(url).map_err(anyhow::Error::msg)?,
+                rpc_methods: config
+                    .proxy_rpc_methods
+                    .as_deref()
+                    .map(proxy::parse_methods),
+                timeout: config.proxy_timeout,
+                secret: config.proxy_secret.clone(),
+                max_answer: config.control_budget,
+            },
+            proxy_stats.clone(),
+        )?),
+        _ => None,
+    };
     let ingestor_stats = Arc::new(ingest::IngestorStats::default());
     let redis = config.redis_url.as_ref().map(|url| ingest::RedisSettings {
         url: url.clone(),
@@ -520,6 +549,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
             ingestor: ingestor_tx,
             shard_stats: shards.stats.clone(),
             ingestor_stats,
+            proxy_stats,
             draining: draining.clone(),
             redis_configured,
             max_message_size: config.max_message_size,
@@ -545,6 +575,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         admin,
         stop_admin,
         ingestor,
+        proxy,
     };
     let drained = runtime.block_on(drain_on_signal(parts, &draining, config.drain_window));
     // A part that did not end within the margin is not waited for.
@@ -558,6 +589,9 @@ struct Parts {
     admin: std::thread::JoinHandle<()>,
     stop_admin: tokio::sync::oneshot::Sender<()>,
     ingestor: std::thread::JoinHandle<()>,
+    /// The backend client, with `--proxy-rpc-url`; it ends with the shards, whose
+    /// hubs hold its queue's senders.
+    proxy: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Parts {
@@ -568,6 +602,10 @@ impl Parts {
     fn join(self) {
         self.shards.join();
         tracing::debug!("shards ended");
+        if let Some(proxy) = self.proxy {
+            let _ = proxy.join();
+            tracing::debug!("backend client ended");
+        }
         let _ = self.stop_admin.send(());
         let _ = self.admin.join();
         tracing::debug!("admin API ended");

@@ -9,6 +9,7 @@ use coregate_shards::stats::LATENCY_BUCKETS_US;
 use coregate_shards::{ShardStats, StatsSnapshot};
 
 use crate::ingest::IngestorStats;
+use crate::proxy::ProxyStats;
 
 /// Counter families whose members are shard counters named `<prefix><label value>`:
 /// (prefix, exported name, label).
@@ -30,7 +31,11 @@ const HIGH_WATER: [(&str, ReadField); 2] = [
 ];
 
 /// Renders every shard's and the ingestor's figures.
-pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> String {
+pub fn render(
+    shard_stats: &[Arc<ShardStats>],
+    ingestor: &IngestorStats,
+    proxy: &ProxyStats,
+) -> String {
     let mut out = String::new();
     let mut total = StatsSnapshot::default();
     let per_shard: Vec<StatsSnapshot> = shard_stats.iter().map(|s| s.snapshot()).collect();
@@ -51,7 +56,25 @@ pub fn render(shard_stats: &[Arc<ShardStats>], ingestor: &IngestorStats) -> Stri
     }
     render_shard_counters(&mut out, &total);
     render_high_water(&mut out, &per_shard);
-    render_publish_to_write(&mut out, shard_stats);
+    render_histogram(
+        &mut out,
+        "coregate_publish_to_write_seconds",
+        "From the node receiving a publication to its event being written.",
+        shard_stats.iter().map(|s| s.publish_to_write.snapshot()),
+    );
+    let _ = writeln!(out, "# TYPE coregate_backend_calls_total counter");
+    for (outcome, value) in proxy.outcomes() {
+        let _ = writeln!(
+            out,
+            "coregate_backend_calls_total{{kind=\"rpc\",outcome=\"{outcome}\"}} {value}"
+        );
+    }
+    render_histogram(
+        &mut out,
+        "coregate_backend_rpc_seconds",
+        "From sending an rpc call to the backend to its answer (timeouts excluded).",
+        std::iter::once(proxy.rpc_latency.snapshot()),
+    );
     let counters = [
         ("ingestor_publications", &ingestor.publications),
         (
@@ -155,23 +178,23 @@ fn render_high_water(out: &mut String, per_shard: &[StatsSnapshot]) {
     }
 }
 
-/// The publish→write histogram: every shard's buckets summed, in seconds as Prometheus
-/// expects.
-fn render_publish_to_write(out: &mut String, shard_stats: &[Arc<ShardStats>]) {
+/// A latency histogram: the snapshots' buckets summed (one per shard, or one), in
+/// seconds as Prometheus expects.
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    snapshots: impl Iterator<Item = ([u64; LATENCY_BUCKETS_US.len() + 1], u64)>,
+) {
     let mut buckets = [0u64; LATENCY_BUCKETS_US.len() + 1];
     let mut sum_us = 0u64;
-    for stats in shard_stats {
-        let (shard_buckets, shard_sum) = stats.publish_to_write.snapshot();
-        for (total, n) in buckets.iter_mut().zip(shard_buckets) {
+    for (snapshot_buckets, snapshot_sum) in snapshots {
+        for (total, n) in buckets.iter_mut().zip(snapshot_buckets) {
             *total += n;
         }
-        sum_us += shard_sum;
+        sum_us += snapshot_sum;
     }
-    let name = "coregate_publish_to_write_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} From the node receiving a publication to its event being written."
-    );
+    let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");
     let mut cumulative = 0;
     for (bound_us, n) in LATENCY_BUCKETS_US.iter().zip(buckets) {

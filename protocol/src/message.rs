@@ -164,6 +164,14 @@ pub enum ClientMessage {
         /// At most [`MAX_PRESENCE_QUERY_USERS`].
         user_ids: Vec<String>,
     },
+    /// A call to the application backend (PROTOCOL.md §8), answered `rpc_result` with
+    /// the same `ref`.
+    Rpc {
+        /// What to call; the backend's own vocabulary.
+        method: String,
+        /// The call's payload, any value, handed to the backend as JSON.
+        d: serde_json::Value,
+    },
     /// Join a voice channel.
     VoiceJoin {
         /// Voice channel id.
@@ -202,7 +210,7 @@ pub enum ClientMessage {
 
 impl ClientMessage {
     /// Every client op, in PROTOCOL.md order.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 16] = [
         "identify",
         "refresh",
         "ping",
@@ -212,6 +220,7 @@ impl ClientMessage {
         "typing_stop",
         "presence_set",
         "presence_query",
+        "rpc",
         "voice_join",
         "voice_leave",
         "voice_answer",
@@ -232,6 +241,7 @@ impl ClientMessage {
             ClientMessage::TypingStop { .. } => "typing_stop",
             ClientMessage::PresenceSet { .. } => "presence_set",
             ClientMessage::PresenceQuery { .. } => "presence_query",
+            ClientMessage::Rpc { .. } => "rpc",
             ClientMessage::VoiceJoin { .. } => "voice_join",
             ClientMessage::VoiceLeave { .. } => "voice_leave",
             ClientMessage::VoiceAnswer { .. } => "voice_answer",
@@ -363,6 +373,21 @@ pub enum ServerMessage {
         /// One entry per queried user.
         users: Vec<PresenceEntry>,
     },
+    /// An `rpc` that got no result, with the code the backend (or the gateway, for
+    /// `unavailable`, `limit`, `forbidden`) gave: `error` on the wire, like [`Self::Error`],
+    /// but its code is not limited to [`ErrorCode`], since a backend's own codes pass
+    /// through (PROTOCOL.md §7).
+    RpcError {
+        /// The backend's code, or one of §7's.
+        code: String,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The backend's answer to an `rpc` (with its `ref`).
+    RpcResult {
+        /// Whatever the backend answered as `d`.
+        d: serde_json::Value,
+    },
     /// The SFU (re)negotiates.
     VoiceOffer {
         /// Voice channel id.
@@ -449,6 +474,8 @@ impl ServerMessage {
             ServerMessage::TypingStop { .. } => "typing_stop",
             ServerMessage::PresenceUpdate { .. } => "presence_update",
             ServerMessage::PresenceState { .. } => "presence_state",
+            ServerMessage::RpcResult { .. } => "rpc_result",
+            ServerMessage::RpcError { .. } => "error",
             ServerMessage::VoiceOffer { .. } => "voice_offer",
             ServerMessage::VoiceIceCandidate { .. } => "voice_ice_candidate",
             ServerMessage::VoiceUserJoined { .. } => "voice_user_joined",

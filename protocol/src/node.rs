@@ -26,6 +26,8 @@ pub(crate) trait Node: Sized {
     fn as_u64(&self) -> Option<u64>;
     fn as_bool(&self) -> Option<bool>;
     fn items(&self) -> Option<&[Self]>;
+    /// The value as JSON, whatever it is (a payload passed through, e.g. `rpc`'s `d`).
+    fn to_json(&self) -> serde_json::Value;
     /// Calls `f` for each entry when `self` is a map; `None` when it is not.
     fn for_each_entry(
         &self,
@@ -34,6 +36,10 @@ pub(crate) trait Node: Sized {
 }
 
 impl Node for BorrowedValue<'_> {
+    fn to_json(&self) -> serde_json::Value {
+        // Only a value JSON cannot hold (a NaN from MessagePack) fails: it reads as null.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
     fn get(&self, key: &str) -> Option<&Self> {
         match self {
             BorrowedValue::Object(o) => o.get(key),
@@ -83,6 +89,9 @@ impl Node for BorrowedValue<'_> {
 }
 
 impl Node for serde_json::Value {
+    fn to_json(&self) -> serde_json::Value {
+        self.clone()
+    }
     fn get(&self, key: &str) -> Option<&Self> {
         match self {
             serde_json::Value::Object(o) => o.get(key),
@@ -277,6 +286,10 @@ fn client_message<N: Node>(op: &str, d: Option<&N>) -> Result<ClientMessage, Dec
         "presence_query" => M::PresenceQuery {
             user_ids: string_list(d, "user_ids")?,
         },
+        "rpc" => M::Rpc {
+            method: string(d, "method")?,
+            d: opt(d, "d").map_or(serde_json::Value::Null, Node::to_json),
+        },
         "voice_join" => M::VoiceJoin {
             channel: string(d, "channel")?,
         },
@@ -322,6 +335,7 @@ pub(crate) fn server_message<N: Node>(
             | "typing_stop"
             | "presence_update"
             | "presence_state"
+            | "rpc_result"
             | "voice_offer"
             | "voice_ice_candidate"
             | "voice_user_joined"
@@ -382,6 +396,9 @@ pub(crate) fn server_message<N: Node>(
             user_id: string(d, "user_id")?,
             status: status(d, "status", false)?,
             since: uint(d, "since")?,
+        },
+        "rpc_result" => M::RpcResult {
+            d: opt(d, "d").map_or(serde_json::Value::Null, Node::to_json),
         },
         "presence_state" => M::PresenceState {
             users: req(d, "users")?

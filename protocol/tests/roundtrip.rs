@@ -46,6 +46,25 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
+/// A payload passed through as it is (`rpc`'s `d`): scalars, arrays and maps, nested.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<u32>().prop_map(Value::from),
+        any::<i32>().prop_map(Value::from),
+        text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(Value::Array),
+            vec((text(), inner), 0..4)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+        ]
+    })
+}
+
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     use ClientMessage as M;
     prop_oneof![
@@ -59,6 +78,7 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         text().prop_map(|topic| M::TypingStop { topic }),
         settable_status().prop_map(|status| M::PresenceSet { status }),
         texts().prop_map(|user_ids| M::PresenceQuery { user_ids }),
+        (text(), json_value()).prop_map(|(method, d)| M::Rpc { method, d }),
         text().prop_map(|channel| M::VoiceJoin { channel }),
         text().prop_map(|channel| M::VoiceLeave { channel }),
         (text(), text()).prop_map(|(channel, sdp)| M::VoiceAnswer { channel, sdp }),
@@ -107,6 +127,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 since,
             }
         }),
+        json_value().prop_map(|d| M::RpcResult { d }),
         vec((text(), any_status(), any::<u64>()), 0..4).prop_map(|users| M::PresenceState {
             users: users
                 .into_iter()

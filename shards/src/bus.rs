@@ -168,6 +168,13 @@ pub enum ShardMessage {
         r#ref: Option<u64>,
         users: PresenceAnswer,
     },
+    /// The backend's answer to a connection's `rpc`, sent to that connection with the
+    /// call's `ref` if it is still there.
+    RpcResult {
+        conn: crate::hub::ConnKey,
+        r#ref: Option<u64>,
+        answer: crate::backend::RpcAnswer,
+    },
 }
 
 /// What the node answers a `presence_query`.

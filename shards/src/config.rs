@@ -141,6 +141,13 @@ macro_rules! shard_settings {
                 /// 0: the rate itself.
                 ip_connect_burst: u32 = 0;
 
+                /// `rpc` calls one connection may have waiting for the backend; more are refused `limit`.
+                ///
+                /// Bounds what one client can make the backend (and the gateway, which
+                /// holds each call and its answer) work on at once; a client awaiting a
+                /// few calls in parallel fits.
+                rpc_max_in_flight: usize = 16;
+
                 /// Connections one user may hold at once; 0: no limit.
                 ///
                 /// More get 429 at upgrade, or close 4011 after `identify`. A user's tabs

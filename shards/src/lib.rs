@@ -16,6 +16,7 @@
 //! - [`admission`]: node-wide connection limits (per node, per address, per user);
 //! - [`auth`]: the verifier trait the binary implements with JWTs;
 //! - [`authorizer`]: the optional Redis membership gate on `subscribe`, cached per shard;
+//! - [`backend`]: calls to the application backend (`rpc`), handed to the node;
 //! - [`config`]: the settings every shard reads;
 //! - [`bus`]: the queues between shards and the node's ingestor;
 //! - [`rate_limit`]: the token bucket behind the rate limits;
@@ -31,6 +32,7 @@
 pub mod admission;
 pub mod auth;
 pub mod authorizer;
+pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod driver;
@@ -46,6 +48,7 @@ mod testing;
 
 pub use auth::{AuthError, Identity, TokenVerifier};
 pub use authorizer::{MembershipCheck, MembershipError, SharedAuthorizer};
+pub use backend::{RpcAnswer, RpcCall, RpcFailure, SharedBackend};
 pub use bus::{
     shard_inbox, HandOffError, IngestorCommand, IngestorSender, InterestChange, PresenceAnswer,
     PresenceSignal, ShardMessage, ShardSender, ShardSet, SharedDelivery, TypingAction,

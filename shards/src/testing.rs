@@ -15,9 +15,10 @@ use coregate_protocol::{
 use crate::admission::Admission;
 use crate::auth::{AuthError, Identity, TokenVerifier};
 use crate::authorizer::{MembershipCheck, SharedAuthorizer};
+use crate::backend::{RpcCall, SharedBackend};
 use crate::bus::{IngestorCommand, SharedDelivery};
 use crate::config::ShardConfig;
-use crate::hub::{ConnKey, LocalHub};
+use crate::hub::{ConnKey, LocalHub, NodeLinks};
 use crate::session::Now;
 use crate::stats::ShardStats;
 
@@ -123,6 +124,9 @@ pub fn parse_server_bytes(encoding: Encoding, mut bytes: &[u8]) -> Received {
     received
 }
 
+/// How many `rpc` calls the harness's backend queue holds.
+pub const RPC_QUEUE: usize = 4;
+
 /// A hub, its virtual clock and the other ends of its queues.
 pub struct Harness {
     pub hub: LocalHub,
@@ -131,6 +135,9 @@ pub struct Harness {
     pub ingestor: flume::Receiver<IngestorCommand>,
     /// Membership questions, with the `redis` authorizer.
     pub checks: Option<flume::Receiver<MembershipCheck>>,
+    /// `rpc` calls for the backend (a backend is always configured here; the queue
+    /// holds [`RPC_QUEUE`]).
+    pub rpc_calls: flume::Receiver<RpcCall>,
     start: Instant,
     elapsed: Duration,
 }
@@ -157,20 +164,25 @@ impl Harness {
         };
         let stats = Arc::new(ShardStats::default());
         let admission = Arc::new(Admission::new(&config));
+        let (rpc_tx, rpc_calls) = flume::bounded(RPC_QUEUE);
         let hub = LocalHub::new(
             0,
             Arc::new(config),
             stats.clone(),
             Arc::new(TestVerifier),
             admission,
-            ingestor_tx,
-            authorizer,
+            NodeLinks {
+                ingestor: ingestor_tx,
+                authorizer,
+                backend: Some(SharedBackend::new(rpc_tx)),
+            },
         );
         Harness {
             hub,
             stats,
             ingestor,
             checks,
+            rpc_calls,
             start: Instant::now(),
             elapsed: Duration::ZERO,
         }

@@ -28,9 +28,10 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use crate::admission::Admission;
 use crate::auth::TokenVerifier;
 use crate::authorizer::SharedAuthorizer;
+use crate::backend::SharedBackend;
 use crate::bus::{shard_inbox, IngestorSender, LocalInbox, ShardMessage, ShardSender, MAX_SHARDS};
 use crate::config::ShardConfig;
-use crate::hub::LocalHub;
+use crate::hub::{LocalHub, NodeLinks};
 use crate::session::{CloseReason, CLOSE_FLUSH_LIMIT};
 use crate::stats::ShardStats;
 
@@ -117,6 +118,11 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
                 .hub
                 .borrow_mut()
                 .answer_presence_query(conn, r#ref, users),
+            ShardMessage::RpcResult {
+                conn,
+                r#ref,
+                answer,
+            } => shard.hub.borrow_mut().answer_rpc(conn, r#ref, answer),
         }
         ControlFlow::Continue(())
     })
@@ -262,6 +268,7 @@ pub fn start_shards(
     verifier: Arc<dyn TokenVerifier>,
     ingestor: IngestorSender,
     authorizer: Option<SharedAuthorizer>,
+    backend: Option<SharedBackend>,
 ) -> Result<RunningShards, StartError> {
     let nr_shards = placement.nr_shards;
     if nr_shards == 0 || nr_shards > MAX_SHARDS {
@@ -287,6 +294,7 @@ pub fn start_shards(
             let ingestor = ingestor.clone();
             let admission = admission.clone();
             let authorizer = authorizer.clone();
+            let backend = backend.clone();
             LocalExecutorBuilder::new(placement.placement(shard_id))
                 .name(&format!("shard-{shard_id}"))
                 .io_memory(IO_MEMORY)
@@ -305,8 +313,11 @@ pub fn start_shards(
                         stats.clone(),
                         verifier.clone(),
                         admission.clone(),
-                        ingestor,
-                        authorizer,
+                        NodeLinks {
+                            ingestor,
+                            authorizer,
+                            backend,
+                        },
                     );
                     let shard = Rc::new(LocalShard {
                         shard_id,

@@ -25,6 +25,7 @@ use slab::Slab;
 use crate::admission::{Admission, UserSlot};
 use crate::auth::{Identity, TokenVerifier};
 use crate::authorizer::{MembershipAnswer, MembershipGate, SharedAuthorizer};
+use crate::backend::{RpcAnswer, RpcCall, RpcFailure, SharedBackend};
 use crate::bus::{IngestorCommand, IngestorSender, InterestChange, PresenceSignal, SharedDelivery};
 use crate::config::ShardConfig;
 use crate::session::outbox::LocalDelivery;
@@ -94,6 +95,15 @@ impl Parts {
     }
 }
 
+/// What a shard's hub sends to the node's side: the ingestor (always), the membership
+/// checker (`--authorizer redis`) and the backend client (`--proxy-rpc-url`).
+#[derive(Debug, Clone)]
+pub struct NodeLinks {
+    pub ingestor: IngestorSender,
+    pub authorizer: Option<SharedAuthorizer>,
+    pub backend: Option<SharedBackend>,
+}
+
 /// One shard's connections and routing; see the module docs.
 pub struct LocalHub {
     shard_id: usize,
@@ -103,6 +113,8 @@ pub struct LocalHub {
     parts: Parts,
     /// `None` once the shard has ended ([`LocalHub::shut_down`]).
     ingestor: Option<IngestorSender>,
+    /// The node's backend client, for `rpc`; `None` without `--proxy-rpc-url`.
+    backend: Option<SharedBackend>,
     /// Commands the ingestor's queue could not take yet, retried at every flush.
     commands: VecDeque<IngestorCommand>,
     /// Subscribes waiting for the membership store, by check id.
@@ -121,9 +133,13 @@ impl LocalHub {
         stats: Arc<ShardStats>,
         verifier: Arc<dyn TokenVerifier>,
         admission: Arc<Admission>,
-        ingestor: IngestorSender,
-        authorizer: Option<SharedAuthorizer>,
+        links: NodeLinks,
     ) -> LocalHub {
+        let NodeLinks {
+            ingestor,
+            authorizer,
+            backend,
+        } = links;
         LocalHub {
             shard_id,
             slots: Slab::new(),
@@ -140,6 +156,7 @@ impl LocalHub {
                 events: Vec::new(),
             },
             ingestor: Some(ingestor),
+            backend,
             commands: VecDeque::new(),
             checks: HashMap::new(),
             next_check_id: 0,
@@ -432,7 +449,46 @@ impl LocalHub {
                 self.commands.push_back(IngestorCommand::Presence(query));
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
+            SessionEvent::Rpc { r#ref, method, d } => self.send_rpc(key, r#ref, method, d),
         }
+    }
+
+    /// Hands an `rpc` to the node's backend client; one that cannot be sent (no backend
+    /// configured, its queue full) is answered `unavailable` at once.
+    fn send_rpc(&mut self, key: ConnKey, r#ref: Option<u64>, method: String, d: serde_json::Value) {
+        let Some(session) = self.session(key) else {
+            return;
+        };
+        let refused = match &self.backend {
+            None => "rpc is not configured on this gateway",
+            Some(backend) => {
+                let call = RpcCall {
+                    shard_id: self.shard_id,
+                    conn: key,
+                    r#ref,
+                    user_id: session.user_id().unwrap_or_default().to_owned(),
+                    session_id: session.session_id().to_string(),
+                    method,
+                    d,
+                };
+                match backend.send(call) {
+                    Ok(()) => return,
+                    Err(_) => "the backend is overloaded; try again",
+                }
+            }
+        };
+        self.answer_rpc(key, r#ref, Err(RpcFailure::unavailable(refused)));
+    }
+
+    /// The backend answered `key`'s `rpc` (a connection gone meanwhile, or a newer one
+    /// on the same index, gets nothing).
+    pub fn answer_rpc(&mut self, key: ConnKey, r#ref: Option<u64>, answer: RpcAnswer) {
+        let Some(slot) = slot_mut(&mut self.slots, key) else {
+            return;
+        };
+        slot.session
+            .answer_rpc(r#ref, answer, &mut self.parts.ctx());
+        slot.wake();
     }
 
     /// Sends a subscribe's membership question; a question that cannot be sent (the

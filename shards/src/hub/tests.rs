@@ -501,3 +501,136 @@ fn presence_query_over_the_limit_is_refused() {
     assert_eq!(read.first("error")["d"]["code"], "limit");
     assert_eq!(read.first("error")["ref"], 9);
 }
+
+#[test]
+fn rpc_goes_to_the_backend_and_its_answer_to_that_connection_with_the_ref() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.send(
+        a,
+        r#"{"op":"rpc","d":{"method":"send_message","d":{"text":"hi","client_message_id":"c1"}},"ref":5}"#,
+    );
+    let call = h.rpc_calls.try_recv().expect("one call");
+    assert_eq!((call.shard_id, call.conn, call.r#ref), (0, a, Some(5)));
+    assert_eq!(call.user_id, "alice");
+    assert_eq!(call.method, "send_message");
+    assert_eq!(
+        call.d,
+        serde_json::json!({"text": "hi", "client_message_id": "c1"})
+    );
+    assert!(
+        h.read(a).ops().is_empty(),
+        "nothing until the backend answers"
+    );
+    h.hub
+        .answer_rpc(a, Some(5), Ok(serde_json::json!({"id": "m1"})));
+    let read = h.read(a);
+    assert_eq!(read.ops(), ["rpc_result"]);
+    assert_eq!(read.first("rpc_result")["ref"], 5);
+    // `rpc_result {d}`: the backend's answer is the payload's `d`.
+    assert_eq!(
+        read.first("rpc_result")["d"]["d"],
+        serde_json::json!({"id": "m1"})
+    );
+    // The backend's own error code passes through.
+    h.send(a, r#"{"op":"rpc","d":{"method":"m"},"ref":6}"#);
+    let call = h.rpc_calls.try_recv().expect("one call");
+    assert_eq!(call.d, serde_json::Value::Null, "no d: null");
+    let failure = crate::backend::RpcFailure {
+        code: "message_too_long".into(),
+        message: "at most 2000 characters".into(),
+    };
+    h.hub.answer_rpc(a, Some(6), Err(failure));
+    let read = h.read(a);
+    assert_eq!(read.first("error")["ref"], 6);
+    assert_eq!(read.first("error")["d"]["code"], "message_too_long");
+    assert_eq!(
+        read.first("error")["d"]["message"],
+        "at most 2000 characters"
+    );
+}
+
+#[test]
+fn rpc_in_flight_is_capped_per_connection_and_an_answer_frees_a_place() {
+    let config = ShardConfig {
+        rpc_max_in_flight: 2,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    for r in 1..=3 {
+        h.send(
+            a,
+            &format!(r#"{{"op":"rpc","d":{{"method":"m"}},"ref":{r}}}"#),
+        );
+    }
+    assert_eq!(h.rpc_calls.len(), 2);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["ref"], 3);
+    assert_eq!(read.first("error")["d"]["code"], "limit");
+    h.hub.answer_rpc(a, Some(1), Ok(serde_json::json!(1)));
+    h.send(a, r#"{"op":"rpc","d":{"method":"m"},"ref":4}"#);
+    assert_eq!(h.rpc_calls.len(), 3);
+    assert_eq!(h.read(a).ops(), ["rpc_result"]);
+}
+
+#[test]
+fn rpc_that_cannot_reach_the_backend_queue_is_answered_unavailable_at_once() {
+    let config = ShardConfig {
+        rpc_max_in_flight: 100,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    for r in 0..=crate::testing::RPC_QUEUE as u64 {
+        h.send(
+            a,
+            &format!(r#"{{"op":"rpc","d":{{"method":"m"}},"ref":{r}}}"#),
+        );
+    }
+    assert_eq!(h.rpc_calls.len(), crate::testing::RPC_QUEUE);
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "unavailable");
+    assert_eq!(read.first("error")["ref"], crate::testing::RPC_QUEUE as u64);
+}
+
+#[test]
+fn a_late_rpc_answer_reaches_nobody_once_its_connection_is_gone() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    h.send(a, r#"{"op":"rpc","d":{"method":"m"},"ref":1}"#);
+    h.hub.remove(a);
+    let b = h.connect_ready("bob", JSON);
+    h.read(b);
+    h.hub.answer_rpc(a, Some(1), Ok(serde_json::json!(1)));
+    assert!(h.read(b).ops().is_empty());
+}
+
+#[test]
+fn an_rpc_flood_is_refused_by_the_rate_limit_before_it_reaches_the_backend() {
+    let config = ShardConfig {
+        rate_limit_burst: 3,
+        rpc_max_in_flight: 1000,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    let mut sent = 0;
+    for r in 0..10 {
+        h.send(
+            a,
+            &format!(r#"{{"op":"rpc","d":{{"method":"m"}},"ref":{r}}}"#),
+        );
+        while h.rpc_calls.try_recv().is_ok() {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 3, "only the burst reaches the backend");
+    let read = h.read(a);
+    assert_eq!(read.first("error")["d"]["code"], "rate_limited");
+}

@@ -56,6 +56,7 @@ impl Session {
             }
             ClientMessage::PresenceSet { status } => self.presence_set(status, r#ref, ctx),
             ClientMessage::PresenceQuery { user_ids } => self.presence_query(user_ids, r#ref, ctx),
+            ClientMessage::Rpc { method, d } => self.rpc(method, d, r#ref, ctx),
             other => self.reply_error(
                 ErrorCode::BadRequest,
                 &format!("`{}` is not available on this gateway yet", other.op()),
@@ -235,6 +236,32 @@ impl Session {
             user_id: identity.user_id.clone(),
             status,
         }));
+    }
+
+    /// `rpc`: handed to the backend through the shard, at most `rpc_max_in_flight` at a
+    /// time per connection (more are refused `limit`, so a client cannot make the
+    /// backend hold more of its calls). The answer comes back as
+    /// [`Session::answer_rpc`]. Like every message, it was charged to the event rate
+    /// before it got here: a flood is refused before it reaches the backend.
+    fn rpc(
+        &mut self,
+        method: String,
+        d: serde_json::Value,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) {
+        let max = ctx.config.rpc_max_in_flight;
+        if self.rpc_in_flight() as usize >= max {
+            self.reply_error(
+                ErrorCode::Limit,
+                &format!("at most {max} rpc calls in flight per connection"),
+                r#ref,
+                ctx,
+            );
+            return;
+        }
+        self.occasional().rpc_in_flight += 1;
+        ctx.events.push(SessionEvent::Rpc { r#ref, method, d });
     }
 
     /// `presence_query`: at most [`MAX_PRESENCE_QUERY_USERS`] users (more is refused

@@ -40,6 +40,7 @@ use uuid::Uuid;
 use crate::admission::{Admission, UserSlot};
 use crate::auth::{Identity, TokenVerifier};
 use crate::authorizer::MembershipGate;
+use crate::backend::{RpcAnswer, RpcFailure};
 use crate::bus::PresenceAnswer;
 use crate::config::ShardConfig;
 use crate::stats::ShardStats;
@@ -117,6 +118,12 @@ pub enum SessionEvent {
     },
     /// A subscribe waits for the membership store's verdicts on some topics.
     CheckMembership(PendingSubscribe),
+    /// An `rpc` for the backend; its answer comes back through [`Session::answer_rpc`].
+    Rpc {
+        r#ref: Option<u64>,
+        method: String,
+        d: serde_json::Value,
+    },
 }
 
 /// Scratch buffers shared by every session of a shard: a connection holds none of its
@@ -165,11 +172,13 @@ struct Occasional {
     /// Topics this connection has an open typing indicator in (a `typing_start` not
     /// yet followed by its `typing_stop`): stopped when it unsubscribes or closes.
     typing: Vec<Topic>,
+    /// `rpc` calls sent to the backend and not answered yet.
+    rpc_in_flight: u32,
 }
 
 impl Occasional {
     fn is_empty(&self) -> bool {
-        self.membership_checks == 0 && self.typing.is_empty()
+        self.membership_checks == 0 && self.typing.is_empty() && self.rpc_in_flight == 0
     }
 }
 
@@ -348,6 +357,32 @@ impl Session {
             ),
         }
     }
+    /// `rpc` calls of this connection waiting for the backend.
+    pub fn rpc_in_flight(&self) -> u32 {
+        self.occasional.as_ref().map_or(0, |o| o.rpc_in_flight)
+    }
+
+    /// The backend's answer to this connection's `rpc`: `rpc_result` with the call's
+    /// `ref`, or `error` with the backend's (or the gateway's) code. Like every reply it
+    /// goes to the priority lane; what it can add there is bounded by
+    /// `rpc_max_in_flight` answers of at most `control_budget` bytes each (the node's
+    /// backend client refuses larger ones), and the next input finds a connection that
+    /// does not read them over its control budget and closes it.
+    pub fn answer_rpc(&mut self, r#ref: Option<u64>, answer: RpcAnswer, ctx: &mut SessionCtx) {
+        if let Some(occasional) = self.occasional.as_mut() {
+            occasional.rpc_in_flight = occasional.rpc_in_flight.saturating_sub(1);
+        }
+        self.release_occasional_if_unused();
+        if self.is_closing() {
+            return;
+        }
+        let message = match answer {
+            Ok(d) => ServerMessage::RpcResult { d },
+            Err(RpcFailure { code, message }) => ServerMessage::RpcError { code, message },
+        };
+        self.reply(&message, r#ref, ctx);
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.outbox.queued_bytes()
     }
