@@ -27,7 +27,7 @@ impl Seen {
 }
 
 /// The backend's answers, by method: `echo` answers `{d: {echo: d}}`, `fail` answers
-/// the backend's own error, `slow` answers after 3 s, `status` answers HTTP 500.
+/// the backend's own error, `slow` never answers, `status` answers HTTP 500.
 async fn backend_rpc(
     State(seen): State<Seen>,
     headers: HeaderMap,
@@ -41,12 +41,7 @@ async fn backend_rpc(
             ok,
             Json(json!({"error": {"code": "message_too_long", "message": "at most 2000"}})),
         ),
-        "slow" => {
-            // The backend being slow is what is tested: this is its behaviour, not a
-            // wait of the test's.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            (ok, Json(json!({"d": "late"})))
-        }
+        "slow" => std::future::pending().await,
         _ => (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({})),

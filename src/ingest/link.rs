@@ -261,7 +261,11 @@ impl Node {
             }
             IngestorCommand::Presence(signal) => {
                 let Some(presence_tx) = &self.presence_tx else {
-                    super::refuse_presence(&self.router, signal);
+                    super::refuse_presence(
+                        &self.router,
+                        signal,
+                        coregate_shards::PresenceAnswer::Disabled,
+                    );
                     return;
                 };
                 if let Err(error) = presence_tx.try_send(signal) {
@@ -269,22 +273,11 @@ impl Node {
                         .redis_publish_errors
                         .fetch_add(1, Ordering::Relaxed);
                     // A query still gets its answer: `error`.
-                    if let coregate_shards::PresenceSignal::Query {
-                        shard_id,
-                        conn,
-                        r#ref,
-                        ..
-                    } = error.into_inner()
-                    {
-                        self.router.send_to(
-                            shard_id,
-                            coregate_shards::ShardMessage::PresenceState {
-                                conn,
-                                r#ref,
-                                users: coregate_shards::PresenceAnswer::NotReady,
-                            },
-                        );
-                    }
+                    super::refuse_presence(
+                        &self.router,
+                        error.into_inner(),
+                        coregate_shards::PresenceAnswer::NotReady,
+                    );
                 }
             }
         }

@@ -148,9 +148,13 @@ pub(crate) fn answer_presence_query(
     }
 }
 
-/// On a node whose presence is off (`--presence false`): a `presence_query` is
-/// answered `unavailable`, every other presence signal is dropped.
-pub(crate) fn refuse_presence(router: &Router, signal: coregate_shards::PresenceSignal) {
+/// A presence signal the node cannot act on (presence off, or its queue to Redis full):
+/// a `presence_query` is answered `refusal`, any other signal is dropped.
+pub(crate) fn refuse_presence(
+    router: &Router,
+    signal: coregate_shards::PresenceSignal,
+    refusal: PresenceAnswer,
+) {
     if let coregate_shards::PresenceSignal::Query {
         shard_id,
         conn,
@@ -163,7 +167,7 @@ pub(crate) fn refuse_presence(router: &Router, signal: coregate_shards::Presence
             coregate_shards::ShardMessage::PresenceState {
                 conn,
                 r#ref,
-                users: PresenceAnswer::Disabled,
+                users: refusal,
             },
         );
     }
@@ -200,7 +204,7 @@ fn run_embedded(
                 }
             }
             IngestorCommand::Presence(signal) => match presence {
-                None => refuse_presence(router, signal),
+                None => refuse_presence(router, signal, PresenceAnswer::Disabled),
                 Some(table) if matches!(signal, coregate_shards::PresenceSignal::Query { .. }) => {
                     answer_presence_query(table, router, signal);
                 }
