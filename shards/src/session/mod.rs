@@ -214,6 +214,10 @@ pub struct Session {
     aborted: bool,
     /// The peer sent its close frame: nothing more will come.
     peer_closed: bool,
+    /// tungstenite refused the input (a frame too large, invalid UTF-8, a framing
+    /// error): its parser is left mid-frame and must not be fed again, so whatever the
+    /// peer sends from then on is discarded.
+    parser_failed: bool,
     /// Since when the queued output has been over the byte budget.
     over_budget_since: Option<Instant>,
     events_allowance: Allowance,
@@ -242,6 +246,7 @@ impl Session {
             closing_since: None,
             aborted: false,
             peer_closed: false,
+            parser_failed: false,
             over_budget_since: None,
             events_allowance: Allowance::new(&rates.events, now),
             pings_allowance: Allowance::new(&rates.pings_before_ready, now),
@@ -458,6 +463,9 @@ impl Session {
     /// echo) go to the priority lane.
     pub fn handle_input(&mut self, input: &[u8], now: Now, ctx: &mut SessionCtx) {
         self.last_seen = now.instant;
+        if self.parser_failed {
+            return;
+        }
         let mut control = std::mem::take(&mut ctx.scratch.control);
         control.clear();
         let mut io = BufferedIo {
@@ -484,10 +492,17 @@ impl Session {
                     self.peer_closed = true;
                     break;
                 }
-                Err(tungstenite::Error::Capacity(_)) => close = Some(CloseReason::MessageTooBig),
-                Err(tungstenite::Error::Utf8(_)) => close = Some(CloseReason::InvalidUtf8),
+                Err(tungstenite::Error::Capacity(_)) => {
+                    self.parser_failed = true;
+                    close = Some(CloseReason::MessageTooBig);
+                }
+                Err(tungstenite::Error::Utf8(_)) => {
+                    self.parser_failed = true;
+                    close = Some(CloseReason::InvalidUtf8);
+                }
                 Err(e) => {
                     tracing::debug!(session = %self.session_id, error = %e, "websocket protocol error");
+                    self.parser_failed = true;
                     close = Some(CloseReason::ProtocolViolation);
                 }
             }

@@ -231,6 +231,28 @@ fn a_message_over_the_size_limit_closes_1009() {
     assert_eq!(h.read(c).close, Some(1009));
 }
 
+/// Found by the `websocket_read_path` fuzz target: a frame header over the limit leaves
+/// tungstenite's parser mid-frame, and feeding it the rest tripped its
+/// `capacity() > len` assertion (debug builds; release would have read nothing).
+#[test]
+fn input_after_a_frame_over_the_limit_is_discarded() {
+    let mut h = Harness::new(ShardConfig::default());
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // A masked text frame header declaring 1 MiB, over the 64 KiB limit.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    h.input(c, &header);
+    for _ in 0..4 {
+        h.input(c, &[b'x'; 300]);
+    }
+    h.input(c, &client_frame(0x9, b"ping"));
+    let read = h.read(c);
+    assert_eq!(read.close, Some(1009));
+    assert_eq!(read.pongs, 0, "nothing after the refused frame is handled");
+}
+
 #[test]
 fn websocket_pings_are_answered_with_pongs() {
     let mut h = Harness::new(ShardConfig::default());
