@@ -276,8 +276,9 @@ coregate_shards::shard_settings!(define_config! {
 
             /// Who decides `subscribe` to `channel:`, `server:` and `presence:` topics.
             ///
-            /// `claims`: the token's `topics` claim alone. `redis`: the claim and
-            /// `SISMEMBER <members_prefix><topic> <sub>`; needs `redis_url`.
+            /// `claims`: the token's `topics` claim alone. `redis`:
+            /// `SISMEMBER <members_prefix><topic> <sub>`; needs `redis_url`. `proxy`:
+            /// the backend's answer at `proxy_subscribe_url`.
             authorizer: AuthorizerKind = AuthorizerKind::Claims;
 
             /// Prefix of the member sets of the `redis` authorizer.
@@ -305,6 +306,26 @@ coregate_shards::shard_settings!(define_config! {
             ///
             /// A method not listed is refused `forbidden` by the gateway, without a call.
             proxy_rpc_methods: Option<String> = None;
+
+            /// URL the gateway POSTs every new connection to, to decide who it is; none: tokens alone.
+            ///
+            /// With a token, once it is verified; without one (even with a JWT key
+            /// configured), the backend alone decides from `proxy_connect_headers` and
+            /// the query. The answer's `data` is handed to the client in `ready`.
+            proxy_connect_url: Option<String> = None;
+
+            /// Request headers the connect call carries, comma-separated.
+            ///
+            /// `Cookie` is how an app whose session lives in a cookie is recognized;
+            /// add what else the backend needs (`x-forwarded-for`, `user-agent`).
+            proxy_connect_headers: String = "cookie".to_owned();
+
+            /// URL the `proxy` authorizer POSTs `{user_id, topic}` to for gated topics.
+            ///
+            /// The answer `{allow, reason?}` is cached per shard for
+            /// `authorizer_cache_ttl`; a backend that cannot answer within
+            /// `authorizer_timeout` gets the topic refused `not_ready`.
+            proxy_subscribe_url: Option<String> = None;
 
             /// How long a backend call may take before it is answered `unavailable`.
             ///
@@ -354,6 +375,7 @@ coregate_shards::shard_settings!(define_config! {
 pub enum AuthorizerKind {
     Claims,
     Redis,
+    Proxy,
 }
 
 /// See [`Config::log_format`].
@@ -460,8 +482,14 @@ impl Config {
             }
         }
         self.cpu_list()?;
-        if let Some(url) = &self.proxy_rpc_url {
-            crate::proxy::parse_url(url).map_err(|e| invalid("proxy_rpc_url", e))?;
+        for (name, url) in [
+            ("proxy_rpc_url", &self.proxy_rpc_url),
+            ("proxy_connect_url", &self.proxy_connect_url),
+            ("proxy_subscribe_url", &self.proxy_subscribe_url),
+        ] {
+            if let Some(url) = url {
+                crate::proxy::parse_url(url).map_err(|e| invalid(name, e))?;
+            }
         }
         let keys = [
             ("jwt_secret", self.jwt_secret.is_some()),
@@ -520,6 +548,12 @@ impl Config {
             return Err(invalid(
                 "authorizer",
                 "`redis` needs redis_url (--redis-url)",
+            ));
+        }
+        if self.authorizer == AuthorizerKind::Proxy && self.proxy_subscribe_url.is_none() {
+            return Err(invalid(
+                "authorizer",
+                "`proxy` needs proxy_subscribe_url (--proxy-subscribe-url)",
             ));
         }
         Ok(())

@@ -479,14 +479,13 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
     let (verifier, _dev_secret) = verifier(&config)?;
     let (ingestor_tx, ingestor_rx) = flume::bounded(INGESTOR_QUEUE);
     let (authorizer, membership) = membership_authorizer(&config).unzip();
-    let (backend, rpc_calls) = config
-        .proxy_rpc_url
-        .is_some()
-        .then(|| {
-            let (calls_tx, calls_rx) = flume::bounded(proxy::QUEUE);
-            (coregate_shards::SharedBackend::new(calls_tx), calls_rx)
-        })
-        .unzip();
+    // The `redis` authorizer's checks go to the ingestor, the `proxy` one's to the
+    // backend client.
+    let (membership, proxy_checks) = match config.authorizer {
+        config::AuthorizerKind::Proxy => (None, membership),
+        _ => (membership, None),
+    };
+    let (backend, proxy_queues) = backend_client(&config, proxy_checks);
     let placement = coregate_shards::ShardPlacement {
         nr_shards: config.shard_count(),
         cpus: config.cpu_list()?,
@@ -502,23 +501,14 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
     let proxy_stats = Arc::new(proxy::ProxyStats::default());
-    let proxy = match (rpc_calls, &config.proxy_rpc_url) {
-        (Some(calls), Some(url)) => Some(proxy::spawn(
-            calls,
+    let proxy = match proxy_queues {
+        Some(queues) => Some(proxy::spawn(
+            queues,
             shards.senders.clone(),
-            proxy::ProxySettings {
-                rpc_url: proxy::parse_url(url).map_err(anyhow::Error::msg)?,
-                rpc_methods: config
-                    .proxy_rpc_methods
-                    .as_deref()
-                    .map(proxy::parse_methods),
-                timeout: config.proxy_timeout,
-                secret: config.proxy_secret.clone(),
-                max_answer: config.control_budget,
-            },
+            proxy_settings(&config)?,
             proxy_stats.clone(),
         )?),
-        _ => None,
+        None => None,
     };
     let ingestor_stats = Arc::new(ingest::IngestorStats::default());
     let redis = config.redis_url.as_ref().map(|url| ingest::RedisSettings {
@@ -614,15 +604,66 @@ impl Parts {
     }
 }
 
-/// With `authorizer = "redis"`: the shards' membership authorizer, and the receiving
-/// side of its checks, which the ingestor answers.
+/// With any backend call configured (`--proxy-rpc-url`, `--proxy-connect-url`,
+/// `--authorizer proxy`): what the shards send calls with, and the backend client's
+/// queues (`checks` are the `proxy` authorizer's).
+fn backend_client(
+    config: &Config,
+    checks: Option<flume::Receiver<coregate_shards::MembershipCheck>>,
+) -> (
+    Option<coregate_shards::SharedBackend>,
+    Option<proxy::ProxyQueues>,
+) {
+    let mut backend = coregate_shards::SharedBackend::default();
+    let mut queues = proxy::ProxyQueues {
+        subscribe: checks,
+        ..proxy::ProxyQueues::default()
+    };
+    if config.proxy_rpc_url.is_some() {
+        let (tx, rx) = flume::bounded(proxy::QUEUE);
+        backend = backend.with_rpc(tx);
+        queues.rpc = Some(rx);
+    }
+    if config.proxy_connect_url.is_some() {
+        let (tx, rx) = flume::bounded(proxy::QUEUE);
+        backend = backend.with_connect(tx, proxy::parse_list(&config.proxy_connect_headers));
+        queues.connect = Some(rx);
+    }
+    if queues.rpc.is_none() && queues.connect.is_none() && queues.subscribe.is_none() {
+        return (None, None);
+    }
+    (Some(backend), Some(queues))
+}
+
+/// The backend client's settings (the URLs were checked by `Config::validate`).
+fn proxy_settings(config: &Config) -> anyhow::Result<proxy::ProxySettings> {
+    let url = |url: &Option<String>| {
+        url.as_deref()
+            .map(proxy::parse_url)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    };
+    Ok(proxy::ProxySettings {
+        rpc_url: url(&config.proxy_rpc_url)?,
+        rpc_methods: config.proxy_rpc_methods.as_deref().map(proxy::parse_list),
+        connect_url: url(&config.proxy_connect_url)?,
+        subscribe_url: url(&config.proxy_subscribe_url)?,
+        timeout: config.proxy_timeout,
+        secret: config.proxy_secret.clone(),
+        max_answer: config.control_budget,
+    })
+}
+
+/// With `authorizer = "redis"` or `"proxy"`: the shards' membership authorizer, and the
+/// receiving side of its checks, which the ingestor (redis) or the backend client
+/// (proxy) answers.
 fn membership_authorizer(
     config: &Config,
 ) -> Option<(
     coregate_shards::SharedAuthorizer,
     flume::Receiver<coregate_shards::MembershipCheck>,
 )> {
-    if config.authorizer != config::AuthorizerKind::Redis {
+    if config.authorizer == config::AuthorizerKind::Claims {
         return None;
     }
     let (checks_tx, checks_rx) = flume::bounded(MEMBERSHIP_QUEUE);

@@ -63,18 +63,22 @@ pub fn render(
         shard_stats.iter().map(|s| s.publish_to_write.snapshot()),
     );
     let _ = writeln!(out, "# TYPE coregate_backend_calls_total counter");
-    for (outcome, value) in proxy.outcomes() {
-        let _ = writeln!(
-            out,
-            "coregate_backend_calls_total{{kind=\"rpc\",outcome=\"{outcome}\"}} {value}"
+    for (kind, stats) in proxy.kinds() {
+        for (outcome, value) in stats.outcomes() {
+            let _ = writeln!(
+                out,
+                "coregate_backend_calls_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {value}"
+            );
+        }
+    }
+    for (kind, stats) in proxy.kinds() {
+        render_histogram(
+            &mut out,
+            &format!("coregate_backend_{kind}_seconds"),
+            "From sending a call to the backend to its answer (timeouts excluded).",
+            std::iter::once(stats.latency.snapshot()),
         );
     }
-    render_histogram(
-        &mut out,
-        "coregate_backend_rpc_seconds",
-        "From sending an rpc call to the backend to its answer (timeouts excluded).",
-        std::iter::once(proxy.rpc_latency.snapshot()),
-    );
     let counters = [
         ("ingestor_publications", &ingestor.publications),
         (

@@ -1,31 +1,37 @@
 //! Calls to the application backend over HTTP/1.1 with JSON bodies (docs/protocol.md §8),
-//! the way Centrifugo's proxy makes them. Built: `rpc`. Not built yet: the connect and
-//! subscribe calls.
+//! the way Centrifugo's proxy makes them: `rpc` (a client's call), connect (who a new
+//! connection is, and the `data` of its `ready`) and subscribe (`--authorizer proxy`).
 //!
-//! The shards never call the backend: a client's `rpc` reaches this module as an
-//! [`RpcCall`] over a bounded flume queue, and runs on the `proxy` thread, a tokio
-//! runtime of its own with one keep-alive connection pool (hyper). Each call is bounded by
-//! `--proxy-timeout`, its answer by the connection's control budget, and the calls in
-//! flight by [`MAX_CALLS_IN_FLIGHT`] (past it the queue fills and the shards answer
-//! `unavailable` at once), so a slow or dead backend costs bounded memory and never a
-//! shard's time. The answer goes back through the asking shard's inbox.
+//! The shards never call the backend: each call reaches this module over a bounded
+//! flume queue (an [`RpcCall`], a [`ConnectCall`], a [`MembershipCheck`]) and runs on the
+//! `proxy` thread, a tokio runtime of its own with one keep-alive connection pool
+//! (hyper). Each call is bounded by `--proxy-timeout`, its answer's size by the
+//! connection's control budget, and the calls in flight by [`MAX_CALLS_IN_FLIGHT`] (past
+//! it the queues fill and the shards answer at once: `unavailable`, `not_ready`, 4000),
+//! so a slow or dead backend costs bounded memory and never a shard's time. Answers go
+//! back through the asking shard's inbox (rpc) or the call's reply channel.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use coregate_protocol::{Topic, TopicPatterns};
 use coregate_shards::stats::LatencyHistogram;
-use coregate_shards::{RpcAnswer, RpcCall, RpcFailure, ShardMessage, ShardSender};
+use coregate_shards::{
+    ConnectAnswer, ConnectCall, ConnectGrant, ConnectRefusal, MembershipCheck, MembershipError,
+    RpcAnswer, RpcCall, RpcFailure, ShardMessage, ShardSender,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
 
-/// How many shard calls wait for the backend queue at most.
+/// How many calls of one kind wait for the backend client at most.
 pub const QUEUE: usize = 4096;
-/// Calls made to the backend at once, at most.
+/// Calls made to the backend at once, at most, all kinds together.
 pub const MAX_CALLS_IN_FLIGHT: usize = 1024;
 /// Idle keep-alive connections kept to the backend.
 const POOL_IDLE: usize = 64;
@@ -37,17 +43,19 @@ pub const SECRET_HEADER: &str = "x-coregate-secret";
 /// What the backend client needs to know.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    pub rpc_url: hyper::Uri,
+    pub rpc_url: Option<hyper::Uri>,
     /// `--proxy-rpc-methods`; `None`: any method.
     pub rpc_methods: Option<Vec<String>>,
+    pub connect_url: Option<hyper::Uri>,
+    pub subscribe_url: Option<hyper::Uri>,
     pub timeout: Duration,
     pub secret: Option<String>,
-    /// The largest answer body accepted: the connection's control budget, since the
+    /// The largest answer body accepted: the connection's control budget, since an rpc
     /// answer is queued as a reply.
     pub max_answer: usize,
 }
 
-/// Parses `--proxy-rpc-url`: an `http://` URL (TLS to the backend is not built).
+/// Parses a `--proxy-*-url`: an `http://` URL (TLS to the backend is not built).
 pub fn parse_url(url: &str) -> Result<hyper::Uri, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
@@ -56,8 +64,9 @@ pub fn parse_url(url: &str) -> Result<hyper::Uri, String> {
     Ok(uri)
 }
 
-/// `--proxy-rpc-methods`: comma-separated names, blanks ignored.
-pub fn parse_methods(list: &str) -> Vec<String> {
+/// A comma-separated setting (`--proxy-rpc-methods`, `--proxy-connect-headers`), blanks
+/// ignored.
+pub fn parse_list(list: &str) -> Vec<String> {
     list.split(',')
         .map(str::trim)
         .filter(|m| !m.is_empty())
@@ -65,42 +74,78 @@ pub fn parse_methods(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// Backend calls by outcome, and their latency; written by the proxy thread alone.
+/// One kind of call's outcomes and latency; written by the proxy thread alone.
 #[derive(Debug, Default)]
-pub struct ProxyStats {
-    pub rpc_ok: AtomicU64,
-    /// The backend answered `{error: …}`.
-    pub rpc_backend_error: AtomicU64,
+pub struct CallStats {
+    pub ok: AtomicU64,
+    /// The backend said no: rpc `{error}`, connect `{error}`, subscribe `allow: false`.
+    pub refused: AtomicU64,
     /// Past `--proxy-timeout`.
-    pub rpc_timeout: AtomicU64,
+    pub timeout: AtomicU64,
     /// Not reachable, or an HTTP error status.
-    pub rpc_unreachable: AtomicU64,
+    pub unreachable: AtomicU64,
     /// An answer that is not the documented JSON, or too large.
-    pub rpc_bad_answer: AtomicU64,
-    /// A method not in `--proxy-rpc-methods`: refused without a call.
-    pub rpc_forbidden: AtomicU64,
-    /// Time from sending the call to its answer, for the calls that were made.
-    pub rpc_latency: LatencyHistogram,
+    pub bad_answer: AtomicU64,
+    /// An rpc method outside `--proxy-rpc-methods`: refused without a call.
+    pub forbidden: AtomicU64,
+    /// From sending the call to its answer, for the calls that got one in time.
+    pub latency: LatencyHistogram,
 }
 
-impl ProxyStats {
+impl CallStats {
     /// The outcome counters, labelled as `/metrics` exports them.
     pub fn outcomes(&self) -> [(&'static str, u64); 6] {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
-            ("ok", load(&self.rpc_ok)),
-            ("backend_error", load(&self.rpc_backend_error)),
-            ("timeout", load(&self.rpc_timeout)),
-            ("unreachable", load(&self.rpc_unreachable)),
-            ("bad_answer", load(&self.rpc_bad_answer)),
-            ("forbidden", load(&self.rpc_forbidden)),
+            ("ok", load(&self.ok)),
+            ("refused", load(&self.refused)),
+            ("timeout", load(&self.timeout)),
+            ("unreachable", load(&self.unreachable)),
+            ("bad_answer", load(&self.bad_answer)),
+            ("forbidden", load(&self.forbidden)),
+        ]
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::TimedOut => &self.timeout,
+            Outcome::Unreachable => &self.unreachable,
+            Outcome::BadAnswer => &self.bad_answer,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every kind of backend call's figures.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub rpc: CallStats,
+    pub connect: CallStats,
+    pub subscribe: CallStats,
+}
+
+impl ProxyStats {
+    /// The kinds, labelled as `/metrics` exports them.
+    pub fn kinds(&self) -> [(&'static str, &CallStats); 3] {
+        [
+            ("rpc", &self.rpc),
+            ("connect", &self.connect),
+            ("subscribe", &self.subscribe),
         ]
     }
 }
 
-/// Starts the `proxy` thread; it ends when every shard's sender is gone.
+/// The receiving sides of the shards' queues, one per configured call.
+#[derive(Debug, Default)]
+pub struct ProxyQueues {
+    pub rpc: Option<flume::Receiver<RpcCall>>,
+    pub connect: Option<flume::Receiver<ConnectCall>>,
+    pub subscribe: Option<flume::Receiver<MembershipCheck>>,
+}
+
+/// Starts the `proxy` thread; it ends when every shard's senders are gone.
 pub fn spawn(
-    calls: flume::Receiver<RpcCall>,
+    queues: ProxyQueues,
     shards: Vec<ShardSender>,
     settings: ProxySettings,
     stats: Arc<ProxyStats>,
@@ -110,142 +155,62 @@ pub fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("proxy".into())
-        .spawn(move || runtime.block_on(run(calls, shards, settings, stats)))
+        .spawn(move || runtime.block_on(run(queues, shards, settings, stats)))
+}
+
+/// The state every call shares.
+struct Backend {
+    client: Client<HttpConnector, Full<Bytes>>,
+    settings: ProxySettings,
+    stats: Arc<ProxyStats>,
+    shards: Vec<ShardSender>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 async fn run(
-    calls: flume::Receiver<RpcCall>,
+    queues: ProxyQueues,
     shards: Vec<ShardSender>,
     settings: ProxySettings,
     stats: Arc<ProxyStats>,
 ) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(POOL_IDLE)
-        .build_http();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
-    let settings = Arc::new(settings);
-    let shards = Arc::new(shards);
-    while let Ok(call) = calls.recv_async().await {
-        let allowed = settings
-            .rpc_methods
-            .as_ref()
-            .is_none_or(|methods| methods.contains(&call.method));
-        if !allowed {
-            stats.rpc_forbidden.fetch_add(1, Ordering::Relaxed);
-            let refusal = RpcFailure {
-                code: coregate_protocol::ErrorCode::Forbidden.as_str().to_owned(),
-                message: format!("no rpc method `{}` here", call.method),
-            };
-            answer(&shards, &call, Err(refusal));
-            continue;
-        }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+    let backend = Arc::new(Backend {
+        client: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_IDLE)
+            .build_http(),
+        settings,
+        stats,
+        shards,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+    });
+    let rpc = serve(queues.rpc, backend.clone(), Backend::rpc);
+    let connect = serve(queues.connect, backend.clone(), Backend::connect);
+    let subscribe = serve(queues.subscribe, backend, Backend::subscribe);
+    tokio::join!(rpc, connect, subscribe);
+}
+
+/// Takes one queue's calls until its senders are gone, each in a task of its own once
+/// a place among [`MAX_CALLS_IN_FLIGHT`] is free.
+async fn serve<C, F>(
+    queue: Option<flume::Receiver<C>>,
+    backend: Arc<Backend>,
+    call: fn(Arc<Backend>, C) -> F,
+) where
+    C: Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(queue) = queue else {
+        return;
+    };
+    while let Ok(request) = queue.recv_async().await {
+        let Ok(permit) = backend.in_flight.clone().acquire_owned().await else {
             return;
         };
-        let (client, settings, shards, stats) = (
-            client.clone(),
-            settings.clone(),
-            shards.clone(),
-            stats.clone(),
-        );
+        let future = call(backend.clone(), request);
         tokio::spawn(async move {
-            let result = call_rpc(&client, &settings, &call, &stats).await;
-            answer(&shards, &call, result);
+            future.await;
             drop(permit);
         });
     }
-}
-
-/// Sends the answer to the asking connection's shard (a stopped shard has no one to
-/// tell; a full inbox drops it, and the connection's call stays counted in flight).
-fn answer(shards: &[ShardSender], call: &RpcCall, answer: RpcAnswer) {
-    if let Some(shard) = shards.get(call.shard_id) {
-        let _ = shard.try_send(ShardMessage::RpcResult {
-            conn: call.conn,
-            r#ref: call.r#ref,
-            answer,
-        });
-    }
-}
-
-/// One `rpc` call: POST, then the answer's `{d}` or `{error}`, each failure counted.
-async fn call_rpc(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    settings: &ProxySettings,
-    call: &RpcCall,
-    stats: &ProxyStats,
-) -> RpcAnswer {
-    let body = serde_json::json!({
-        "user_id": call.user_id,
-        "session_id": call.session_id,
-        "method": call.method,
-        "d": call.d,
-        // The connection's data from the connect call (§8), which is not built yet.
-        "meta": serde_json::Value::Null,
-    });
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let mut request = hyper::Request::post(settings.rpc_url.clone())
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header(REQUEST_ID_HEADER, request_id.as_str());
-    if let Some(secret) = &settings.secret {
-        request = request.header(SECRET_HEADER, secret.as_str());
-    }
-    let Ok(request) = request.body(Full::new(Bytes::from(body.to_string()))) else {
-        stats.rpc_bad_answer.fetch_add(1, Ordering::Relaxed);
-        return Err(RpcFailure::unavailable("the call could not be made"));
-    };
-    let started = Instant::now();
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| {
-            tracing::debug!(request_id, error = %e, "rpc: backend unreachable");
-            Outcome::Unreachable
-        })?;
-        if !response.status().is_success() {
-            tracing::debug!(request_id, status = %response.status(), "rpc: backend error status");
-            return Err(Outcome::Unreachable);
-        }
-        let body = Limited::new(response.into_body(), settings.max_answer)
-            .collect()
-            .await
-            .map_err(|_| Outcome::BadAnswer)?
-            .to_bytes();
-        Ok(body)
-    };
-    let outcome = match tokio::time::timeout(settings.timeout, exchange).await {
-        Err(_) => Err(Outcome::TimedOut),
-        Ok(result) => result,
-    };
-    if !matches!(outcome, Err(Outcome::TimedOut)) {
-        stats.rpc_latency.observe(started.elapsed(), 1);
-    }
-    let failure = match outcome.map(|body| read_answer(&body)) {
-        Ok(Ok(d)) => {
-            stats.rpc_ok.fetch_add(1, Ordering::Relaxed);
-            return Ok(d);
-        }
-        Ok(Err(Some(backend))) => {
-            stats.rpc_backend_error.fetch_add(1, Ordering::Relaxed);
-            return Err(backend);
-        }
-        Ok(Err(None)) => Outcome::BadAnswer,
-        Err(outcome) => outcome,
-    };
-    let (counter, message) = match failure {
-        Outcome::TimedOut => (
-            &stats.rpc_timeout,
-            format!("the backend did not answer within {:?}", settings.timeout),
-        ),
-        Outcome::Unreachable => (
-            &stats.rpc_unreachable,
-            "the backend cannot be reached".into(),
-        ),
-        Outcome::BadAnswer => (
-            &stats.rpc_bad_answer,
-            "the backend's answer was not usable".into(),
-        ),
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    Err(RpcFailure::unavailable(message))
 }
 
 /// Why a call got no usable answer.
@@ -255,55 +220,375 @@ enum Outcome {
     BadAnswer,
 }
 
-/// The backend's answer body: `{d}` (a missing `d` is null), or `{error: {code,
-/// message}}` (`Err(Some)`); anything else is not usable (`Err(None)`).
-fn read_answer(body: &[u8]) -> Result<serde_json::Value, Option<RpcFailure>> {
-    let serde_json::Value::Object(mut answer) = serde_json::from_slice(body).map_err(|_| None)?
-    else {
-        return Err(None);
-    };
-    if let Some(error) = answer.get("error") {
-        let code = error.get("code").and_then(|c| c.as_str()).ok_or(None)?;
-        let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
-        return Err(Some(RpcFailure {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        }));
+impl Outcome {
+    fn message(&self, timeout: Duration) -> String {
+        match self {
+            Outcome::TimedOut => format!("the backend did not answer within {timeout:?}"),
+            Outcome::Unreachable => "the backend cannot be reached".into(),
+            Outcome::BadAnswer => "the backend's answer was not usable".into(),
+        }
     }
-    Ok(answer.remove("d").unwrap_or(serde_json::Value::Null))
+}
+
+impl Backend {
+    /// POSTs `body` to `url` and reads the JSON answer of an HTTP 2xx, within the
+    /// timeout and the size bound.
+    async fn post(
+        &self,
+        url: &hyper::Uri,
+        body: &Value,
+        stats: &CallStats,
+    ) -> Result<Value, Outcome> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut request = hyper::Request::post(url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(REQUEST_ID_HEADER, request_id.as_str());
+        if let Some(secret) = &self.settings.secret {
+            request = request.header(SECRET_HEADER, secret.as_str());
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|_| Outcome::BadAnswer)?;
+        let started = Instant::now();
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                tracing::debug!(request_id, error = %e, "backend unreachable");
+                Outcome::Unreachable
+            })?;
+            if !response.status().is_success() {
+                tracing::debug!(request_id, status = %response.status(), "backend error status");
+                return Err(Outcome::Unreachable);
+            }
+            let body = Limited::new(response.into_body(), self.settings.max_answer)
+                .collect()
+                .await
+                .map_err(|_| Outcome::BadAnswer)?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|_| Outcome::BadAnswer)
+        };
+        let answer = tokio::time::timeout(self.settings.timeout, exchange)
+            .await
+            .unwrap_or(Err(Outcome::TimedOut));
+        if !matches!(answer, Err(Outcome::TimedOut)) {
+            stats.latency.observe(started.elapsed(), 1);
+        }
+        if let Err(outcome) = &answer {
+            stats.count(outcome);
+        }
+        answer
+    }
+
+    /// A client's `rpc`: `{user_id, session_id, method, d, meta}` → `{d}` or `{error}`.
+    async fn rpc(self: Arc<Self>, call: RpcCall) {
+        let stats = &self.stats.rpc;
+        let allowed = self
+            .settings
+            .rpc_methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(&call.method));
+        let answer = match &self.settings.rpc_url {
+            _ if !allowed => {
+                stats.forbidden.fetch_add(1, Ordering::Relaxed);
+                Err(RpcFailure {
+                    code: coregate_protocol::ErrorCode::Forbidden.as_str().to_owned(),
+                    message: format!("no rpc method `{}` here", call.method),
+                })
+            }
+            None => Err(RpcFailure::unavailable(
+                "rpc is not configured on this gateway",
+            )),
+            Some(url) => {
+                let body = json!({
+                    "user_id": call.user_id,
+                    "session_id": call.session_id,
+                    "method": call.method,
+                    "d": call.d,
+                    // The connection's data from the connect call; not kept per
+                    // connection (yet), so always null.
+                    "meta": Value::Null,
+                });
+                match self.post(url, &body, stats).await {
+                    Ok(answer) => read_rpc_answer(answer, stats),
+                    Err(outcome) => Err(RpcFailure::unavailable(
+                        outcome.message(self.settings.timeout),
+                    )),
+                }
+            }
+        };
+        // A stopped shard has no one to tell; a full inbox drops the answer.
+        if let Some(shard) = self.shards.get(call.shard_id) {
+            let _ = shard.try_send(ShardMessage::RpcResult {
+                conn: call.conn,
+                r#ref: call.r#ref,
+                answer,
+            });
+        }
+    }
+
+    /// A new connection: `{user_id?, headers, query}` → `{user_id, name?, topics?,
+    /// presence?, data?}` or `{error}`.
+    async fn connect(self: Arc<Self>, call: ConnectCall) {
+        let stats = &self.stats.connect;
+        let answer = match &self.settings.connect_url {
+            None => Err(ConnectRefusal::Unavailable(
+                "connect is not configured".into(),
+            )),
+            Some(url) => {
+                let body = json!({
+                    "user_id": call.user_id,
+                    "headers": pairs_to_map(&call.headers),
+                    "query": pairs_to_map(&call.query),
+                });
+                match self.post(url, &body, stats).await {
+                    Ok(answer) => {
+                        let grant = read_connect_answer(answer);
+                        match &grant {
+                            Ok(_) => stats.ok.fetch_add(1, Ordering::Relaxed),
+                            Err(ConnectRefusal::Denied { .. }) => {
+                                stats.refused.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(ConnectRefusal::Unavailable(_)) => {
+                                stats.bad_answer.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        grant
+                    }
+                    Err(outcome) => Err(ConnectRefusal::Unavailable(
+                        outcome.message(self.settings.timeout),
+                    )),
+                }
+            }
+        };
+        // The handshake may have given up waiting.
+        let _ = call.reply.send(answer);
+    }
+
+    /// `--authorizer proxy`: one `{user_id, topic}` → `{allow, reason?}` per topic, made
+    /// together; the topics are refused `not_ready` if any could not be decided.
+    async fn subscribe(self: Arc<Self>, check: MembershipCheck) {
+        let stats = &self.stats.subscribe;
+        let Some(url) = &self.settings.subscribe_url else {
+            let _ = check.reply.send(Err(MembershipError::Unavailable));
+            return;
+        };
+        let backend = &*self;
+        let decisions = check.topics.iter().map(|topic| {
+            let body = json!({"user_id": check.user_id, "topic": topic.as_str()});
+            async move {
+                let answer = backend.post(url, &body, stats).await.ok()?;
+                let allow = answer.get("allow").and_then(Value::as_bool);
+                match allow {
+                    Some(true) => stats.ok.fetch_add(1, Ordering::Relaxed),
+                    Some(false) => {
+                        let reason = answer.get("reason").and_then(Value::as_str);
+                        tracing::debug!(
+                            topic = topic.as_str(),
+                            reason,
+                            "subscribe denied by the backend"
+                        );
+                        stats.refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    None => stats.bad_answer.fetch_add(1, Ordering::Relaxed),
+                };
+                allow
+            }
+        });
+        let verdicts: Option<Vec<bool>> = futures_util::future::join_all(decisions)
+            .await
+            .into_iter()
+            .collect();
+        let answer = verdicts.ok_or_else(|| {
+            MembershipError::Store("the backend could not decide every topic".into())
+        });
+        let _ = check.reply.send(answer);
+    }
+}
+
+/// Name/value pairs as a JSON object; a repeated name's values are joined with `, `.
+fn pairs_to_map(pairs: &[(String, String)]) -> Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in pairs {
+        match map.get_mut(name) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(value);
+            }
+            _ => {
+                map.insert(name.clone(), Value::String(value.clone()));
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+/// The backend's `{error: {code, message}}`, if that is what it answered; `Err` if its
+/// `error` is malformed.
+fn backend_error(answer: &Value) -> Result<Option<(String, String)>, ()> {
+    let Some(error) = answer.get("error") else {
+        return Ok(None);
+    };
+    let code = error.get("code").and_then(Value::as_str).ok_or(())?;
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+    Ok(Some((code.to_owned(), message.to_owned())))
+}
+
+/// An rpc answer: `{d}` (a missing `d` is null) or the backend's error, counted.
+fn read_rpc_answer(mut answer: Value, stats: &CallStats) -> RpcAnswer {
+    let unusable = || RpcFailure::unavailable(Outcome::BadAnswer.message(Duration::ZERO));
+    if !answer.is_object() {
+        stats.bad_answer.fetch_add(1, Ordering::Relaxed);
+        return Err(unusable());
+    }
+    match backend_error(&answer) {
+        Err(()) => {
+            stats.bad_answer.fetch_add(1, Ordering::Relaxed);
+            Err(unusable())
+        }
+        Ok(Some((code, message))) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            Err(RpcFailure { code, message })
+        }
+        Ok(None) => {
+            stats.ok.fetch_add(1, Ordering::Relaxed);
+            Ok(answer.get_mut("d").map(Value::take).unwrap_or(Value::Null))
+        }
+    }
+}
+
+/// A connect answer: who the connection is (checked like a token's claims), or the
+/// backend's refusal; anything else is unusable.
+fn read_connect_answer(answer: Value) -> ConnectAnswer {
+    let unusable =
+        |why: &str| ConnectRefusal::Unavailable(format!("unusable connect answer: {why}"));
+    match backend_error(&answer) {
+        Err(()) => return Err(unusable("malformed `error`")),
+        Ok(Some((code, message))) => return Err(ConnectRefusal::Denied { code, message }),
+        Ok(None) => {}
+    }
+    let user_id = answer
+        .get("user_id")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && u.len() <= 128 && Topic::user(u).is_ok())
+        .ok_or_else(|| unusable("`user_id` must be 1-128 printable ASCII bytes"))?;
+    let strings = |key: &str| -> Result<Option<Vec<&str>>, ConnectRefusal> {
+        match answer.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().ok_or_else(|| unusable(key)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(unusable(key)),
+        }
+    };
+    let topics = strings("topics")?
+        .map(TopicPatterns::parse_list)
+        .transpose()
+        .map_err(|_| unusable("`topics`"))?;
+    let presence = strings("presence")?
+        .map(|list| {
+            list.into_iter()
+                .map(Topic::parse)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|_| unusable("`presence`"))?;
+    Ok(ConnectGrant {
+        user_id: user_id.to_owned(),
+        name: answer
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        topics,
+        presence,
+        data: answer.get("data").filter(|d| !d.is_null()).cloned(),
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_answer_is_its_d_or_the_backends_error_or_unusable() {
+    fn an_rpc_answer_is_its_d_or_the_backends_error_or_unusable() {
+        let stats = CallStats::default();
+        let read = |body: Value| read_rpc_answer(body, &stats);
+        assert_eq!(read(json!({"d": {"id": "m1"}})), Ok(json!({"id": "m1"})));
+        assert_eq!(read(json!({})), Ok(Value::Null));
         assert_eq!(
-            read_answer(br#"{"d":{"id":"m1"}}"#),
-            Ok(serde_json::json!({"id": "m1"}))
-        );
-        assert_eq!(read_answer(b"{}"), Ok(serde_json::Value::Null));
-        assert_eq!(
-            read_answer(br#"{"error":{"code":"too_long","message":"max 2000"}}"#),
-            Err(Some(RpcFailure {
+            read(json!({"error": {"code": "too_long", "message": "max 2000"}})),
+            Err(RpcFailure {
                 code: "too_long".into(),
                 message: "max 2000".into()
-            }))
+            })
         );
         assert_eq!(
-            read_answer(br#"{"error":{"message":"no code"}}"#),
-            Err(None)
+            read(json!({"error": {"message": "no code"}}))
+                .unwrap_err()
+                .code,
+            "unavailable"
         );
-        assert_eq!(read_answer(b"[1]"), Err(None));
-        assert_eq!(read_answer(b"not json"), Err(None));
+        assert_eq!(read(json!([1])).unwrap_err().code, "unavailable");
+        assert_eq!(stats.ok.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.bad_answer.load(Ordering::Relaxed), 2);
     }
 
     #[test]
-    fn the_url_is_plain_http_and_methods_a_list() {
+    fn a_connect_answer_is_checked_like_a_tokens_claims() {
+        let grant = read_connect_answer(json!({
+            "user_id": "alice", "name": "Alice", "topics": ["channel:*"],
+            "presence": ["server:1"], "data": {"servers": [1]}
+        }))
+        .unwrap();
+        assert_eq!(grant.user_id, "alice");
+        assert_eq!(grant.name.as_deref(), Some("Alice"));
+        assert!(grant
+            .topics
+            .unwrap()
+            .allows(&Topic::parse("channel:9").unwrap()));
+        assert_eq!(grant.presence.unwrap(), [Topic::parse("server:1").unwrap()]);
+        assert_eq!(grant.data, Some(json!({"servers": [1]})));
+        let bare = read_connect_answer(json!({"user_id": "bob"})).unwrap();
+        assert!(bare.topics.is_none() && bare.presence.is_none() && bare.data.is_none());
+        assert_eq!(
+            read_connect_answer(json!({"error": {"code": "no_session", "message": "log in"}}))
+                .unwrap_err(),
+            ConnectRefusal::Denied {
+                code: "no_session".into(),
+                message: "log in".into()
+            }
+        );
+        for unusable in [
+            json!({}),
+            json!({"user_id": ""}),
+            json!({"user_id": "has space"}),
+            json!({"user_id": "x".repeat(129)}),
+            json!({"user_id": "a", "topics": "channel:*"}),
+            json!({"user_id": "a", "topics": ["bad topic"]}),
+            json!({"user_id": "a", "presence": [1]}),
+        ] {
+            assert!(
+                matches!(
+                    read_connect_answer(unusable.clone()),
+                    Err(ConnectRefusal::Unavailable(_))
+                ),
+                "{unusable}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_are_plain_http_lists_comma_separated_and_repeated_headers_joined() {
         assert!(parse_url("http://127.0.0.1:3000/rpc").is_ok());
         assert!(parse_url("https://backend/rpc").is_err());
         assert!(parse_url("backend/rpc").is_err());
-        assert_eq!(parse_methods(" send, edit ,,"), ["send", "edit"]);
+        assert_eq!(parse_list(" send, edit ,,"), ["send", "edit"]);
+        let pairs = [
+            ("cookie".to_owned(), "a=1".to_owned()),
+            ("cookie".to_owned(), "b=2".to_owned()),
+        ];
+        assert_eq!(pairs_to_map(&pairs), json!({"cookie": "a=1, b=2"}));
     }
 }

@@ -309,6 +309,10 @@ pub enum ServerMessage {
         session_id: String,
         /// The automatic subscriptions.
         topics: Vec<String>,
+        /// What the backend's connect call gave for this client (the user, their
+        /// servers, …), passed through.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<serde_json::Value>,
     },
     /// Reply to `ping`.
     Pong,

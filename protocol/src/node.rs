@@ -359,6 +359,7 @@ pub(crate) fn server_message<N: Node>(
             user_id: string(d, "user_id")?,
             session_id: string(d, "session_id")?,
             topics: string_list(d, "topics")?,
+            data: opt(d, "data").map(Node::to_json),
         },
         "refreshed" => M::Refreshed {
             exp: uint(d, "exp")?,

@@ -96,11 +96,21 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             session_id,
             heartbeat_interval_ms
         }),
-        (text(), text(), texts()).prop_map(|(user_id, session_id, topics)| M::Ready {
-            user_id,
-            session_id,
-            topics
-        }),
+        (
+            text(),
+            text(),
+            texts(),
+            proptest::option::of(
+                // A `null` data reads as none given.
+                json_value().prop_filter("not null", |v| !v.is_null())
+            )
+        )
+            .prop_map(|(user_id, session_id, topics, data)| M::Ready {
+                user_id,
+                session_id,
+                topics,
+                data
+            }),
         Just(M::Pong),
         any::<u64>().prop_map(|exp| M::Refreshed { exp }),
         (texts(), option::of(btree_map(text(), any::<bool>(), 0..4)))

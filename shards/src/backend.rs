@@ -1,11 +1,21 @@
 //! Calls to the application backend (PROTOCOL.md §8) as a shard sees them. A shard never
-//! makes an HTTP call itself: a client's `rpc` becomes an [`RpcCall`] that the hub hands
-//! to the node's backend client (the binary's `proxy` thread, which owns the HTTP
-//! client, the timeout and the method allow-list) over a bounded flume queue; the
-//! answer comes back through the shard's inbox as a
-//! [`ShardMessage::RpcResult`](crate::ShardMessage::RpcResult), so a slow or dead
-//! backend holds no shard and no task.
+//! makes an HTTP call itself: it hands each call to the node's backend client (the
+//! binary's `proxy` thread, which owns the HTTP client, the timeouts and the method
+//! allow-list) over a bounded flume queue.
+//!
+//! - A client's `rpc` becomes an [`RpcCall`]; the answer comes back through the shard's
+//!   inbox as a [`ShardMessage::RpcResult`](crate::ShardMessage::RpcResult), so a slow
+//!   or dead backend holds no shard and no task.
+//! - A new connection's upgrade, with `--proxy-connect-url`, becomes a [`ConnectCall`]
+//!   that its handshake task awaits (the handshake holds nothing of the session yet).
+//! - `--authorizer proxy` uses the membership gate of [`crate::authorizer`], its checks
+//!   answered by the same backend client.
 
+use std::sync::Arc;
+
+use coregate_protocol::{Topic, TopicPatterns};
+
+use crate::auth::Identity;
 use crate::hub::ConnKey;
 
 /// One client `rpc`, on its way to the backend.
@@ -47,24 +57,124 @@ impl RpcFailure {
 /// The backend's answer to one [`RpcCall`]: its `d`, or why there is none.
 pub type RpcAnswer = Result<serde_json::Value, RpcFailure>;
 
+/// A new connection, put to the backend before it is upgraded (PROTOCOL.md §8).
+#[derive(Debug)]
+pub struct ConnectCall {
+    /// The verified token's `sub`, when the upgrade carried a token.
+    pub user_id: Option<String>,
+    /// The request's allow-listed headers (names lowercase), `Cookie` among them.
+    pub headers: Vec<(String, String)>,
+    /// The query parameters but `token`.
+    pub query: Vec<(String, String)>,
+    pub reply: flume::Sender<ConnectAnswer>,
+}
+
+/// The backend accepted the connection: who it is, and the `data` for `ready`. What
+/// the backend leaves out comes from the token, when there was one.
+#[derive(Debug, Default)]
+pub struct ConnectGrant {
+    pub user_id: String,
+    pub name: Option<String>,
+    /// The `topics` claim's equivalent.
+    pub topics: Option<TopicPatterns>,
+    /// The `presence` claim's equivalent.
+    pub presence: Option<Vec<Topic>>,
+    pub data: Option<serde_json::Value>,
+}
+
+impl ConnectGrant {
+    /// The connection's identity: the backend's answer over the verified token's. A
+    /// connection without a token has no expiry (its session is the backend's to end).
+    pub fn into_identity(self, token: Option<Identity>) -> (Identity, Option<serde_json::Value>) {
+        let (name, expires_at, topics, presence) = match token {
+            Some(t) => (t.name, t.expires_at, t.topics, t.presence.map(|p| *p)),
+            None => (None, u64::MAX, TopicPatterns::default(), None),
+        };
+        let presence = self.presence.or(presence).filter(|p| !p.is_empty());
+        let identity = Identity {
+            user_id: self.user_id,
+            name: self.name.or(name),
+            expires_at,
+            topics: self.topics.unwrap_or(topics),
+            presence: presence.map(Box::new),
+        };
+        (identity, self.data)
+    }
+}
+
+/// Why the backend's connect call did not accept the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// The backend refused it (`{error: {code, message}}`): 401 before the upgrade when
+    /// the request carried no token, 4004 after `hello` when it did.
+    Denied { code: String, message: String },
+    /// No answer (down, slow, unusable): `reconnect` and 4000 after `hello`.
+    Unavailable(String),
+}
+
+/// The backend's answer to one [`ConnectCall`].
+pub type ConnectAnswer = Result<ConnectGrant, ConnectRefusal>;
+
 /// The backend client's queue is full, or the client has stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendBusy;
 
-/// The node's backend client, as every shard sees it: the sending side of its queue.
-#[derive(Debug, Clone)]
+/// The node's backend client, as every shard sees it: the sending sides of its queues,
+/// one per configured call.
+#[derive(Debug, Clone, Default)]
 pub struct SharedBackend {
-    rpc: flume::Sender<RpcCall>,
+    rpc: Option<flume::Sender<RpcCall>>,
+    connect: Option<flume::Sender<ConnectCall>>,
+    /// The headers a connect call carries (lowercase), `cookie` by default.
+    connect_headers: Arc<[String]>,
 }
 
 impl SharedBackend {
-    pub fn new(rpc: flume::Sender<RpcCall>) -> SharedBackend {
-        SharedBackend { rpc }
+    /// `rpc` calls go to `rpc`.
+    pub fn with_rpc(mut self, rpc: flume::Sender<RpcCall>) -> SharedBackend {
+        self.rpc = Some(rpc);
+        self
     }
 
-    /// Hands `call` to the backend client; fails when the queue is full or the client
-    /// has stopped, for the caller to answer `unavailable` at once.
+    /// New connections are put to `connect`, with these request headers.
+    pub fn with_connect(
+        mut self,
+        connect: flume::Sender<ConnectCall>,
+        headers: impl IntoIterator<Item = String>,
+    ) -> SharedBackend {
+        self.connect = Some(connect);
+        self.connect_headers = headers
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    pub fn has_rpc(&self) -> bool {
+        self.rpc.is_some()
+    }
+
+    /// Hands `call` to the backend client; fails when the queue is full, the client
+    /// has stopped or no rpc URL is configured, for the caller to answer
+    /// `unavailable` at once.
     pub fn send(&self, call: RpcCall) -> Result<(), BackendBusy> {
-        self.rpc.try_send(call).map_err(|_| BackendBusy)
+        let rpc = self.rpc.as_ref().ok_or(BackendBusy)?;
+        rpc.try_send(call).map_err(|_| BackendBusy)
+    }
+
+    /// Whether new connections are put to the backend.
+    pub fn decides_connects(&self) -> bool {
+        self.connect.is_some()
+    }
+
+    /// The headers a connect call carries.
+    pub fn connect_headers(&self) -> &[String] {
+        &self.connect_headers
+    }
+
+    /// Puts a new connection to the backend; the answer comes on the call's `reply`.
+    pub fn send_connect(&self, call: ConnectCall) -> Result<(), BackendBusy> {
+        let connect = self.connect.as_ref().ok_or(BackendBusy)?;
+        connect.try_send(call).map_err(|_| BackendBusy)
     }
 }

@@ -48,7 +48,10 @@ mod testing;
 
 pub use auth::{AuthError, Identity, TokenVerifier};
 pub use authorizer::{MembershipCheck, MembershipError, SharedAuthorizer};
-pub use backend::{RpcAnswer, RpcCall, RpcFailure, SharedBackend};
+pub use backend::{
+    ConnectAnswer, ConnectCall, ConnectGrant, ConnectRefusal, RpcAnswer, RpcCall, RpcFailure,
+    SharedBackend,
+};
 pub use bus::{
     shard_inbox, HandOffError, IngestorCommand, IngestorSender, InterestChange, PresenceAnswer,
     PresenceSignal, ShardMessage, ShardSender, ShardSet, SharedDelivery, TypingAction,

@@ -110,6 +110,8 @@ shard_stats! {
     closes_slow_consumer,
     /// 1002/1007: WebSocket protocol violations.
     closes_protocol_error,
+    /// 4000: the backend's connect call could not be made.
+    closes_unknown_error,
     /// Any other close code (none is sent today; kept so that every close counts).
     closes_other,
     /// Events that arrived for a topic with no local subscriber left.

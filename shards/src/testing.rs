@@ -19,7 +19,7 @@ use crate::backend::{RpcCall, SharedBackend};
 use crate::bus::{IngestorCommand, SharedDelivery};
 use crate::config::ShardConfig;
 use crate::hub::{ConnKey, LocalHub, NodeLinks};
-use crate::session::Now;
+use crate::session::{Now, Start};
 use crate::stats::ShardStats;
 
 /// The wall clock's time at the harness's start, in unix seconds.
@@ -174,7 +174,7 @@ impl Harness {
             NodeLinks {
                 ingestor: ingestor_tx,
                 authorizer,
-                backend: Some(SharedBackend::new(rpc_tx)),
+                backend: Some(SharedBackend::default().with_rpc(rpc_tx)),
             },
         );
         Harness {
@@ -204,7 +204,7 @@ impl Harness {
     /// A connection that upgraded without a token (in-band `identify`).
     pub fn connect(&mut self, encoding: Encoding) -> ConnKey {
         let now = self.now();
-        self.hub.connect(encoding, None, now)
+        self.hub.connect(encoding, Start::Identify, now)
     }
 
     /// A connection whose upgrade carried `token`, ready at once.
@@ -213,7 +213,12 @@ impl Harness {
         let admission = Arc::new(Admission::new(self.hub.config()));
         let slot = admission.claim_user(&identity.user_id).unwrap();
         let now = self.now();
-        self.hub.connect(encoding, Some((identity, slot)), now)
+        let start = Start::Ready {
+            identity,
+            slot,
+            data: None,
+        };
+        self.hub.connect(encoding, start, now)
     }
 
     /// A JSON connection of `user`, subscribed to `topic`, its replies read.

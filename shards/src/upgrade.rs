@@ -132,6 +132,45 @@ pub fn parse_request(buf: &[u8], path: &str) -> Result<Option<UpgradeRequest>, R
     }))
 }
 
+/// What a connect call (PROTOCOL.md §8) carries of an upgrade request that
+/// [`parse_request`] accepted: the headers named in `allowed` (lowercase names, values as
+/// sent; `Cookie` is one by default), and the query parameters but `token`, which the
+/// backend is never sent.
+pub fn connect_details(buf: &[u8], allowed: &[String]) -> ConnectDetails {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let mut details = ConnectDetails::default();
+    if request.parse(buf).is_err() {
+        return details;
+    }
+    for header in request.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        if allowed.contains(&name) {
+            if let Ok(value) = std::str::from_utf8(header.value) {
+                details.headers.push((name, value.to_owned()));
+            }
+        }
+    }
+    let query = request
+        .path
+        .and_then(|p| p.split_once('?'))
+        .map_or("", |(_, q)| q);
+    details.query = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .filter(|(key, _)| !key.is_empty() && *key != "token")
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    details
+}
+
+/// See [`connect_details`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConnectDetails {
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+}
+
 /// A query parameter's value; JWTs are URL-safe, so no percent-decoding is needed
 /// beyond rejecting values that use it.
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -162,6 +201,27 @@ mod tests {
 
     fn parse(extra: &str) -> Result<Option<UpgradeRequest>, Refusal> {
         parse_request(format!("{BASE}{extra}\r\n").as_bytes(), "/ws")
+    }
+
+    #[test]
+    fn a_connect_call_carries_the_allowed_headers_and_the_query_but_the_token() {
+        let request = "GET /ws?token=secret&room=7&flag HTTP/1.1\r\nHost: x\r\nCookie: sid=abc\r\nX-Forwarded-For: 10.0.0.1\r\nAuthorization: Bearer t\r\n\r\n";
+        let allowed = ["cookie".to_owned(), "x-forwarded-for".to_owned()];
+        let details = connect_details(request.as_bytes(), &allowed);
+        assert_eq!(
+            details.headers,
+            [
+                ("cookie".to_owned(), "sid=abc".to_owned()),
+                ("x-forwarded-for".to_owned(), "10.0.0.1".to_owned())
+            ]
+        );
+        assert_eq!(
+            details.query,
+            [
+                ("room".to_owned(), "7".to_owned()),
+                ("flag".to_owned(), String::new())
+            ]
+        );
     }
 
     #[test]

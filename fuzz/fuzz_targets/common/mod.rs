@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use coregate_protocol::{Encoding, TopicPatterns};
 use coregate_shards::admission::Admission;
 use coregate_shards::hub::{ConnKey, LocalHub, NodeLinks};
-use coregate_shards::session::Now;
+use coregate_shards::session::{Now, Start};
 use coregate_shards::{
     AuthError, Identity, IngestorCommand, MembershipCheck, ShardConfig, ShardStats,
     SharedAuthorizer, TokenVerifier,
@@ -92,15 +92,21 @@ impl Rig {
                 backend: None,
             },
         );
-        let identity = identity.then(|| {
+        let start = if identity {
             let identity = FuzzVerifier.verify("ok").expect("the fuzz token");
             let slot = admission
                 .claim_user(&identity.user_id)
                 .expect("the first connection of its user");
-            (identity, slot)
-        });
+            Start::Ready {
+                identity,
+                slot,
+                data: None,
+            }
+        } else {
+            Start::Identify
+        };
         let elapsed = Duration::ZERO;
-        let key = hub.connect(encoding, identity, now(elapsed));
+        let key = hub.connect(encoding, start, now(elapsed));
         Rig {
             hub,
             key,

@@ -65,12 +65,12 @@ pub(super) fn session_task(
         stream,
         encoding,
         slot,
-        identity,
+        start,
     } = upgraded;
     let key = shard
         .hub
         .borrow_mut()
-        .connect(encoding, identity, Now::system());
+        .connect(encoding, start, Now::system());
     Connection {
         shard,
         stream,

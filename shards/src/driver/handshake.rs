@@ -1,7 +1,8 @@
 //! A new socket's HTTP upgrade: read the request within the handshake timeout, check
-//! the node's limits and the token (before the upgrade, so a bad token gets a 401), and
-//! answer; an accepted connection is then registered with the hub and handed to its
-//! connection task.
+//! the node's limits and the token (before the upgrade, so a bad token gets a 401),
+//! put the connection to the backend when its connect call is configured, and answer;
+//! an accepted connection is then registered with the hub and handed to its connection
+//! task.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -10,8 +11,10 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use super::{connection, LocalShard};
-use crate::admission::{ConnectionSlot, Denied, UserSlot};
+use crate::admission::{ConnectionSlot, Denied};
 use crate::auth::Identity;
+use crate::backend::{ConnectAnswer, ConnectCall, ConnectRefusal, SharedBackend};
+use crate::session::{CloseReason, Start};
 use crate::stats::ShardStats;
 use crate::upgrade::{self, Refusal, UpgradeRequest};
 
@@ -36,8 +39,8 @@ pub(super) struct Upgraded {
     pub(super) encoding: coregate_protocol::Encoding,
     /// Its place in the node's maximum, held until the connection ends.
     pub(super) slot: ConnectionSlot,
-    /// Set when the token came with the upgrade; `None` means in-band `identify`.
-    pub(super) identity: Option<(Identity, UserSlot)>,
+    /// How its session begins: `identify` in-band, ready, or closed.
+    pub(super) start: Start,
 }
 
 /// Reads and answers the upgrade request; `None` when it was refused or the peer left.
@@ -47,7 +50,7 @@ async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option
         set_send_buffer(&stream, bytes);
     }
     match admit_upgrade(shard, &mut stream).await {
-        Ok((request, slot, identity)) => {
+        Ok((request, slot, start)) => {
             let response = upgrade::accept_response(&request);
             futures_lite::AsyncWriteExt::write_all(&mut stream, &response)
                 .await
@@ -57,7 +60,7 @@ async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option
                 stream,
                 encoding: request.encoding,
                 slot,
-                identity,
+                start,
             })
         }
         Err(Some(refusal)) => {
@@ -69,8 +72,9 @@ async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option
     }
 }
 
-/// An upgrade request that passed every check, with the places it holds.
-type Admitted = (UpgradeRequest, ConnectionSlot, Option<(Identity, UserSlot)>);
+/// An upgrade request that passed every check, with the place it holds and how its
+/// session begins.
+type Admitted = (UpgradeRequest, ConnectionSlot, Start);
 
 /// Reads the upgrade request within the handshake timeout and checks it: the node's
 /// and the address's limits, then the token and its user's limit. `Err(None)`: the
@@ -85,26 +89,96 @@ async fn admit_upgrade(
         glommio::timer::sleep(shard.config.handshake_timeout).await;
         Err(None)
     };
-    let request = futures_lite::future::or(handshake, timeout).await?;
+    let (request, raw) = futures_lite::future::or(handshake, timeout).await?;
     let slot = shard
         .admission
         .admit(peer.ip(), Instant::now())
         .map_err(|denied| Some(refusal_for(denied)))?;
-    let identity = match request.token.as_deref() {
+    let token = match request.token.as_deref() {
         None => None,
-        Some(token) => {
-            let identity = shard
+        Some(token) => Some(
+            shard
                 .verifier
                 .verify(token)
-                .map_err(|e| Some(Refusal::Unauthorized(e.to_string())))?;
-            let user_slot = shard
-                .admission
-                .claim_user(&identity.user_id)
-                .map_err(|denied| Some(refusal_for(denied)))?;
-            Some((identity, user_slot))
-        }
+                .map_err(|e| Some(Refusal::Unauthorized(e.to_string())))?,
+        ),
     };
-    Ok((request, slot, identity))
+    let start = match &shard.backend {
+        Some(backend) if backend.decides_connects() => {
+            let user_id = token.as_ref().map(|t| t.user_id.clone());
+            match ask_backend(shard, backend, &raw, user_id).await {
+                Ok(grant) => ready(shard, grant.into_identity(token))?,
+                // Nothing else vouched for the request: refused before the upgrade.
+                Err(ConnectRefusal::Denied { message, .. }) if token.is_none() => {
+                    return Err(Some(Refusal::Unauthorized(message)));
+                }
+                Err(ConnectRefusal::Denied { .. }) => {
+                    Start::Close(CloseReason::AuthenticationFailed)
+                }
+                Err(ConnectRefusal::Unavailable(reason)) => {
+                    tracing::debug!(reason, "connect call failed");
+                    Start::Close(CloseReason::BackendUnavailable)
+                }
+            }
+        }
+        _ => match token {
+            Some(identity) => ready(shard, (identity, None))?,
+            None => Start::Identify,
+        },
+    };
+    Ok((request, slot, start))
+}
+
+/// An authenticated connection: its user's place is claimed (or the upgrade refused).
+fn ready(
+    shard: &LocalShard,
+    (identity, data): (Identity, Option<serde_json::Value>),
+) -> Result<Start, Option<Refusal>> {
+    let slot = shard
+        .admission
+        .claim_user(&identity.user_id)
+        .map_err(|denied| Some(refusal_for(denied)))?;
+    Ok(Start::Ready {
+        identity,
+        slot,
+        data,
+    })
+}
+
+/// The backend's connect call for this upgrade request (`raw`): made by the node's
+/// backend client, awaited here, where nothing of a session exists yet. The client
+/// answers within `--proxy-timeout`; the handshake timeout bounds the wait besides.
+async fn ask_backend(
+    shard: &LocalShard,
+    backend: &SharedBackend,
+    raw: &[u8],
+    user_id: Option<String>,
+) -> ConnectAnswer {
+    let details = upgrade::connect_details(raw, backend.connect_headers());
+    let (reply, answer) = flume::bounded(1);
+    let call = ConnectCall {
+        user_id,
+        headers: details.headers,
+        query: details.query,
+        reply,
+    };
+    if backend.send_connect(call).is_err() {
+        return Err(ConnectRefusal::Unavailable(
+            "the backend client is overloaded".into(),
+        ));
+    }
+    let wait = async {
+        answer.recv_async().await.unwrap_or_else(|_| {
+            Err(ConnectRefusal::Unavailable(
+                "the backend client stopped".into(),
+            ))
+        })
+    };
+    let limit = async {
+        glommio::timer::sleep(shard.config.handshake_timeout).await;
+        Err(ConnectRefusal::Unavailable("no answer in time".into()))
+    };
+    futures_lite::future::or(wait, limit).await
 }
 
 /// The HTTP answer to an admission refusal.
@@ -120,11 +194,12 @@ fn refusal_for(denied: Denied) -> Refusal {
     }
 }
 
-/// Reads the HTTP upgrade request. `Err(None)`: the peer went away.
+/// Reads the HTTP upgrade request; with it, its raw bytes (for the connect call).
+/// `Err(None)`: the peer went away.
 async fn read_upgrade(
     stream: &mut TcpStream,
     path: &str,
-) -> Result<UpgradeRequest, Option<Refusal>> {
+) -> Result<(UpgradeRequest, Vec<u8>), Option<Refusal>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = vec![0u8; 1024];
     loop {
@@ -136,7 +211,7 @@ async fn read_upgrade(
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(request) = upgrade::parse_request(&buf, path).map_err(Some)? {
-            return Ok(request);
+            return Ok((request, buf));
         }
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct LocalShard {
     pub(crate) stats: Arc<ShardStats>,
     /// The node-wide connection limits, shared by every shard.
     pub(crate) admission: Arc<Admission>,
+    /// The node's backend client, for the connect call made at the upgrade.
+    pub(crate) backend: Option<SharedBackend>,
     /// The connections and routing; borrowed for one synchronous step at a time,
     /// never across an `await`.
     pub(crate) hub: RefCell<LocalHub>,
@@ -316,7 +318,7 @@ pub fn start_shards(
                         NodeLinks {
                             ingestor,
                             authorizer,
-                            backend,
+                            backend: backend.clone(),
                         },
                     );
                     let shard = Rc::new(LocalShard {
@@ -325,6 +327,7 @@ pub fn start_shards(
                         verifier,
                         stats,
                         admission,
+                        backend,
                         hub: RefCell::new(hub),
                         read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
                         drain_window: Cell::new(None),

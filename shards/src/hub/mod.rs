@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use coregate_protocol::Encoding;
 use slab::Slab;
 
-use crate::admission::{Admission, UserSlot};
-use crate::auth::{Identity, TokenVerifier};
+use crate::admission::Admission;
+use crate::auth::TokenVerifier;
 use crate::authorizer::{MembershipAnswer, MembershipGate, SharedAuthorizer};
 use crate::backend::{RpcAnswer, RpcCall, RpcFailure, SharedBackend};
 use crate::bus::{IngestorCommand, IngestorSender, InterestChange, PresenceSignal, SharedDelivery};
@@ -31,7 +31,7 @@ use crate::config::ShardConfig;
 use crate::session::outbox::LocalDelivery;
 use crate::session::{
     CloseReason, Enqueued, Now, PendingSubscribe, Scratch, Session, SessionCtx, SessionEvent,
-    SessionRates, Transmit,
+    SessionRates, Start, Transmit,
 };
 use crate::stats::ShardStats;
 use topic_table::LocalTopicTable;
@@ -169,14 +169,8 @@ impl LocalHub {
         &self.parts.config
     }
 
-    /// Registers a new connection and greets it (`hello`, then `ready` when the upgrade
-    /// carried a verified token).
-    pub fn connect(
-        &mut self,
-        encoding: Encoding,
-        identity: Option<(Identity, UserSlot)>,
-        now: Now,
-    ) -> ConnKey {
+    /// Registers a new connection and greets it (`hello`, then as `start` says).
+    pub fn connect(&mut self, encoding: Encoding, start: Start, now: Now) -> ConnKey {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let entry = self.slots.vacant_entry();
@@ -190,7 +184,7 @@ impl LocalHub {
             &self.parts.rates,
             now.instant,
         ));
-        session.start(identity, now, &mut self.parts.ctx());
+        session.start(start, now, &mut self.parts.ctx());
         entry.insert(Slot {
             generation,
             session,
@@ -460,8 +454,7 @@ impl LocalHub {
             return;
         };
         let refused = match &self.backend {
-            None => "rpc is not configured on this gateway",
-            Some(backend) => {
+            Some(backend) if backend.has_rpc() => {
                 let call = RpcCall {
                     shard_id: self.shard_id,
                     conn: key,
@@ -476,6 +469,7 @@ impl LocalHub {
                     Err(_) => "the backend is overloaded; try again",
                 }
             }
+            _ => "rpc is not configured on this gateway",
         };
         self.answer_rpc(key, r#ref, Err(RpcFailure::unavailable(refused)));
     }

@@ -45,6 +45,8 @@ pub enum CloseReason {
     ProtocolViolation,
     /// The node is draining for a restart.
     Drain,
+    /// The backend's connect call could not be made (down, slow, unusable answer).
+    BackendUnavailable,
 }
 
 impl CloseReason {
@@ -67,6 +69,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => CloseCode::InvalidPayload,
             CloseReason::ProtocolViolation => CloseCode::ProtocolError,
             CloseReason::Drain => CloseCode::ServiceRestart,
+            CloseReason::BackendUnavailable => CloseCode::UnknownError,
         }
     }
 
@@ -76,7 +79,10 @@ impl CloseReason {
     pub fn sends_reconnect(self) -> bool {
         matches!(
             self,
-            CloseReason::SlowConsumer | CloseReason::SlowConsumerOverflow | CloseReason::Drain
+            CloseReason::SlowConsumer
+                | CloseReason::SlowConsumerOverflow
+                | CloseReason::Drain
+                | CloseReason::BackendUnavailable
         )
     }
 
@@ -94,9 +100,8 @@ impl CloseReason {
             CloseCode::SlowConsumer => &stats.closes_slow_consumer,
             CloseCode::TooManyConnections => &stats.closes_too_many_connections,
             CloseCode::ProtocolError | CloseCode::InvalidPayload => &stats.closes_protocol_error,
-            CloseCode::Normal | CloseCode::TryAgainLater | CloseCode::UnknownError => {
-                &stats.closes_other
-            }
+            CloseCode::UnknownError => &stats.closes_unknown_error,
+            CloseCode::Normal | CloseCode::TryAgainLater => &stats.closes_other,
         }
     }
 
@@ -137,6 +142,7 @@ mod tests {
             CloseReason::InvalidUtf8,
             CloseReason::ProtocolViolation,
             CloseReason::Drain,
+            CloseReason::BackendUnavailable,
         ];
         for reason in reasons {
             reason.record(&stats, &uuid::Uuid::nil());

@@ -14,6 +14,11 @@ use crate::admission::UserSlot;
 use crate::auth::Identity;
 use crate::bus::{PresenceSignal, TypingAction, TypingSignal};
 
+/// The longest a connection's identity holds without a `refresh`: the deadline of a
+/// token whose `exp` is further away, or of a connection the backend's connect call
+/// authenticated without a token (which has no `exp`).
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Session {
     /// Handles one decoded message; `Some` when the connection must close.
     pub(super) fn handle_message(
@@ -40,7 +45,7 @@ impl Session {
                 let Ok(slot) = ctx.admission.claim_user(&identity.user_id) else {
                     return Some(CloseReason::TooManyConnections);
                 };
-                return self.become_ready(identity, slot, r#ref, now, ctx);
+                return self.become_ready(identity, slot, r#ref, None, now, ctx);
             }
             _ if !ready => return Some(CloseReason::NotAuthenticated),
             ClientMessage::Refresh { token } => self.refresh(&token, r#ref, now, ctx),
@@ -68,12 +73,13 @@ impl Session {
     }
 
     /// Authenticated: subscribe the automatic topics and send `ready` (echoing the
-    /// `identify`'s `ref`).
+    /// `identify`'s `ref`, carrying the backend's connect `data`).
     pub(super) fn become_ready(
         &mut self,
         identity: Identity,
         slot: UserSlot,
         r#ref: Option<u64>,
+        data: Option<serde_json::Value>,
         now: Now,
         ctx: &mut SessionCtx,
     ) -> Option<CloseReason> {
@@ -101,6 +107,7 @@ impl Session {
                 user_id,
                 session_id: self.session_id.to_string(),
                 topics: automatic.iter().map(|t| t.as_str().to_owned()).collect(),
+                data,
             },
             r#ref,
             ctx,
@@ -111,7 +118,10 @@ impl Session {
     /// Runs as `identity` from now on; its token's `exp` (wall-clock seconds) becomes a
     /// deadline on the monotonic clock.
     fn set_identity(&mut self, identity: Identity, now: Now) {
-        let left = Duration::from_secs(identity.expires_at.saturating_sub(now.unix_secs));
+        // An `exp` centuries away (or none: a backend's connect call) would overflow the
+        // monotonic clock: no connection outlives `MAX_SESSION_LIFETIME` unrefreshed.
+        let left = Duration::from_secs(identity.expires_at.saturating_sub(now.unix_secs))
+            .min(MAX_SESSION_LIFETIME);
         self.deadline = now.instant + left;
         self.identity = Some(identity);
     }

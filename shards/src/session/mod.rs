@@ -94,6 +94,23 @@ impl Now {
     }
 }
 
+/// How a connection begins, as its upgrade decided.
+#[derive(Debug)]
+pub enum Start {
+    /// No token came with the upgrade: the client is to `identify` in-band.
+    Identify,
+    /// Authenticated at the upgrade (a verified token, or the backend's connect call):
+    /// `ready` at once, with the connect call's `data` if any.
+    Ready {
+        identity: Identity,
+        slot: UserSlot,
+        data: Option<serde_json::Value>,
+    },
+    /// The backend's connect call refused the connection, or could not be made:
+    /// `hello`, then this close.
+    Close(CloseReason),
+}
+
 /// What a session asks its shard to do; the shard's hub applies these right after the
 /// call that produced them.
 #[derive(Debug)]
@@ -254,14 +271,9 @@ impl Session {
         }
     }
 
-    /// Greets the client with `hello`, then, when the upgrade carried a verified token,
-    /// makes the session ready at once.
-    pub fn start(
-        &mut self,
-        identity: Option<(Identity, UserSlot)>,
-        now: Now,
-        ctx: &mut SessionCtx,
-    ) {
+    /// Greets the client with `hello`, then begins as the upgrade decided: waits for
+    /// `identify`, is ready at once, or closes.
+    pub fn start(&mut self, start: Start, now: Now, ctx: &mut SessionCtx) {
         self.reply(
             &ServerMessage::Hello {
                 session_id: self.session_id.to_string(),
@@ -270,10 +282,17 @@ impl Session {
             None,
             ctx,
         );
-        if let Some((identity, slot)) = identity {
-            if let Some(reason) = self.become_ready(identity, slot, None, now, ctx) {
-                self.close(reason, now.instant, ctx);
-            }
+        let close = match start {
+            Start::Identify => None,
+            Start::Ready {
+                identity,
+                slot,
+                data,
+            } => self.become_ready(identity, slot, None, data, now, ctx),
+            Start::Close(reason) => Some(reason),
+        };
+        if let Some(reason) = close {
+            self.close(reason, now.instant, ctx);
         }
     }
 

@@ -526,3 +526,19 @@ fn a_session_stays_within_the_640_byte_allocation_class() {
     let size = std::mem::size_of::<super::Session>();
     assert!(size <= 640, "Session is {size} bytes");
 }
+
+/// An `exp` far beyond what the monotonic clock can add (or none at all, `u64::MAX`, as a
+/// connection the backend's connect call authenticated has) used to panic the shard.
+#[test]
+fn a_token_expiring_in_the_far_future_holds_a_year_at_most() {
+    let mut h = Harness::new(ShardConfig {
+        heartbeat_interval: Duration::from_secs(400 * 24 * 3600),
+        ..ShardConfig::default()
+    });
+    let c = h.connect_ready(&format!("alice@{}", u64::MAX), JSON);
+    assert_eq!(h.read(c).ops(), ["hello", "ready"]);
+    h.advance(super::messages::MAX_SESSION_LIFETIME - secs(1.0));
+    assert_eq!(h.read(c).close, None);
+    h.advance(secs(2.0));
+    assert_eq!(h.read(c).close, Some(4006));
+}
