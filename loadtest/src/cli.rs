@@ -35,9 +35,32 @@ pub enum Command {
     /// Run a scenario against gateways with 1..N shards (started here, or given with
     /// --target) and tabulate the figures per shard count.
     Sweep(SweepArgs),
+    /// C connections each keep one `rpc` in flight; report round trips/s, latency and
+    /// round trips per gateway CPU-second (--direct: the same calls straight to the backend).
+    Rpc(RpcArgs),
+    /// A trivial application backend for the gateway's HTTP calls (/rpc echoes,
+    /// /connect accepts, /subscribe allows), for `rpc` and connect-proxy storms.
+    Backend(BackendArgs),
     /// (internal) run a fleet of connections described on stdin; report on stdout.
     #[command(hide = true)]
     Worker,
+}
+
+impl Common {
+    /// Where connections' tokens come from: `--tokens-file`, or minted with `--secret`.
+    pub fn token_source(&self) -> anyhow::Result<crate::tokens::TokenSource> {
+        use crate::tokens::TokenSource;
+        match (&self.tokens_file, &self.secret) {
+            (Some(path), _) => Ok(TokenSource::File {
+                path: path.display().to_string(),
+            }),
+            (None, Some(secret)) => Ok(TokenSource::Mint {
+                secret: secret.clone(),
+                ttl_s: self.token_ttl.as_secs(),
+            }),
+            (None, None) => anyhow::bail!("give --secret (or LOADTEST_SECRET) or --tokens-file"),
+        }
+    }
 }
 
 /// The wire encoding to speak.
@@ -177,6 +200,31 @@ pub struct FanoutArgs {
     /// Topics channel:0 .. channel:<T-1>, published to round-robin.
     #[arg(short = 't', long, default_value_t = 1)]
     pub topics: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RpcArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients, one connection each, one call in flight each.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    pub clients: u64,
+    /// The rpc method called.
+    #[arg(long, default_value = "echo")]
+    pub method: String,
+    /// POST the calls straight to this backend URL instead (its own latency).
+    #[arg(long, value_name = "URL")]
+    pub direct: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Where to listen (loopback only).
+    #[arg(long, default_value = crate::backend::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// How long to serve.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,7 +15,10 @@
 //! - [`procfs`]: the gateway's RSS and CPU; [`collect`]: the parent's view while running;
 //! - [`scenario`]: the runs; [`report`]: summaries, human and JSON; [`plot`]: the SVG;
 //!   [`sweep`]: gateways per shard count and the table.
+//! - [`rpc`]: client `rpc` round trips through the gateway (or straight to the backend);
+//!   [`backend`]: the trivial application backend they (and connect storms) call.
 
+mod backend;
 mod chat;
 mod chatmix;
 mod cli;
@@ -31,6 +34,7 @@ mod plot;
 mod procfs;
 mod publisher;
 mod report;
+mod rpc;
 mod scenario;
 mod sink;
 mod storm;
@@ -70,6 +74,8 @@ fn main() -> ExitCode {
             Command::Storm(args) => scenario::output(&scenario::storm(&args).await?, &args.common),
             Command::Chat(args) => scenario::output(&scenario::chat(&args).await?, &args.common),
             Command::Sweep(args) => sweep::run(args).await,
+            Command::Rpc(args) => rpc::run(&args).await,
+            Command::Backend(args) => backend::run(&args).await,
             Command::Worker => workers::worker_main().await,
         }
     });

@@ -22,7 +22,7 @@ use crate::report::{
 use crate::sink::SinkSpec;
 use crate::storm::{self, StormSpec};
 use crate::targets;
-use crate::tokens::{unix_now, TokenSource};
+use crate::tokens::unix_now;
 use crate::workers::{self, Fleets};
 
 /// Most connections one process may be asked to hold (20 000 descriptors per process).
@@ -58,16 +58,7 @@ async fn plan(common: &Common, shape: &Shape) -> anyhow::Result<(Vec<FleetSpec>,
         Some(p) => p.max(1),
         None => needed,
     };
-    let tokens = match (&common.tokens_file, &common.secret) {
-        (Some(path), _) => TokenSource::File {
-            path: path.display().to_string(),
-        },
-        (None, Some(secret)) => TokenSource::Mint {
-            secret: secret.clone(),
-            ttl_s: common.token_ttl.as_secs(),
-        },
-        (None, None) => bail!("give --secret (or LOADTEST_SECRET) or --tokens-file"),
-    };
+    let tokens = common.token_source()?;
     let mut specs = Vec::with_capacity(processes);
     let per = shape.connections / processes as u64;
     let extra = shape.connections % processes as u64;
