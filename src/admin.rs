@@ -38,6 +38,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// Whether the node is fed through Redis (then it is ready only while connected).
     pub redis_configured: bool,
+    /// `--proxy-in-ready`: the node is ready only while its backend can be reached.
+    pub backend_in_ready: bool,
     pub max_message_size: usize,
     /// `--admin-token`: what mutating routes require as a bearer token, when set.
     pub admin_token: Option<Arc<str>>,
@@ -49,9 +51,15 @@ impl AdminState {
         self.redis_configured && !self.ingestor_stats.redis_connected.load(Ordering::Relaxed)
     }
 
-    /// Ready: not draining, and connected to Redis when it is configured.
+    /// With `--proxy-in-ready`: whether the backend cannot be reached.
+    fn backend_down(&self) -> bool {
+        self.backend_in_ready && self.proxy_stats.unreachable()
+    }
+
+    /// Ready: not draining, connected to Redis when it is configured, and reaching the
+    /// backend when `/ready` is to say so.
     fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && !self.redis_down()
+        !self.draining.load(Ordering::Relaxed) && !self.redis_down() && !self.backend_down()
     }
 }
 
@@ -130,6 +138,12 @@ async fn ready(State(state): State<AdminState>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: Redis unavailable\n",
+        )
+            .into_response()
+    } else if state.backend_down() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: backend unreachable\n",
         )
             .into_response()
     } else {

@@ -333,11 +333,27 @@ coregate_shards::shard_settings!(define_config! {
             /// at most for an answer.
             proxy_timeout: Duration = Duration::from_secs(5);
 
-            /// Secret sent with every backend call in the `X-Coregate-Secret` header.
+            /// Secret sent with every backend call, in `proxy_secret_header`.
             ///
             /// Lets the backend check that a call comes from this gateway. Prefer the
             /// environment or the file to a flag, which shows in the process list.
             proxy_secret: Option<String> = None;
+
+            /// The header backend calls carry `proxy_secret` in.
+            proxy_secret_header: String = "x-coregate-secret".to_owned();
+
+            /// Whether the connect call carries the client's token (`token` in its body).
+            ///
+            /// Off by default: the gateway has verified the token and says whose it is
+            /// (`user_id`); forward it only to a backend that needs it for calls of its own.
+            proxy_forward_token: bool = false;
+
+            /// Whether `/ready` reports 503 while the backend cannot be reached.
+            ///
+            /// On, the gateway probes the backend's URLs every second (a `GET`; any HTTP
+            /// answer counts as reachable) besides reading every call's outcome. Off by
+            /// default: a node without its backend still delivers publications.
+            proxy_in_ready: bool = false;
         }
         "Chat" {
             /// Whether this node tracks presence (`presence_update`, `presence_query`).
@@ -490,6 +506,9 @@ impl Config {
             if let Some(url) = url {
                 crate::proxy::parse_url(url).map_err(|e| invalid(name, e))?;
             }
+        }
+        if hyper::header::HeaderName::from_bytes(self.proxy_secret_header.as_bytes()).is_err() {
+            return Err(invalid("proxy_secret_header", "not an HTTP header name"));
         }
         let keys = [
             ("jwt_secret", self.jwt_secret.is_some()),

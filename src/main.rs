@@ -542,6 +542,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
             proxy_stats,
             draining: draining.clone(),
             redis_configured,
+            backend_in_ready: config.proxy_in_ready,
             max_message_size: config.max_message_size,
             admin_token: config.admin_token.as_deref().map(Arc::from),
         },
@@ -626,7 +627,11 @@ fn backend_client(
     }
     if config.proxy_connect_url.is_some() {
         let (tx, rx) = flume::bounded(proxy::QUEUE);
-        backend = backend.with_connect(tx, proxy::parse_list(&config.proxy_connect_headers));
+        backend = backend.with_connect(
+            tx,
+            proxy::parse_list(&config.proxy_connect_headers),
+            config.proxy_forward_token,
+        );
         queues.connect = Some(rx);
     }
     if queues.rpc.is_none() && queues.connect.is_none() && queues.subscribe.is_none() {
@@ -650,6 +655,10 @@ fn proxy_settings(config: &Config) -> anyhow::Result<proxy::ProxySettings> {
         subscribe_url: url(&config.proxy_subscribe_url)?,
         timeout: config.proxy_timeout,
         secret: config.proxy_secret.clone(),
+        secret_header: hyper::header::HeaderName::from_bytes(
+            config.proxy_secret_header.as_bytes(),
+        )?,
+        probe: config.proxy_in_ready,
         max_answer: config.control_budget,
     })
 }

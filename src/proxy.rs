@@ -11,7 +11,7 @@
 //! so a slow or dead backend costs bounded memory and never a shard's time. Answers go
 //! back through the asking shard's inbox (rpc) or the call's reply channel.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,8 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 1024;
 const POOL_IDLE: usize = 64;
 /// The header every call carries the request id in.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The header every call carries `--proxy-secret` in.
-pub const SECRET_HEADER: &str = "x-coregate-secret";
+/// How often `--proxy-in-ready` probes the backend.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the backend client needs to know.
 #[derive(Debug, Clone)]
@@ -50,6 +50,10 @@ pub struct ProxySettings {
     pub subscribe_url: Option<hyper::Uri>,
     pub timeout: Duration,
     pub secret: Option<String>,
+    /// `--proxy-secret-header`.
+    pub secret_header: hyper::header::HeaderName,
+    /// `--proxy-in-ready`: probe the backend every [`PROBE_INTERVAL`].
+    pub probe: bool,
     /// The largest answer body accepted: the connection's control budget, since an rpc
     /// answer is queued as a reply.
     pub max_answer: usize,
@@ -122,9 +126,21 @@ pub struct ProxyStats {
     pub rpc: CallStats,
     pub connect: CallStats,
     pub subscribe: CallStats,
+    /// The last call or probe got no HTTP answer (unreachable or timed out); read by
+    /// `/ready` with `--proxy-in-ready`.
+    unreachable: AtomicBool,
 }
 
 impl ProxyStats {
+    /// Whether the backend's last call or probe got no HTTP answer.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed)
+    }
+
+    fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::Relaxed);
+    }
+
     /// The kinds, labelled as `/metrics` exports them.
     pub fn kinds(&self) -> [(&'static str, &CallStats); 3] {
         [
@@ -182,6 +198,9 @@ async fn run(
         shards,
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
     });
+    if backend.settings.probe {
+        tokio::spawn(backend.clone().probe());
+    }
     let rpc = serve(queues.rpc, backend.clone(), Backend::rpc);
     let connect = serve(queues.connect, backend.clone(), Backend::connect);
     let subscribe = serve(queues.subscribe, backend, Backend::subscribe);
@@ -244,7 +263,7 @@ impl Backend {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(REQUEST_ID_HEADER, request_id.as_str());
         if let Some(secret) = &self.settings.secret {
-            request = request.header(SECRET_HEADER, secret.as_str());
+            request = request.header(&self.settings.secret_header, secret.as_str());
         }
         let request = request
             .body(Full::new(Bytes::from(body.to_string())))
@@ -272,10 +291,43 @@ impl Backend {
         if !matches!(answer, Err(Outcome::TimedOut)) {
             stats.latency.observe(started.elapsed(), 1);
         }
+        self.stats.set_unreachable(matches!(
+            answer,
+            Err(Outcome::TimedOut | Outcome::Unreachable)
+        ));
         if let Err(outcome) = &answer {
             stats.count(outcome);
         }
         answer
+    }
+
+    /// `--proxy-in-ready`: a `GET` of each configured URL every [`PROBE_INTERVAL`], so
+    /// that `/ready` follows the backend without waiting for a client's call. Any HTTP
+    /// answer, even 404 or 405, says the backend is there.
+    async fn probe(self: Arc<Self>) {
+        let urls: Vec<hyper::Uri> = [
+            &self.settings.rpc_url,
+            &self.settings.connect_url,
+            &self.settings.subscribe_url,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let mut interval = tokio::time::interval(PROBE_INTERVAL);
+        loop {
+            interval.tick().await;
+            let mut reachable = true;
+            for url in &urls {
+                let Ok(request) = hyper::Request::get(url.clone()).body(Full::default()) else {
+                    continue;
+                };
+                let answer =
+                    tokio::time::timeout(self.settings.timeout, self.client.request(request));
+                reachable &= matches!(answer.await, Ok(Ok(_)));
+            }
+            self.stats.set_unreachable(!reachable);
+        }
     }
 
     /// A client's `rpc`: `{user_id, session_id, method, d, meta}` → `{d}` or `{error}`.
@@ -334,11 +386,14 @@ impl Backend {
                 "connect is not configured".into(),
             )),
             Some(url) => {
-                let body = json!({
+                let mut body = json!({
                     "user_id": call.user_id,
                     "headers": pairs_to_map(&call.headers),
                     "query": pairs_to_map(&call.query),
                 });
+                if let Some(token) = call.token {
+                    body["token"] = Value::String(token);
+                }
                 match self.post(url, &body, stats).await {
                     Ok(answer) => {
                         let grant = read_connect_answer(answer);

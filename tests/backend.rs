@@ -101,13 +101,18 @@ async fn backend_subscribe(
 
 /// A backend on a free port; its address (`http://ADDR`) and what it sees.
 async fn backend_at() -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on(listener)
+}
+
+/// A backend on `listener`; its address (`http://ADDR`) and what it sees.
+fn backend_on(listener: tokio::net::TcpListener) -> (String, Seen) {
     let seen = Seen::default();
     let app = axum::Router::new()
         .route("/rpc", axum::routing::post(backend_rpc))
         .route("/connect", axum::routing::post(backend_connect))
         .route("/subscribe", axum::routing::post(backend_subscribe))
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}"), seen)
@@ -337,6 +342,65 @@ async fn with_a_token_the_backend_sees_its_user_and_a_refusal_closes_4004_after_
     let mut mallory = Client::connect(&gw, &token("mallory", &[]), Encoding::Json).await;
     mallory.expect_op("hello").await;
     assert_eq!(mallory.expect_close().await, 4004);
+}
+
+#[tokio::test]
+async fn the_token_reaches_the_backend_only_when_configured_and_the_secret_header_is_named() {
+    let (base, seen) = backend_at().await;
+    let connect_url = format!("{base}/connect");
+    let plain = Gateway::start(&["--proxy-connect-url", &connect_url]);
+    let mut bob = Client::connect(&plain, &token("bob", &[]), Encoding::Json).await;
+    bob.wait_op("ready").await;
+    let (body, headers) = seen.calls_to("connect").remove(0);
+    assert_eq!(
+        body.get("token"),
+        None,
+        "forwarded without being asked: {body}"
+    );
+    assert!(!headers.contains_key("x-coregate-secret"));
+
+    let (base, seen) = backend_at().await;
+    let connect_url = format!("{base}/connect");
+    let forwarding = Gateway::start(&[
+        "--proxy-connect-url",
+        &connect_url,
+        "--proxy-forward-token",
+        "true",
+        "--proxy-secret",
+        "k3y",
+        "--proxy-secret-header",
+        "x-app-key",
+    ]);
+    let carol_token = token("carol", &[]);
+    let mut carol = Client::connect(&forwarding, &carol_token, Encoding::Json).await;
+    carol.wait_op("ready").await;
+    let (body, headers) = seen.calls_to("connect").remove(0);
+    assert_eq!(body["token"], carol_token.as_str());
+    assert_eq!(headers["x-app-key"], "k3y");
+    assert!(!headers.contains_key("x-coregate-secret"));
+}
+
+#[tokio::test]
+async fn ready_follows_the_backend_only_when_configured_to() {
+    // Nothing listens on the backend's port yet.
+    let port = common::free_port();
+    let rpc_url = format!("http://127.0.0.1:{port}/rpc");
+    let watching = Gateway::start(&["--proxy-rpc-url", &rpc_url, "--proxy-in-ready", "true"]);
+    let indifferent = Gateway::start(&["--proxy-rpc-url", &rpc_url]);
+    watching
+        .wait_ready_status(503, Duration::from_secs(5))
+        .await;
+    let (_, body) = watching.get("/ready").await;
+    assert!(body.contains("backend unreachable"), "{body}");
+    assert_eq!(indifferent.get("/ready").await.0, 200);
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _backend = backend_on(listener);
+    watching
+        .wait_ready_status(200, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test]

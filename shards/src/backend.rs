@@ -66,6 +66,8 @@ pub struct ConnectCall {
     pub headers: Vec<(String, String)>,
     /// The query parameters but `token`.
     pub query: Vec<(String, String)>,
+    /// The client's token, only with `--proxy-forward-token`.
+    pub token: Option<String>,
     pub reply: flume::Sender<ConnectAnswer>,
 }
 
@@ -127,6 +129,8 @@ pub struct SharedBackend {
     connect: Option<flume::Sender<ConnectCall>>,
     /// The headers a connect call carries (lowercase), `cookie` by default.
     connect_headers: Arc<[String]>,
+    /// Whether a connect call carries the client's token.
+    forward_token: bool,
 }
 
 impl SharedBackend {
@@ -136,13 +140,16 @@ impl SharedBackend {
         self
     }
 
-    /// New connections are put to `connect`, with these request headers.
+    /// New connections are put to `connect`, with these request headers, and their
+    /// token when `forward_token`.
     pub fn with_connect(
         mut self,
         connect: flume::Sender<ConnectCall>,
         headers: impl IntoIterator<Item = String>,
+        forward_token: bool,
     ) -> SharedBackend {
         self.connect = Some(connect);
+        self.forward_token = forward_token;
         self.connect_headers = headers
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
@@ -170,6 +177,11 @@ impl SharedBackend {
     /// The headers a connect call carries.
     pub fn connect_headers(&self) -> &[String] {
         &self.connect_headers
+    }
+
+    /// Whether a connect call carries the client's token.
+    pub fn forwards_token(&self) -> bool {
+        self.forward_token
     }
 
     /// Puts a new connection to the backend; the answer comes on the call's `reply`.

@@ -106,7 +106,8 @@ async fn admit_upgrade(
     let start = match &shard.backend {
         Some(backend) if backend.decides_connects() => {
             let user_id = token.as_ref().map(|t| t.user_id.clone());
-            match ask_backend(shard, backend, &raw, user_id).await {
+            let forwarded = request.token.clone().filter(|_| backend.forwards_token());
+            match ask_backend(shard, backend, &raw, user_id, forwarded).await {
                 Ok(grant) => ready(shard, grant.into_identity(token))?,
                 // Nothing else vouched for the request: refused before the upgrade.
                 Err(ConnectRefusal::Denied { message, .. }) if token.is_none() => {
@@ -153,6 +154,7 @@ async fn ask_backend(
     backend: &SharedBackend,
     raw: &[u8],
     user_id: Option<String>,
+    token: Option<String>,
 ) -> ConnectAnswer {
     let details = upgrade::connect_details(raw, backend.connect_headers());
     let (reply, answer) = flume::bounded(1);
@@ -160,6 +162,7 @@ async fn ask_backend(
         user_id,
         headers: details.headers,
         query: details.query,
+        token,
         reply,
     };
     if backend.send_connect(call).is_err() {
