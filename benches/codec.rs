@@ -58,7 +58,7 @@ fn publication(c: &mut Criterion) {
             forms,
         )
         .expect("decode")
-        .with_offset(123_456)
+        .with_position(123_456, "e1".into())
     };
     let p = decode(EncodingSet::ALL);
     for e in Encoding::ALL {

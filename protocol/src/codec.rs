@@ -72,6 +72,7 @@ pub fn encode_server(encoding: Encoding, envelope: &ServerEnvelope<'_>, out: &mu
         r#ref: envelope.r#ref,
         topic: envelope.topic,
         offset: envelope.offset,
+        epoch: None,
     }
     .write_with(envelope.message, out);
 }
@@ -85,6 +86,7 @@ pub fn encode_client(encoding: Encoding, envelope: &ClientEnvelope, out: &mut Ve
         r#ref: envelope.r#ref,
         topic: None,
         offset: None,
+        epoch: None,
     }
     .write_with(&envelope.message, out);
 }
@@ -103,6 +105,8 @@ pub struct DecodedServerMessage {
     pub topic: Option<String>,
     /// The stream offset, for topic events with history.
     pub offset: Option<u64>,
+    /// The stream's epoch, beside `offset`.
+    pub epoch: Option<String>,
 }
 
 impl DecodedServerMessage {
@@ -166,17 +170,21 @@ pub fn decode_server(
             })?
             .to_owned(),
     };
-    let topic = match map.get("topic").filter(|v| !v.is_null()) {
-        None => None,
-        Some(t) => Some(
-            Node::as_str(t)
-                .ok_or(DecodeError::WrongType {
-                    field: "topic",
-                    expected: "a string",
-                })?
-                .to_owned(),
-        ),
+    let get_string = |map: &serde_json::Map<String, serde_json::Value>, field: &'static str| {
+        map.get(field)
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                Node::as_str(v)
+                    .map(str::to_owned)
+                    .ok_or(DecodeError::WrongType {
+                        field,
+                        expected: "a string",
+                    })
+            })
+            .transpose()
     };
+    let topic = get_string(&map, "topic")?;
+    let epoch = get_string(&map, "epoch")?;
     let d = map.remove("d").unwrap_or(serde_json::Value::Null);
     Ok(DecodedServerMessage {
         op,
@@ -184,5 +192,6 @@ pub fn decode_server(
         r#ref,
         topic,
         offset,
+        epoch,
     })
 }

@@ -54,7 +54,8 @@ pub use framing::{
 };
 pub use message::{
     ClientEnvelope, ClientMessage, ErrorCode, PresenceEntry, PresenceStatus, ServerEnvelope,
-    ServerMessage, VoiceParticipant, MAX_PRESENCE_QUERY_USERS,
+    ServerMessage, StreamPosition, HistoryPublication, VoiceParticipant, DEFAULT_HISTORY_LIMIT,
+    MAX_PRESENCE_QUERY_USERS,
 };
 pub use publication::{EncodingSet, Publication, PublicationError};
 pub use topic::{Namespace, Topic, TopicError, TopicPattern, TopicPatterns, MAX_TOPIC_LEN};

@@ -135,9 +135,9 @@ pub enum ClientMessage {
     Subscribe {
         /// Topic names.
         topics: Vec<String>,
-        /// Last offset seen per topic, to replay what was missed.
+        /// The last position seen per topic, to replay what was missed.
         #[serde(skip_serializing_if = "Option::is_none")]
-        since: Option<BTreeMap<String, u64>>,
+        since: Option<BTreeMap<String, StreamPosition>>,
     },
     /// Unsubscribe from topics.
     Unsubscribe {
@@ -163,6 +163,19 @@ pub enum ClientMessage {
     PresenceQuery {
         /// At most [`MAX_PRESENCE_QUERY_USERS`].
         user_ids: Vec<String>,
+    },
+    /// The latest publications of a topic with history (PROTOCOL.md §4), answered
+    /// `history`; authorized like `subscribe`.
+    History {
+        /// Topic name.
+        topic: String,
+        /// At most this many publications (the latest ones); default
+        /// [`DEFAULT_HISTORY_LIMIT`], never more than the topic's history holds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// Only the publications after this position.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<StreamPosition>,
     },
     /// A call to the application backend (PROTOCOL.md §8), answered `rpc_result` with
     /// the same `ref`.
@@ -210,7 +223,7 @@ pub enum ClientMessage {
 
 impl ClientMessage {
     /// Every client op, in PROTOCOL.md order.
-    pub const OPS: [&'static str; 16] = [
+    pub const OPS: [&'static str; 17] = [
         "identify",
         "refresh",
         "ping",
@@ -220,6 +233,7 @@ impl ClientMessage {
         "typing_stop",
         "presence_set",
         "presence_query",
+        "history",
         "rpc",
         "voice_join",
         "voice_leave",
@@ -241,6 +255,7 @@ impl ClientMessage {
             ClientMessage::TypingStop { .. } => "typing_stop",
             ClientMessage::PresenceSet { .. } => "presence_set",
             ClientMessage::PresenceQuery { .. } => "presence_query",
+            ClientMessage::History { .. } => "history",
             ClientMessage::Rpc { .. } => "rpc",
             ClientMessage::VoiceJoin { .. } => "voice_join",
             ClientMessage::VoiceLeave { .. } => "voice_leave",
@@ -325,7 +340,11 @@ pub enum ServerMessage {
     Subscribed {
         /// The topics now subscribed.
         topics: Vec<String>,
-        /// Per topic, whether history since the requested offset was replayed.
+        /// Per topic with history, where its stream stands now.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        positions: Option<BTreeMap<String, StreamPosition>>,
+        /// Per topic asked for with `since`, whether what was missed is replayed (it
+        /// comes right after this reply, before the live publications).
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<BTreeMap<String, bool>>,
     },
@@ -386,6 +405,17 @@ pub enum ServerMessage {
         code: String,
         /// Human-readable detail.
         message: String,
+    },
+    /// Reply to `history`: the publications in order, and where the stream stands.
+    History {
+        /// Topic name.
+        topic: String,
+        /// Oldest first.
+        publications: Vec<HistoryPublication>,
+        /// The stream's current offset.
+        offset: u64,
+        /// The stream's epoch.
+        epoch: String,
     },
     /// The backend's answer to an `rpc` (with its `ref`).
     RpcResult {
@@ -478,6 +508,7 @@ impl ServerMessage {
             ServerMessage::TypingStop { .. } => "typing_stop",
             ServerMessage::PresenceUpdate { .. } => "presence_update",
             ServerMessage::PresenceState { .. } => "presence_state",
+            ServerMessage::History { .. } => "history",
             ServerMessage::RpcResult { .. } => "rpc_result",
             ServerMessage::RpcError { .. } => "error",
             ServerMessage::VoiceOffer { .. } => "voice_offer",
@@ -501,6 +532,8 @@ impl ServerMessage {
                 | ServerMessage::TypingStop { .. }
                 | ServerMessage::PresenceUpdate { .. }
                 | ServerMessage::PresenceState { .. }
+                // Up to a whole topic's history: an event's size, not a control reply's.
+                | ServerMessage::History { .. }
         )
     }
 
@@ -517,6 +550,30 @@ impl ServerMessage {
     pub fn has_payload(&self) -> bool {
         !matches!(self, ServerMessage::Pong)
     }
+}
+
+/// `history`'s default `limit`.
+pub const DEFAULT_HISTORY_LIMIT: u64 = 50;
+
+/// Where a topic's stream stands (PROTOCOL.md §6): offsets only compare within one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct StreamPosition {
+    /// The offset of the stream's last publication (0 before the first).
+    pub offset: u64,
+    /// The stream's epoch; a new one means its earlier offsets are gone.
+    pub epoch: String,
+}
+
+/// One publication in a `history` reply.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryPublication {
+    /// The publication's op.
+    pub op: String,
+    /// Its payload, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d: Option<serde_json::Value>,
+    /// Its offset in the stream.
+    pub offset: u64,
 }
 
 /// A server message ready to encode, with the envelope keys that vary per send.

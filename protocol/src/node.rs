@@ -12,8 +12,8 @@ use simd_json::{BorrowedValue, StaticNode};
 
 use crate::error::{truncate_for_echo, DecodeError, DecodeErrorWithRef};
 use crate::message::{
-    ClientEnvelope, ClientMessage, ErrorCode, PresenceEntry, PresenceStatus, ServerMessage,
-    VoiceParticipant,
+    ClientEnvelope, ClientMessage, ErrorCode, HistoryPublication, PresenceEntry, PresenceStatus,
+    ServerMessage, StreamPosition, VoiceParticipant,
 };
 
 /// Read access to a JSON-like document tree.
@@ -202,6 +202,16 @@ fn opt_map<N: Node, T>(
     Ok(Some(map))
 }
 
+/// `{offset, epoch}`, as `since` and `positions` carry it.
+fn position<N: Node>(v: &N) -> Option<StreamPosition> {
+    Some(StreamPosition {
+        offset: v.get("offset")?.as_u64()?,
+        epoch: v.get("epoch")?.as_str()?.to_owned(),
+    })
+}
+
+const A_POSITION_MAP: &str = "a map of topic to {offset, epoch}";
+
 fn status<N: Node>(
     d: &N,
     field: &'static str,
@@ -269,7 +279,7 @@ fn client_message<N: Node>(op: &str, d: Option<&N>) -> Result<ClientMessage, Dec
         },
         "subscribe" => M::Subscribe {
             topics: string_list(d, "topics")?,
-            since: opt_map(d, "since", "a map of topic to offset", Node::as_u64)?,
+            since: opt_map(d, "since", A_POSITION_MAP, position)?,
         },
         "unsubscribe" => M::Unsubscribe {
             topics: string_list(d, "topics")?,
@@ -285,6 +295,13 @@ fn client_message<N: Node>(op: &str, d: Option<&N>) -> Result<ClientMessage, Dec
         },
         "presence_query" => M::PresenceQuery {
             user_ids: string_list(d, "user_ids")?,
+        },
+        "history" => M::History {
+            topic: string(d, "topic")?,
+            limit: opt_uint(d, "limit")?,
+            since: opt(d, "since")
+                .map(|v| position(v).ok_or(wrong("since", "{offset, epoch}")))
+                .transpose()?,
         },
         "rpc" => M::Rpc {
             method: string(d, "method")?,
@@ -336,6 +353,7 @@ pub(crate) fn server_message<N: Node>(
             | "presence_update"
             | "presence_state"
             | "rpc_result"
+            | "history"
             | "voice_offer"
             | "voice_ice_candidate"
             | "voice_user_joined"
@@ -366,6 +384,7 @@ pub(crate) fn server_message<N: Node>(
         },
         "subscribed" => M::Subscribed {
             topics: string_list(d, "topics")?,
+            positions: opt_map(d, "positions", A_POSITION_MAP, position)?,
             recovered: opt_map(d, "recovered", "a map of topic to boolean", Node::as_bool)?,
         },
         "unsubscribed" => M::Unsubscribed {
@@ -397,6 +416,23 @@ pub(crate) fn server_message<N: Node>(
             user_id: string(d, "user_id")?,
             status: status(d, "status", false)?,
             since: uint(d, "since")?,
+        },
+        "history" => M::History {
+            topic: string(d, "topic")?,
+            publications: req(d, "publications")?
+                .items()
+                .ok_or(wrong("publications", "an array of maps"))?
+                .iter()
+                .map(|p| {
+                    Ok(HistoryPublication {
+                        op: string(p, "op")?,
+                        d: opt(p, "d").map(Node::to_json),
+                        offset: uint(p, "offset")?,
+                    })
+                })
+                .collect::<Result<_, DecodeError>>()?,
+            offset: uint(d, "offset")?,
+            epoch: string(d, "epoch")?,
         },
         "rpc_result" => M::RpcResult {
             d: opt(d, "d").map_or(serde_json::Value::Null, Node::to_json),

@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use simd_json::prelude::Writable;
@@ -181,6 +182,8 @@ pub struct Publication {
     op: Box<str>,
     exclude_user: Option<Box<str>>,
     offset: Option<u64>,
+    /// The epoch of the stream `offset` is in; shared by every publication of a stream.
+    epoch: Option<Arc<str>>,
     /// The forms of `d` made: `d` as compact JSON (if made) followed by `d` as MessagePack
     /// (if made), in one allocation; empty when there is no `d`.
     d: Box<[u8]>,
@@ -204,6 +207,7 @@ impl fmt::Debug for Publication {
             .field("d_forms", &self.d_forms)
             .field("exclude_user", &self.exclude_user)
             .field("offset", &self.offset)
+            .field("epoch", &self.epoch)
             .finish()
     }
 }
@@ -265,7 +269,15 @@ impl Publication {
         forms: EncodingSet,
     ) -> Result<Publication, PublicationError> {
         let root = parse(payload, max_size)?;
-        Self::from_root(topic, &root, forms)
+        let publication = Self::from_root(topic, &root, forms)?;
+        // Set by the `coregate_publish` Redis function for a topic with history; both or
+        // neither.
+        let offset = root.get("offset").and_then(Node::as_u64);
+        let epoch = opt_str(&root, "epoch").ok().flatten();
+        Ok(match (offset, epoch) {
+            (Some(offset), Some(epoch)) => publication.with_position(offset, Arc::from(epoch)),
+            _ => publication,
+        })
     }
 
     /// The topic named by a Redis `channel`, which must be `<prefix><topic>`.
@@ -354,6 +366,7 @@ impl Publication {
             op: op.into(),
             exclude_user,
             offset: None,
+            epoch: None,
             d,
             d_json_len,
             d_forms,
@@ -409,16 +422,18 @@ impl Publication {
             op: op.into(),
             exclude_user: exclude_user.map(String::into_boxed_str),
             offset: None,
+            epoch: None,
             d,
             d_json_len,
             d_forms,
         }
     }
 
-    /// The same publication with a history `offset` (assigned when appended to the topic's
-    /// stream).
-    pub fn with_offset(mut self, offset: u64) -> Publication {
+    /// The same publication at `offset` in its topic's stream of `epoch` (assigned when
+    /// it was appended).
+    pub fn with_position(mut self, offset: u64, epoch: Arc<str>) -> Publication {
         self.offset = Some(offset);
+        self.epoch = Some(epoch);
         self
     }
 
@@ -440,6 +455,11 @@ impl Publication {
     /// The history offset, if any.
     pub fn offset(&self) -> Option<u64> {
         self.offset
+    }
+
+    /// The epoch of the stream `offset` is in, if any.
+    pub fn epoch(&self) -> Option<&Arc<str>> {
+        self.epoch.as_ref()
     }
 
     /// Whether it is ephemeral (`typing_*`): shed first under backpressure, never stored.
@@ -545,14 +565,16 @@ impl Publication {
         match encoding {
             Encoding::Json => {
                 let offset = self.offset.map_or(0, |o| 10 + decimal_len(o));
+                let epoch = self.epoch.as_ref().map_or(0, |e| 11 + e.len());
                 let d = if has_d { 5 + d_len } else { 0 };
-                // {"op":"…"  ,"d":…  ,"topic":"…"  ,"offset":N  }
-                6 + self.op.len() + 2 + d + 9 + topic.len() + 2 + offset + 1
+                // {"op":"…"  ,"d":…  ,"topic":"…"  ,"offset":N  ,"epoch":"…"  }
+                6 + self.op.len() + 2 + d + 9 + topic.len() + 2 + offset + epoch + 1
             }
             Encoding::MsgPack => {
                 let offset = self.offset.map_or(0, |o| 7 + uint_len(o));
+                let epoch = self.epoch.as_ref().map_or(0, |e| 6 + str_len(e.len()));
                 let d = if has_d { 2 + d_len } else { 0 };
-                1 + 3 + str_len(self.op.len()) + d + 6 + str_len(topic.len()) + offset
+                1 + 3 + str_len(self.op.len()) + d + 6 + str_len(topic.len()) + offset + epoch
             }
         }
     }
@@ -571,6 +593,7 @@ impl Publication {
             r#ref: None,
             topic: Some(self.topic.as_str()),
             offset: self.offset,
+            epoch: self.epoch.as_deref(),
         };
         envelope.head(out);
         out.extend_from_slice(d);
@@ -700,17 +723,38 @@ mod tests {
             serde_json::json!({"op": "message_new", "topic": "channel:1",
                 "d": {"id": 1, "text": "hi\nthere", "tags": ["a", "b"], "x": 1.5, "n": null}})
         );
-        let mp = p.clone().with_offset(7).encode(Encoding::MsgPack);
+        let mp = p
+            .clone()
+            .with_position(7, "e1".into())
+            .encode(Encoding::MsgPack);
         let v: serde_json::Value = rmp_serde::from_slice(&mp).expect("valid msgpack");
         assert_eq!(
             v,
-            serde_json::json!({"op": "message_new", "topic": "channel:1", "offset": 7,
+            serde_json::json!({"op": "message_new", "topic": "channel:1", "offset": 7, "epoch": "e1",
                 "d": {"id": 1, "text": "hi\nthere", "tags": ["a", "b"], "x": 1.5, "n": null}})
         );
         let backend: serde_json::Value =
             serde_json::from_slice(&p.to_backend_payload()).expect("json");
         assert_eq!(backend["exclude_user"], "alice");
         assert_eq!(backend["d"]["tags"][1], "b");
+    }
+
+    #[test]
+    fn a_payload_from_the_publish_function_carries_its_position() {
+        let mut input =
+            br#"{"offset":42,"epoch":"1764770000","op":"message_new","d":{"id":1}}"#.to_vec();
+        let p = Publication::from_backend_payload(topic(), &mut input, 4096).expect("decode");
+        assert_eq!((p.offset(), p.epoch().map(|e| &**e)), (Some(42), Some("1764770000")));
+        let v: serde_json::Value = serde_json::from_slice(&p.encode(Encoding::Json)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "message_new", "topic": "channel:1", "d": {"id": 1},
+                "offset": 42, "epoch": "1764770000"})
+        );
+        // An offset without its epoch means nothing: delivered without a position.
+        let mut input = br#"{"offset":42,"op":"message_new"}"#.to_vec();
+        let p = Publication::from_backend_payload(topic(), &mut input, 4096).expect("decode");
+        assert_eq!(p.offset(), None);
     }
 
     #[test]
@@ -737,7 +781,7 @@ mod tests {
                 )
                 .expect("decode");
                 if let Some(o) = offset {
-                    p = p.with_offset(o);
+                    p = p.with_position(o, "1764770000123456".into());
                 }
                 for e in Encoding::ALL {
                     let mut out = Vec::new();

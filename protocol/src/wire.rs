@@ -118,6 +118,8 @@ pub(crate) struct Envelope<'a> {
     pub r#ref: Option<u64>,
     pub topic: Option<&'a str>,
     pub offset: Option<u64>,
+    /// The stream's epoch, beside `offset`.
+    pub epoch: Option<&'a str>,
 }
 
 impl Envelope<'_> {
@@ -137,7 +139,8 @@ impl Envelope<'_> {
                     + u32::from(self.has_d)
                     + u32::from(self.r#ref.is_some())
                     + u32::from(self.topic.is_some())
-                    + u32::from(self.offset.is_some());
+                    + u32::from(self.offset.is_some())
+                    + u32::from(self.epoch.is_some());
                 infallible(rmp::encode::write_map_len(out, n));
                 infallible(rmp::encode::write_str(out, "op"));
                 infallible(rmp::encode::write_str(out, self.op));
@@ -148,7 +151,7 @@ impl Envelope<'_> {
         }
     }
 
-    /// Writes `ref`, `topic`, `offset` and closes the map.
+    /// Writes `ref`, `topic`, `offset`, `epoch` and closes the map.
     #[inline]
     pub fn tail(&self, out: &mut Vec<u8>) {
         match self.encoding {
@@ -165,6 +168,10 @@ impl Envelope<'_> {
                     out.extend_from_slice(b",\"offset\":");
                     write_u64(out, o);
                 }
+                if let Some(e) = self.epoch {
+                    out.extend_from_slice(b",\"epoch\":");
+                    write_json_str(out, e);
+                }
                 out.push(b'}');
             }
             Encoding::MsgPack => {
@@ -179,6 +186,10 @@ impl Envelope<'_> {
                 if let Some(o) = self.offset {
                     infallible(rmp::encode::write_str(out, "offset"));
                     infallible(rmp::encode::write_uint(out, o));
+                }
+                if let Some(e) = self.epoch {
+                    infallible(rmp::encode::write_str(out, "epoch"));
+                    infallible(rmp::encode::write_str(out, e));
                 }
             }
         }

@@ -8,6 +8,13 @@ use coregate_protocol::*;
 
 const MAX: usize = DEFAULT_MAX_MESSAGE_SIZE;
 
+fn pos(offset: u64, epoch: &str) -> coregate_protocol::StreamPosition {
+    coregate_protocol::StreamPosition {
+        offset,
+        epoch: epoch.into(),
+    }
+}
+
 fn dec(encoding: Encoding, bytes: &[u8]) -> Result<ClientEnvelope, DecodeErrorWithRef> {
     decode_client(encoding, &mut bytes.to_vec(), MAX)
 }
@@ -63,12 +70,34 @@ fn json_every_client_op() {
             ),
         ),
         (
-            br#"{"op":"subscribe","d":{"topics":["channel:1"],"since":{"channel:1":42}}}"#,
+            br#"{"op":"subscribe","d":{"topics":["channel:1"],"since":{"channel:1":{"offset":42,"epoch":"e1"}}}}"#,
             env(
                 None,
                 M::Subscribe {
                     topics: strings(&["channel:1"]),
-                    since: Some(BTreeMap::from([("channel:1".to_string(), 42)])),
+                    since: Some(BTreeMap::from([("channel:1".to_string(), pos(42, "e1"))])),
+                },
+            ),
+        ),
+        (
+            br#"{"op":"history","d":{"topic":"channel:1"},"ref":4}"#,
+            env(
+                Some(4),
+                M::History {
+                    topic: "channel:1".into(),
+                    limit: None,
+                    since: None,
+                },
+            ),
+        ),
+        (
+            br#"{"op":"history","d":{"topic":"channel:1","limit":10,"since":{"offset":3,"epoch":"e"}}}"#,
+            env(
+                None,
+                M::History {
+                    topic: "channel:1".into(),
+                    limit: Some(10),
+                    since: Some(pos(3, "e")),
                 },
             ),
         ),
@@ -199,14 +228,14 @@ fn msgpack_literal_messages() {
             }
         ))
     );
-    // {"op":"subscribe","d":{"topics":["global"],"since":{"global":7}}}
+    // {"op":"subscribe","d":{"topics":["global"],"since":{"global":{"offset":7,"epoch":"e"}}}}
     assert_eq!(
-        mp(b"\x82\xa2op\xa9subscribe\xa1d\x82\xa6topics\x91\xa6global\xa5since\x81\xa6global\x07"),
+        mp(b"\x82\xa2op\xa9subscribe\xa1d\x82\xa6topics\x91\xa6global\xa5since\x81\xa6global\x82\xa6offset\x07\xa5epoch\xa1e"),
         Ok(env(
             None,
             M::Subscribe {
                 topics: strings(&["global"]),
-                since: Some(BTreeMap::from([("global".to_string(), 7)])),
+                since: Some(BTreeMap::from([("global".to_string(), pos(7, "e"))])),
             }
         ))
     );
@@ -385,7 +414,7 @@ fn error_wrong_type() {
     );
     assert_eq!(
         json(br#"{"op":"subscribe","d":{"topics":[],"since":{"a":"b"}},"ref":9}"#),
-        with_ref("since", "a map of topic to offset")
+        with_ref("since", "a map of topic to {offset, epoch}")
     );
     assert_eq!(
         mp(b"\x83\xa2op\xa8identify\xa1d\x81\xa5token\xc3\xa3ref\x09"),

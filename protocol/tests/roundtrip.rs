@@ -10,6 +10,11 @@ use proptest::collection::{btree_map, vec};
 use proptest::option;
 use proptest::prelude::*;
 
+fn position() -> impl Strategy<Value = coregate_protocol::StreamPosition> {
+    (any::<u64>(), text())
+        .prop_map(|(offset, epoch)| coregate_protocol::StreamPosition { offset, epoch })
+}
+
 fn text() -> impl Strategy<Value = String> {
     // Any Unicode, including quotes, backslashes, control characters and newlines.
     prop_oneof![".{0,24}", "[a-z:0-9_]{0,12}"]
@@ -71,8 +76,15 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         text().prop_map(|token| M::Identify { token }),
         text().prop_map(|token| M::Refresh { token }),
         Just(M::Ping),
-        (texts(), option::of(btree_map(text(), any::<u64>(), 0..4)))
+        (texts(), option::of(btree_map(text(), position(), 0..4)))
             .prop_map(|(topics, since)| M::Subscribe { topics, since }),
+        (text(), option::of(any::<u64>()), option::of(position())).prop_map(
+            |(topic, limit, since)| M::History {
+                topic,
+                limit,
+                since
+            }
+        ),
         texts().prop_map(|topics| M::Unsubscribe { topics }),
         text().prop_map(|topic| M::TypingStart { topic }),
         text().prop_map(|topic| M::TypingStop { topic }),
@@ -113,8 +125,36 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             }),
         Just(M::Pong),
         any::<u64>().prop_map(|exp| M::Refreshed { exp }),
-        (texts(), option::of(btree_map(text(), any::<bool>(), 0..4)))
-            .prop_map(|(topics, recovered)| M::Subscribed { topics, recovered }),
+        (
+            texts(),
+            option::of(btree_map(text(), position(), 0..4)),
+            option::of(btree_map(text(), any::<bool>(), 0..4))
+        )
+            .prop_map(|(topics, positions, recovered)| M::Subscribed {
+                topics,
+                positions,
+                recovered
+            }),
+        (
+            text(),
+            proptest::collection::vec(
+                (text(), option::of(json_value()), any::<u64>()).prop_map(|(op, d, offset)| {
+                    coregate_protocol::HistoryPublication {
+                        op,
+                        d: d.filter(|d| !d.is_null()),
+                        offset,
+                    }
+                }),
+                0..4
+            ),
+            position()
+        )
+            .prop_map(|(topic, publications, at)| M::History {
+                topic,
+                publications,
+                offset: at.offset,
+                epoch: at.epoch
+            }),
         texts().prop_map(|topics| M::Unsubscribed { topics }),
         (
             error_code(),
@@ -312,8 +352,8 @@ proptest! {
                 .unwrap();
         prop_assert_eq!(p.d_forms(), forms);
         if let Some(o) = offset {
-            p = p.with_offset(o);
-            both = both.with_offset(o);
+            p = p.with_position(o, "e".into());
+            both = both.with_position(o, "e".into());
         }
         for encoding in Encoding::ALL {
             let bytes = p.encode(encoding);
@@ -344,7 +384,13 @@ fn since_map_keeps_u64_max() {
         r#ref: Some(u64::MAX),
         message: ClientMessage::Subscribe {
             topics: vec![],
-            since: Some(BTreeMap::from([("t".to_string(), u64::MAX)])),
+            since: Some(BTreeMap::from([(
+                "t".to_string(),
+                coregate_protocol::StreamPosition {
+                    offset: u64::MAX,
+                    epoch: "e".into(),
+                },
+            )])),
         },
     };
     for encoding in Encoding::ALL {
