@@ -498,6 +498,17 @@ impl Config {
             }
         }
         self.cpu_list()?;
+        let longest = crate::ingest::history::MAX_HISTORY_TTL;
+        if self.history.longest_ttl().is_some_and(|ttl| ttl > longest) {
+            return Err(invalid(
+                "history",
+                format!(
+                    "a history TTL may be at most {} (a stream's position is kept {} after it)",
+                    humantime::format_duration(longest),
+                    humantime::format_duration(crate::ingest::history::META_TTL),
+                ),
+            ));
+        }
         for (name, url) in [
             ("proxy_rpc_url", &self.proxy_rpc_url),
             ("proxy_connect_url", &self.proxy_connect_url),

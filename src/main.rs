@@ -521,15 +521,21 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         presence: config.presence,
         presence_grace: config.presence_grace,
         presence_ttl: config.presence_ttl,
+        history: config.history.clone(),
     });
     let redis_configured = redis.is_some();
     let ingestor = ingest::spawn(
         ingestor_rx,
-        ingest::Router::new(shards.senders.clone(), ingestor_stats.clone()),
+        ingest::Router::new(
+            shards.senders.clone(),
+            ingestor_stats.clone(),
+            config.history.clone(),
+        ),
         redis,
         membership,
         config.typing_ttl,
         config.presence.then_some(config.presence_grace),
+        config.history.clone(),
     )?;
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel();

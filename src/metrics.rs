@@ -107,6 +107,13 @@ pub fn render(
             "redis_membership_check_errors",
             &ingestor.membership_check_errors,
         ),
+        ("history_requests", &ingestor.history_requests),
+        ("history_redis_reads", &ingestor.history_redis_reads),
+        ("history_read_errors", &ingestor.history_read_errors),
+        (
+            "history_publications_without_offset",
+            &ingestor.history_publications_without_offset,
+        ),
     ];
     for (name, value) in counters {
         let _ = writeln!(out, "# TYPE coregate_{name}_total counter");

@@ -53,8 +53,8 @@ pub use framing::{
     FrameFull,
 };
 pub use message::{
-    ClientEnvelope, ClientMessage, ErrorCode, PresenceEntry, PresenceStatus, ServerEnvelope,
-    ServerMessage, StreamPosition, HistoryPublication, VoiceParticipant, DEFAULT_HISTORY_LIMIT,
+    ClientEnvelope, ClientMessage, ErrorCode, HistoryPublication, PresenceEntry, PresenceStatus,
+    ServerEnvelope, ServerMessage, StreamPosition, VoiceParticipant, DEFAULT_HISTORY_LIMIT,
     MAX_PRESENCE_QUERY_USERS,
 };
 pub use publication::{EncodingSet, Publication, PublicationError};

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     NotReady,
     /// The feature is not configured on this gateway, or the backend did not answer.
     Unavailable,
+    /// History or presence of something that does not exist (a topic without history).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -44,6 +46,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotFound => "not_found",
         }
     }
 
@@ -58,6 +61,7 @@ impl ErrorCode {
             "invalid_topic" => ErrorCode::InvalidTopic,
             "not_ready" => ErrorCode::NotReady,
             "unavailable" => ErrorCode::Unavailable,
+            "not_found" => ErrorCode::NotFound,
             _ => return None,
         })
     }
@@ -669,7 +673,8 @@ mod tests {
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidTopic
             | ErrorCode::NotReady
-            | ErrorCode::Unavailable => code,
+            | ErrorCode::Unavailable
+            | ErrorCode::NotFound => code,
         };
         let variants = [
             ErrorCode::BadRequest,
@@ -681,6 +686,7 @@ mod tests {
             ErrorCode::InvalidTopic,
             ErrorCode::NotReady,
             ErrorCode::Unavailable,
+            ErrorCode::NotFound,
         ]
         .map(all);
         for code in variants {
@@ -704,6 +710,7 @@ mod tests {
             ErrorCode::InvalidTopic,
             ErrorCode::NotReady,
             ErrorCode::Unavailable,
+            ErrorCode::NotFound,
         ] {
             assert_eq!(ErrorCode::from_wire(s.as_str()), Some(s));
             assert_eq!(

@@ -744,7 +744,10 @@ mod tests {
         let mut input =
             br#"{"offset":42,"epoch":"1764770000","op":"message_new","d":{"id":1}}"#.to_vec();
         let p = Publication::from_backend_payload(topic(), &mut input, 4096).expect("decode");
-        assert_eq!((p.offset(), p.epoch().map(|e| &**e)), (Some(42), Some("1764770000")));
+        assert_eq!(
+            (p.offset(), p.epoch().map(|e| &**e)),
+            (Some(42), Some("1764770000"))
+        );
         let v: serde_json::Value = serde_json::from_slice(&p.encode(Encoding::Json)).unwrap();
         assert_eq!(
             v,

@@ -175,6 +175,12 @@ pub enum ShardMessage {
         r#ref: Option<u64>,
         answer: crate::backend::RpcAnswer,
     },
+    /// The node's answer to a connection's [`crate::history::HistoryRequest`].
+    History {
+        conn: crate::hub::ConnKey,
+        ticket: u64,
+        answer: crate::history::HistoryAnswer,
+    },
 }
 
 /// What the node answers a `presence_query`.
@@ -310,6 +316,10 @@ pub enum IngestorCommand {
     /// A presence signal of one connection: the ingestor counts connections per user
     /// node-wide, applies the grace and announces only user-level transitions.
     Presence(PresenceSignal),
+    /// Reads of topics' streams (positions, recovery, `history`), answered with a
+    /// [`ShardMessage::History`]. Sent after the connection's `Interest` in the same
+    /// topics, so that whatever the read does not hold reaches it live.
+    History(crate::history::HistoryRequest),
 }
 
 /// What a connection tells the node about its user's presence.

@@ -153,6 +153,16 @@ macro_rules! shard_settings {
                 /// More get 429 at upgrade, or close 4011 after `identify`. A user's tabs
                 /// and devices fit; a leaked token or a reconnect loop cannot hold more.
                 max_connections_per_user: usize = 10;
+
+                /// Topics that keep history, as `PREFIX=SIZE/TTL,…` (e.g. `channel:=200/24h`); empty: none.
+                ///
+                /// Each such topic keeps its last SIZE publications, none older than
+                /// TTL, with an epoch and increasing offsets, so that a client that
+                /// reconnects recovers what it missed (`subscribe` with `since`) and
+                /// `history` shows recent messages. The longest matching prefix
+                /// decides. With Redis, every node must be given the same rules.
+                history: ::coregate_shards::history::HistoryPolicy =
+                    ::coregate_shards::history::HistoryPolicy::default();
             }
             fixed {
                 /// Refused events in a row after which a flooding connection is closed 4008.

@@ -29,6 +29,10 @@
 //! `testing` (tests only) is the harness that drives a hub and its sessions with literal
 //! bytes and a virtual clock, like quinn-proto's `Pair`.
 
+// `shard_settings!` names this crate's types by their full path, which must resolve
+// inside the crate as well as outside.
+extern crate self as coregate_shards;
+
 pub mod admission;
 pub mod auth;
 pub mod authorizer;
@@ -36,6 +40,7 @@ pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod driver;
+pub mod history;
 pub mod hub;
 pub mod rate_limit;
 pub mod session;

@@ -113,6 +113,12 @@ pub fn parse_server_bytes(encoding: Encoding, mut bytes: &[u8]) -> Received {
                     if let Some(topic) = decoded.topic {
                         value["topic"] = topic.into();
                     }
+                    if let Some(offset) = decoded.offset {
+                        value["offset"] = offset.into();
+                    }
+                    if let Some(epoch) = decoded.epoch {
+                        value["epoch"] = epoch.into();
+                    }
                     received.messages.push((decoded.op, value));
                 }
             }

@@ -122,6 +122,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s: {e}"))
 }
 
+/// `--history`: `PREFIX=SIZE/TTL,…`, as text everywhere.
+impl Setting for coregate_shards::history::HistoryPolicy {
+    type Arg = coregate_shards::history::HistoryPolicy;
+    const VALUE_NAME: &'static str = "RULES";
+    fn value_parser() -> ValueParser {
+        ValueParser::new(coregate_shards::history::HistoryPolicy::parse)
+    }
+    fn from_arg(arg: Self::Arg) -> Self {
+        arg
+    }
+    fn deserialize_setting<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        coregate_shards::history::HistoryPolicy::parse(&text).map_err(serde::de::Error::custom)
+    }
+    fn show(&self) -> String {
+        if self.is_empty() {
+            "\"\"".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 /// An optional setting: unset by default, a flag or a file key sets it. (A TOML file
 /// has no null, so a file cannot unset it either: leave the key out.)
 impl<T> Setting for Option<T>

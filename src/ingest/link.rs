@@ -82,6 +82,7 @@ pub async fn run(
         publish_rx,
         publisher_watch.clone(),
         settings.prefix.clone(),
+        settings.history.clone(),
         stats.clone(),
         broken.clone(),
     ));
@@ -141,7 +142,11 @@ pub async fn run(
         connect_warnings: LogLimit::per_second(),
         payload_warnings: LogLimit::per_second(),
         publish_warnings: LogLimit::per_second(),
+        history_reads: Vec::new(),
+        history_library: String::new(),
     };
+    node.history_library =
+        super::history_redis::library(&node.settings.prefix, &node.settings.history);
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -164,6 +169,7 @@ pub async fn run(
                     node.handle(command);
                 }
                 node.sync_subscriptions().await;
+                node.read_history().await;
             }
             Event::Message(None) => node.lost("the subscriber connection closed"),
             Event::Message(Some(message)) => {
@@ -220,6 +226,10 @@ struct Node {
     connect_warnings: LogLimit,
     payload_warnings: LogLimit,
     publish_warnings: LogLimit,
+    /// The shards' reads of history streams, made after the next SUBSCRIBEs.
+    history_reads: Vec<coregate_shards::history::HistoryRequest>,
+    /// The `coregate` Redis Function library for this node's prefix and rules.
+    history_library: String,
 }
 
 impl Node {
@@ -259,6 +269,7 @@ impl Node {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
+            IngestorCommand::History(request) => self.history_reads.push(request),
             IngestorCommand::Presence(signal) => {
                 let Some(presence_tx) = &self.presence_tx else {
                     super::refuse_presence(
@@ -316,6 +327,39 @@ impl Node {
         }
     }
 
+    /// Answers the history reads queued since the last batch, now that the
+    /// subscriptions they follow are in place (see `history_redis`).
+    async fn read_history(&mut self) {
+        if self.history_reads.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(&mut self.history_reads);
+        let connection = self.publisher_conn.borrow().clone();
+        // Not connected: answered `HistoryUnavailable` at once.
+        let connection = connection.filter(|_| self.subscriber.is_some());
+        super::history_redis::answer(
+            requests,
+            connection,
+            self.settings.timeout,
+            self.router.shards(),
+            &self.history_library,
+            &self.stats,
+        )
+        .await;
+    }
+
+    /// Loads the history functions into the Redis just connected to (it may be a
+    /// fresh one that lost them), and checks its eviction policy.
+    async fn prepare_history(&self, publisher: &mut MultiplexedConnection) {
+        if let Err(error) = super::history_redis::load(publisher, &self.history_library).await {
+            // Redis before 7.0 has no functions: everything but history works.
+            tracing::error!(%error, "the history functions could not be loaded into Redis");
+        }
+        if !self.settings.history.is_empty() {
+            super::history_redis::check_eviction_policy(publisher).await;
+        }
+    }
+
     async fn open(&self) -> Result<(Subscriber, MultiplexedConnection), RedisError> {
         let (sink, messages) = self.client.get_async_pubsub().await?.split();
         let config = AsyncConnectionConfig::new()
@@ -325,6 +369,8 @@ impl Node {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        let mut publisher = publisher;
+        self.prepare_history(&mut publisher).await;
         Ok((Subscriber { sink, messages }, publisher))
     }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use coregate_shards::{IngestorCommand, MembershipCheck, PresenceAnswer};
 
 mod backoff;
+pub mod history;
+pub mod history_redis;
 mod link;
 mod log_limit;
 mod membership;
@@ -67,6 +69,17 @@ pub struct IngestorStats {
     /// Membership checks answered, and those that failed.
     pub membership_checks: AtomicU64,
     pub membership_check_errors: AtomicU64,
+    /// The shards' requests for history (a subscribe's topics, a `history` query).
+    pub history_requests: AtomicU64,
+    /// Reads of a topic's stream in Redis (`coregate_history`), each answering every
+    /// request about that topic queued meanwhile.
+    pub history_redis_reads: AtomicU64,
+    /// Reads that failed (Redis down, timed out).
+    pub history_read_errors: AtomicU64,
+    /// Publications on a topic with history that came without an offset: published
+    /// with a plain `PUBLISH` rather than `FCALL coregate_publish`, so no client can
+    /// recover them. Counted where the topic has local subscribers.
+    pub history_publications_without_offset: AtomicU64,
 }
 
 /// How the node uses Redis.
@@ -89,6 +102,8 @@ pub struct RedisSettings {
     pub presence_grace: Duration,
     /// `--presence-ttl`: each node's lease on its users' presence.
     pub presence_ttl: Duration,
+    /// `--history`.
+    pub history: coregate_shards::history::HistoryPolicy,
 }
 
 /// Runs the ingestor on its own thread until every command sender is gone.
@@ -100,6 +115,7 @@ pub fn spawn(
     membership: Option<flume::Receiver<MembershipCheck>>,
     typing_ttl: Duration,
     presence_grace: Option<Duration>,
+    history: coregate_shards::history::HistoryPolicy,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = match &redis {
         None => None,
@@ -115,7 +131,7 @@ pub fn spawn(
             (Some(runtime), Some(settings)) => {
                 runtime.block_on(link::run(commands, router, settings, membership));
             }
-            _ => run_embedded(&commands, &mut router, typing_ttl, presence_grace),
+            _ => run_embedded(&commands, &mut router, typing_ttl, presence_grace, history),
         })
 }
 
@@ -173,22 +189,32 @@ pub(crate) fn refuse_presence(
     }
 }
 
-/// The embedded bus: publications are delivered locally as they come; typing goes
-/// through the node's [`typing::TypingTable`] and presence through its
-/// [`presence::PresenceTable`], whose deadlines this loop's timer drives.
+/// The embedded bus: publications are delivered locally as they come, appended first
+/// to their topic's stream when it has history ([`history::HistoryStore`], which also
+/// answers the shards' reads); typing goes through the node's [`typing::TypingTable`]
+/// and presence through its [`presence::PresenceTable`], whose deadlines this loop's
+/// timer drives. Everything happens on this one thread, in order, so a read and the
+/// publications around it never race.
 fn run_embedded(
     commands: &flume::Receiver<IngestorCommand>,
     router: &mut Router,
     typing_ttl: Duration,
     presence_grace: Option<Duration>,
+    history: coregate_shards::history::HistoryPolicy,
 ) {
     let mut typing = typing::TypingTable::new(typing_ttl);
     // `None`: presence is off on this node.
     let mut presence = presence_grace.map(presence::PresenceTable::new);
-    let mut handle =
-        |command,
-         typing: &mut typing::TypingTable,
-         presence: &mut Option<presence::PresenceTable>| match command {
+    let mut streams = history::HistoryStore::new(history);
+    let mut next_sweep = Instant::now() + history::SWEEP_INTERVAL;
+    let mut handle = |command,
+                      typing: &mut typing::TypingTable,
+                      presence: &mut Option<presence::PresenceTable>,
+                      streams: &mut history::HistoryStore| {
+        let router = &mut *router;
+        let mut deliver =
+            |publication| router.deliver_shared(streams.append(publication, Instant::now()));
+        match command {
             IngestorCommand::Interest {
                 shard_id,
                 topic,
@@ -197,10 +223,10 @@ fn run_embedded(
             } => {
                 router.change_interest(shard_id, topic, encoding, change);
             }
-            IngestorCommand::Publish(publication) => router.deliver(publication),
+            IngestorCommand::Publish(publication) => deliver(publication),
             IngestorCommand::Typing(signal) => {
                 if let Some(announcement) = typing.handle(signal, Instant::now()) {
-                    router.deliver(announcement);
+                    deliver(announcement);
                 }
             }
             IngestorCommand::Presence(signal) => match presence {
@@ -210,14 +236,23 @@ fn run_embedded(
                 }
                 Some(table) => {
                     for announcement in table.handle(signal, Instant::now(), unix_ms()) {
-                        router.deliver(announcement);
+                        deliver(announcement);
                     }
                 }
             },
-        };
+            IngestorCommand::History(request) => {
+                router
+                    .stats()
+                    .history_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (shard_id, answer) = streams.answer(request, Instant::now());
+                router.send_to(shard_id, answer);
+            }
+        }
+    };
     loop {
         let presence_deadline = presence.as_ref().and_then(|p| p.poll_timeout());
-        let deadline = [typing.poll_timeout(), presence_deadline]
+        let deadline = [typing.poll_timeout(), presence_deadline, Some(next_sweep)]
             .into_iter()
             .flatten()
             .min();
@@ -233,24 +268,34 @@ fn run_embedded(
             },
         };
         if let Some(command) = next {
-            handle(command, &mut typing, &mut presence);
+            handle(command, &mut typing, &mut presence, &mut streams);
             // Drain what is already queued before blocking again.
             while let Ok(command) = commands.try_recv() {
-                handle(command, &mut typing, &mut presence);
+                handle(command, &mut typing, &mut presence, &mut streams);
             }
         }
         for stop in typing.handle_timeout(Instant::now()) {
-            handle(IngestorCommand::Publish(stop), &mut typing, &mut presence);
+            handle(
+                IngestorCommand::Publish(stop),
+                &mut typing,
+                &mut presence,
+                &mut streams,
+            );
         }
         let offlines = match &mut presence {
             Some(table) => table.handle_timeout(Instant::now(), unix_ms()),
             None => Vec::new(),
         };
+        if Instant::now() >= next_sweep {
+            streams.sweep(Instant::now());
+            next_sweep = Instant::now() + history::SWEEP_INTERVAL;
+        }
         for offline in offlines {
             handle(
                 IngestorCommand::Publish(offline),
                 &mut typing,
                 &mut presence,
+                &mut streams,
             );
         }
     }

@@ -1,7 +1,10 @@
 //! PUBLISH of what this node publishes (admin `/publish`, typing): one task that
 //! pipelines whatever has queued up while the previous batch was in flight, so that
-//! order is kept and a burst costs one round trip. Publications are never delivered
-//! locally from here: they come back through the node's own subscription.
+//! order is kept and a burst costs one round trip. A publication on a topic with
+//! history goes through the `coregate_publish` function instead (`history_redis`), which
+//! appends it to the topic's stream and publishes it with its position. Publications
+//! are never delivered locally from here: they come back through the node's own
+//! subscription.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ pub async fn run(
     mut queue: mpsc::Receiver<Publication>,
     connection: watch::Receiver<Option<MultiplexedConnection>>,
     prefix: String,
+    history: coregate_shards::history::HistoryPolicy,
     stats: Arc<IngestorStats>,
     broken: Arc<Notify>,
 ) {
@@ -47,10 +51,21 @@ pub async fn run(
         };
         let mut pipe = redis::pipe();
         for publication in batch.drain(..) {
-            pipe.cmd("PUBLISH")
-                .arg(Publication::redis_channel(&prefix, publication.topic()))
-                .arg(publication.to_backend_payload())
-                .ignore();
+            let payload = publication.to_backend_payload();
+            let topic = publication.topic();
+            if !publication.is_ephemeral() && history.retention(topic).is_some() {
+                pipe.cmd("FCALL")
+                    .arg("coregate_publish")
+                    .arg(1)
+                    .arg(topic.as_str())
+                    .arg(payload)
+                    .ignore();
+            } else {
+                pipe.cmd("PUBLISH")
+                    .arg(Publication::redis_channel(&prefix, topic))
+                    .arg(payload)
+                    .ignore();
+            }
         }
         match pipe.query_async::<()>(&mut conn).await {
             Ok(()) => {
@@ -63,7 +78,14 @@ pub async fn run(
                 if let Some(suppressed) = warnings.allow(Instant::now()) {
                     tracing::warn!(%error, count, suppressed, "PUBLISH to Redis failed");
                 }
-                if error.is_connection_dropped() || error.is_io_error() || error.is_timeout() {
+                // A Redis that lost the functions (restarted empty) gets them again
+                // with the reconnection.
+                let lost_functions = super::history_redis::is_missing_library(&error);
+                if error.is_connection_dropped()
+                    || error.is_io_error()
+                    || error.is_timeout()
+                    || lost_functions
+                {
                     broken.notify_one();
                 }
             }

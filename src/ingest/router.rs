@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use coregate_protocol::{Encoding, EncodingSet, Publication, PublicationError, Topic};
+use coregate_shards::history::HistoryPolicy;
 use coregate_shards::{InterestChange, ShardMessage, ShardSender, ShardSet, SharedDelivery};
 
 use super::log_limit::LogLimit;
@@ -30,15 +31,22 @@ pub struct Router {
     interest: HashMap<Topic, [ShardSet; 2]>,
     stats: Arc<IngestorStats>,
     full_warnings: LogLimit,
+    /// `--history`: which topics' publications should come with an offset.
+    history: HistoryPolicy,
 }
 
 impl Router {
-    pub fn new(shards: Vec<ShardSender>, stats: Arc<IngestorStats>) -> Router {
+    pub fn new(
+        shards: Vec<ShardSender>,
+        stats: Arc<IngestorStats>,
+        history: HistoryPolicy,
+    ) -> Router {
         Router {
             shards,
             interest: HashMap::new(),
             stats,
             full_warnings: LogLimit::per_second(),
+            history,
         }
     }
 
@@ -123,20 +131,30 @@ impl Router {
             max_size,
             encodings_in(&sets),
         )?;
+        let unrecoverable = publication.offset().is_none()
+            && !publication.is_ephemeral()
+            && self.history.retention(publication.topic()).is_some();
+        if unrecoverable {
+            self.stats
+                .history_publications_without_offset
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.deliver_to(publication, sets);
         Ok(())
     }
 
     /// Encodes once per encoding in use and hands the event to each interested shard.
-    pub fn deliver(&mut self, publication: Publication) {
-        let Some(sets) = self.interest.get(publication.topic()).copied() else {
+    /// The delivery is made already: the embedded bus's history holds the same one, so
+    /// a replay is encoded no more than the live event.
+    pub fn deliver_shared(&mut self, delivery: Arc<SharedDelivery>) {
+        let Some(sets) = self.interest.get(delivery.topic()).copied() else {
             self.stats.publications.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .publications_without_subscribers
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        self.deliver_to(publication, sets);
+        self.send_delivery(delivery, sets);
     }
 
     /// Every shard's inbox, by shard id.
@@ -157,12 +175,15 @@ impl Router {
     }
 
     fn deliver_to(&mut self, publication: Publication, sets: [ShardSet; 2]) {
+        let delivery = Arc::new(SharedDelivery::new(publication, Instant::now()));
+        self.send_delivery(delivery, sets);
+    }
+
+    fn send_delivery(&mut self, delivery: Arc<SharedDelivery>, sets: [ShardSet; 2]) {
         self.stats.publications.fetch_add(1, Ordering::Relaxed);
-        let delivery = SharedDelivery::new(publication, Instant::now());
         for encoding in encodings_in(&sets).iter() {
             delivery.wire(encoding);
         }
-        let delivery = Arc::new(delivery);
         for shard_id in sets[0].union(sets[1]).iter() {
             let Some(shard) = self.shards.get(shard_id) else {
                 continue;
@@ -193,7 +214,11 @@ mod tests {
 
     #[test]
     fn node_interest_follows_the_first_and_last_shard() {
-        let mut router = Router::new(Vec::new(), Arc::new(IngestorStats::default()));
+        let mut router = Router::new(
+            Vec::new(),
+            Arc::new(IngestorStats::default()),
+            HistoryPolicy::default(),
+        );
         let topic = Topic::parse("channel:1").expect("topic");
         let gained = |r: &mut Router, shard, enc| {
             r.change_interest(shard, topic.clone(), enc, InterestChange::Gained)
@@ -224,7 +249,11 @@ mod tests {
     fn two_shards() -> (Router, Vec<LocalInbox>) {
         let (senders, inboxes) = (0..2).map(|id| shard_inbox(id, 8)).unzip();
         (
-            Router::new(senders, Arc::new(IngestorStats::default())),
+            Router::new(
+                senders,
+                Arc::new(IngestorStats::default()),
+                HistoryPolicy::default(),
+            ),
             inboxes,
         )
     }
@@ -288,7 +317,7 @@ mod tests {
         let topic = Topic::parse("channel:1").expect("topic");
         router.change_interest(0, topic.clone(), Encoding::MsgPack, InterestChange::Gained);
         let publication = Publication::new(topic, "x", serde_json::json!([1]), None);
-        router.deliver(publication);
+        router.deliver_shared(Arc::new(SharedDelivery::new(publication, Instant::now())));
         let delivery = delivered(&inboxes[0]);
         assert!(delivery.encoded(Encoding::MsgPack).is_some());
         assert!(delivery.encoded(Encoding::Json).is_none());

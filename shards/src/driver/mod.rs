@@ -125,6 +125,14 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
                 r#ref,
                 answer,
             } => shard.hub.borrow_mut().answer_rpc(conn, r#ref, answer),
+            ShardMessage::History {
+                conn,
+                ticket,
+                answer,
+            } => shard
+                .hub
+                .borrow_mut()
+                .answer_history(conn, ticket, answer, now),
         }
         ControlFlow::Continue(())
     })

@@ -10,6 +10,8 @@
 //! from outside its own task (a routed event, a close, a membership answer).
 
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 mod tests;
 pub mod topic_table;
 
@@ -444,7 +446,34 @@ impl LocalHub {
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
             SessionEvent::Rpc { r#ref, method, d } => self.send_rpc(key, r#ref, method, d),
+            SessionEvent::ReadHistory { ticket, reads } => {
+                let request = crate::history::HistoryRequest {
+                    shard_id: self.shard_id,
+                    conn: key,
+                    ticket,
+                    reads,
+                };
+                self.commands.push_back(IngestorCommand::History(request));
+            }
         }
+    }
+
+    /// The node answered `key`'s read `ticket` (a connection gone meanwhile gets
+    /// nothing).
+    pub fn answer_history(
+        &mut self,
+        key: ConnKey,
+        ticket: u64,
+        answer: crate::history::HistoryAnswer,
+        now: Instant,
+    ) {
+        let Some(slot) = slot_mut(&mut self.slots, key) else {
+            return;
+        };
+        slot.session
+            .answer_history(ticket, answer, now, &mut self.parts.ctx());
+        slot.wake();
+        self.apply_events(key, now);
     }
 
     /// Hands an `rpc` to the node's backend client; one that cannot be sent (no backend

@@ -39,7 +39,8 @@ fn interest(commands: Vec<IngestorCommand>) -> Vec<(String, Encoding, InterestCh
             } => Some((topic.as_str().to_owned(), encoding, change)),
             IngestorCommand::Publish(_)
             | IngestorCommand::Typing(_)
-            | IngestorCommand::Presence(_) => None,
+            | IngestorCommand::Presence(_)
+            | IngestorCommand::History(_) => None,
         })
         .collect()
 }

@@ -62,6 +62,11 @@ impl Session {
             ClientMessage::PresenceSet { status } => self.presence_set(status, r#ref, ctx),
             ClientMessage::PresenceQuery { user_ids } => self.presence_query(user_ids, r#ref, ctx),
             ClientMessage::Rpc { method, d } => self.rpc(method, d, r#ref, ctx),
+            ClientMessage::History {
+                topic,
+                limit,
+                since,
+            } => self.history(&topic, limit, since, r#ref, ctx),
             other => self.reply_error(
                 ErrorCode::BadRequest,
                 &format!("`{}` is not available on this gateway yet", other.op()),

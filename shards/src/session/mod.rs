@@ -20,6 +20,7 @@ pub mod close;
 mod messages;
 pub mod outbox;
 mod queue;
+mod recovery;
 mod subscribe;
 #[cfg(test)]
 mod tests;
@@ -135,6 +136,12 @@ pub enum SessionEvent {
     },
     /// A subscribe waits for the membership store's verdicts on some topics.
     CheckMembership(PendingSubscribe),
+    /// Reads of topics' streams for the node; the answer comes back through
+    /// [`Session::answer_history`] with the same ticket.
+    ReadHistory {
+        ticket: u64,
+        reads: Vec<(Topic, crate::history::ReadFor)>,
+    },
     /// An `rpc` for the backend; its answer comes back through [`Session::answer_rpc`].
     Rpc {
         r#ref: Option<u64>,
@@ -191,11 +198,25 @@ struct Occasional {
     typing: Vec<Topic>,
     /// `rpc` calls sent to the backend and not answered yet.
     rpc_in_flight: u32,
+    /// Subscribes waiting for their history topics' streams.
+    recoveries: Vec<recovery::PendingRecovery>,
+    /// Recovered topics whose live copies of the replay are still to be dropped.
+    floors: Vec<recovery::ReplayFloor>,
+    /// `history` queries waiting for the node.
+    history_queries: Vec<recovery::PendingQuery>,
+    /// The last ticket given to a read of the node's streams (unique among those
+    /// waiting, which is all it must be).
+    next_ticket: u64,
 }
 
 impl Occasional {
     fn is_empty(&self) -> bool {
-        self.membership_checks == 0 && self.typing.is_empty() && self.rpc_in_flight == 0
+        self.membership_checks == 0
+            && self.typing.is_empty()
+            && self.rpc_in_flight == 0
+            && self.recoveries.is_empty()
+            && self.floors.is_empty()
+            && self.history_queries.is_empty()
     }
 }
 
@@ -695,6 +716,20 @@ impl Session {
         let encoding = self.encoding;
         self.outbox
             .clear_normal(|d| d.wire(encoding).message().len());
+    }
+
+    /// The size `message` would have as a reply, encoded.
+    fn encoded_len(
+        &self,
+        message: &ServerMessage,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) -> usize {
+        let buf = &mut ctx.scratch.encode;
+        buf.clear();
+        let envelope = ServerEnvelope::new(message).with_ref(r#ref);
+        coregate_protocol::encode_server(self.encoding, &envelope, buf);
+        buf.len()
     }
 
     /// Encodes a server message and queues it on the priority lane.

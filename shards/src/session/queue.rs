@@ -48,7 +48,32 @@ impl Session {
     /// over it, ephemeral events are shed first; a queue that stays over for the grace
     /// period is closed 4010 ([`Session::handle_timeout`]), and one that reaches twice
     /// the budget is closed at once, so memory stays bounded whatever the client does.
+    ///
+    /// A publication of a topic being recovered is held back, or dropped as a copy of
+    /// what the recovery replayed (`recovery.rs`).
     pub fn enqueue(
+        &mut self,
+        delivery: &LocalDelivery,
+        now: Instant,
+        ctx: &mut SessionCtx,
+    ) -> Enqueued {
+        if self.is_closing() {
+            return Enqueued::Dropped;
+        }
+        if let Some(close) = self.intercept_live(delivery, ctx.config.outbound_budget) {
+            return match close {
+                Some(reason) => {
+                    self.close(reason, now, ctx);
+                    Enqueued::Closed
+                }
+                None => Enqueued::Dropped,
+            };
+        }
+        self.enqueue_now(delivery, now, ctx)
+    }
+
+    /// [`Session::enqueue`] past the recoveries.
+    pub(super) fn enqueue_now(
         &mut self,
         delivery: &LocalDelivery,
         now: Instant,

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use coregate_protocol::{ErrorCode, Namespace, ServerMessage, Topic};
+use coregate_protocol::{ErrorCode, Namespace, ServerMessage, StreamPosition, Topic};
 
 use super::{dedup, Session, SessionCtx, SessionEvent};
 use crate::authorizer::{self, Lookup, MembershipAnswer, MembershipGate, Verdict};
 
 /// What the fixed rules say about one requested topic.
-enum Rule {
+pub(super) enum Rule {
     Allowed,
     Forbidden,
     /// Gated, and the `redis` authorizer decides.
@@ -23,7 +23,7 @@ enum Rule {
 #[derive(Debug)]
 pub struct PendingSubscribe {
     r#ref: Option<u64>,
-    since: Option<BTreeMap<String, u64>>,
+    since: Option<BTreeMap<String, StreamPosition>>,
     /// The topics the rules did not refuse, in request order, with their verdict; `None`
     /// while membership is being asked for.
     candidates: Vec<(String, Topic, Option<Verdict>)>,
@@ -81,7 +81,7 @@ impl Session {
     /// What the rules of PROTOCOL.md §3 say about this connection's user subscribing to
     /// `topic`. With the `redis` authorizer (`membership`), the gated namespaces are left
     /// to Redis membership alone, except a topic already subscribed, which stays granted.
-    fn subscribe_rule(&self, topic: &Topic, membership: bool) -> Rule {
+    pub(super) fn subscribe_rule(&self, topic: &Topic, membership: bool) -> Rule {
         let allowed = |allowed: bool| {
             if allowed {
                 Rule::Allowed
@@ -117,7 +117,7 @@ impl Session {
     pub(super) fn subscribe(
         &mut self,
         requested: &[String],
-        since: Option<BTreeMap<String, u64>>,
+        since: Option<BTreeMap<String, StreamPosition>>,
         r#ref: Option<u64>,
         now: Instant,
         ctx: &mut SessionCtx,
@@ -228,22 +228,11 @@ impl Session {
             && over_limit.is_empty()
             && unavailable.is_empty();
         if !granted.is_empty() || nothing_refused {
-            // No history is kept yet, so nothing missed can be recovered.
-            let recovered = since.map(|since| {
-                granted
-                    .iter()
-                    .filter(|t| since.contains_key(*t))
-                    .map(|t| (t.clone(), false))
-                    .collect()
+            let since = since.map(|mut since| {
+                since.retain(|topic, _| granted.contains(topic));
+                since
             });
-            self.reply(
-                &ServerMessage::Subscribed {
-                    topics: granted,
-                    recovered,
-                },
-                r#ref,
-                ctx,
-            );
+            self.reply_subscribed(granted, since, r#ref, ctx);
         }
         let refusals = [
             (
