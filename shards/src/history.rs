@@ -213,6 +213,7 @@ pub fn holds_everything_after(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
