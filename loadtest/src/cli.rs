@@ -252,6 +252,14 @@ pub struct StormArgs {
     /// Send a close frame (1001) before dropping instead of just closing the socket.
     #[arg(long)]
     pub graceful: bool,
+    /// Recovery (history topics): publications flow through --admin for --duration,
+    /// the rounds are spread within it, and each connection resubscribes with `since`
+    /// and checks it saw every publication once. Runs in this one process.
+    #[arg(long)]
+    pub recover: bool,
+    /// With --recover: what is published meanwhile.
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -72,6 +72,7 @@ pub async fn run(
         mut ws,
         heartbeat,
         pending,
+        ..
     } = opened;
     let mut tracker = SeqTracker::default();
     let topic = match role {

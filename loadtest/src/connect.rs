@@ -39,6 +39,8 @@ pub struct Opened {
     pub heartbeat: Duration,
     /// Messages that arrived after the last one the handshake needed.
     pub pending: Vec<Seen<'static>>,
+    /// The `subscribed` reply, when it subscribed.
+    pub subscribed: Option<Seen<'static>>,
 }
 
 /// Opens a connection from `source` with `token`; subscribes to `topics` if there are any.
@@ -47,6 +49,17 @@ pub async fn open(
     source: Option<IpAddr>,
     token: &str,
     topics: Vec<String>,
+) -> Result<Opened, String> {
+    open_since(params, source, token, topics, None).await
+}
+
+/// [`open`], subscribing with `since` (recovery).
+pub async fn open_since(
+    params: &Params,
+    source: Option<IpAddr>,
+    token: &str,
+    topics: Vec<String>,
+    since: Option<std::collections::BTreeMap<String, coregate_protocol::StreamPosition>>,
 ) -> Result<Opened, String> {
     let stream = tcp(params.target.addr, source, params.recv_buffer).await?;
     let sep = if params.target.path.contains('?') {
@@ -91,16 +104,14 @@ pub async fn open(
             _ => {}
         }
     }
+    let mut subscribed = None;
     if !topics.is_empty() {
         let mut out = Vec::new();
         encode_client(
             params.encoding,
             &ClientEnvelope {
                 r#ref: Some(1),
-                message: ClientMessage::Subscribe {
-                    topics,
-                    since: None,
-                },
+                message: ClientMessage::Subscribe { topics, since },
             },
             &mut out,
         );
@@ -110,7 +121,10 @@ pub async fn open(
         loop {
             let seen = next(&mut ws, params.encoding, &mut queue).await?;
             match (&*seen.op, seen.r#ref) {
-                ("subscribed", Some(1)) => break,
+                ("subscribed", Some(1)) => {
+                    subscribed = Some(seen);
+                    break;
+                }
                 ("error", Some(1)) => return Err("subscribe_refused".into()),
                 _ => {}
             }
@@ -120,6 +134,7 @@ pub async fn open(
         ws,
         heartbeat,
         pending: queue.into(),
+        subscribed,
     })
 }
 

@@ -19,6 +19,12 @@ pub struct Seen<'a> {
     /// Per-topic sequence number, for fanout events.
     pub seq: Option<u64>,
     pub heartbeat_ms: Option<u64>,
+    /// The stream position of a publication on a topic with history.
+    pub position: Option<(u64, String)>,
+    /// `subscribed`: whether every topic asked for with `since` was recovered.
+    pub recovered: Option<bool>,
+    /// `subscribed`: a position of one of the topics (the harness subscribes to one).
+    pub subscribed_position: Option<(u64, String)>,
 }
 
 impl Seen<'_> {
@@ -42,6 +48,16 @@ struct Probe<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(default)]
     d: Option<ProbeD>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ProbePosition {
+    offset: u64,
+    epoch: String,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +68,15 @@ struct ProbeD {
     seq: Option<u64>,
     #[serde(default)]
     heartbeat_interval_ms: Option<u64>,
+    #[serde(default)]
+    recovered: Option<std::collections::BTreeMap<String, bool>>,
+    #[serde(default)]
+    positions: Option<std::collections::BTreeMap<String, ProbePosition>>,
+}
+
+/// `recovered` as one answer: all of them.
+fn all_recovered(map: Option<&std::collections::BTreeMap<String, bool>>) -> Option<bool> {
+    map.map(|m| m.values().all(|r| *r))
 }
 
 /// Calls `f` with each message of `frame`; returns how many messages could not be decoded.
@@ -78,22 +103,34 @@ fn probe(encoding: Encoding, part: &[u8]) -> Option<Seen<'_>> {
         Encoding::Json => serde_json::from_slice(part).ok()?,
         Encoding::MsgPack => rmp_serde::from_slice(part).ok()?,
     };
-    let (ts, seq, heartbeat_ms) = p.d.map_or((None, None, None), |d| {
-        (d.ts, d.seq, d.heartbeat_interval_ms)
-    });
+    let d = p.d.as_ref();
     Some(Seen {
         op: p.op,
         r#ref: p.r#ref,
         topic: p.topic,
-        ts,
-        seq,
-        heartbeat_ms,
+        ts: d.and_then(|d| d.ts),
+        seq: d.and_then(|d| d.seq),
+        heartbeat_ms: d.and_then(|d| d.heartbeat_interval_ms),
+        position: p.offset.zip(p.epoch),
+        recovered: all_recovered(d.and_then(|d| d.recovered.as_ref())),
+        subscribed_position: d
+            .and_then(|d| d.positions.as_ref())
+            .and_then(|m| m.values().next())
+            .map(|p| (p.offset, p.epoch.clone())),
     })
 }
 
 /// The same view of a generically decoded message.
 pub fn from_decoded(m: &DecodedServerMessage) -> Seen<'_> {
     let field = |k: &str| m.d.get(k).and_then(serde_json::Value::as_u64);
+    let recovered: Option<std::collections::BTreeMap<String, bool>> =
+        m.d.get("recovered")
+            .and_then(|r| serde_json::from_value(r.clone()).ok());
+    let subscribed_position =
+        m.d.get("positions")
+            .and_then(|p| p.as_object())
+            .and_then(|p| p.values().next())
+            .and_then(|p| Some((p["offset"].as_u64()?, p["epoch"].as_str()?.to_owned())));
     Seen {
         op: Cow::Borrowed(&m.op),
         r#ref: m.r#ref,
@@ -101,6 +138,9 @@ pub fn from_decoded(m: &DecodedServerMessage) -> Seen<'_> {
         ts: field("ts"),
         seq: field("seq"),
         heartbeat_ms: field("heartbeat_interval_ms"),
+        position: m.offset.zip(m.epoch.clone()),
+        recovered: all_recovered(recovered.as_ref()),
+        subscribed_position,
     }
 }
 
@@ -113,6 +153,9 @@ impl Seen<'_> {
             ts: self.ts,
             seq: self.seq,
             heartbeat_ms: self.heartbeat_ms,
+            position: self.position,
+            recovered: self.recovered,
+            subscribed_position: self.subscribed_position,
         }
     }
 }

@@ -33,6 +33,7 @@ mod http;
 mod plot;
 mod procfs;
 mod publisher;
+mod recover;
 mod report;
 mod rpc;
 mod scenario;
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
             Command::Slow(args) => {
                 scenario::output(&scenario::slow(&args).await?, &args.fanout.common)
             }
+            Command::Storm(args) if args.recover => recover::run(&args).await,
             Command::Storm(args) => scenario::output(&scenario::storm(&args).await?, &args.common),
             Command::Chat(args) => scenario::output(&scenario::chat(&args).await?, &args.common),
             Command::Sweep(args) => sweep::run(args).await,

@@ -277,7 +277,10 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
 }
 
 /// Where publications go, checked.
-async fn sink_spec(publish: &PublishArgs, allow_remote: bool) -> anyhow::Result<SinkSpec> {
+pub(crate) async fn sink_spec(
+    publish: &PublishArgs,
+    allow_remote: bool,
+) -> anyhow::Result<SinkSpec> {
     if let Some(url) = &publish.redis_url {
         let rest = url
             .strip_prefix("redis://")
