@@ -159,6 +159,14 @@ pub type HistoryAnswer = Result<Vec<TopicHistory>, HistoryUnavailable>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryUnavailable;
 
+/// The position of a stream that has had no publication yet: offset 0, no epoch.
+pub fn unwritten() -> StreamPosition {
+    StreamPosition {
+        offset: 0,
+        epoch: String::new(),
+    }
+}
+
 /// What `read` gets of a stream at `position` that holds `held` (oldest first, all
 /// within its TTL, each with its offset): the one rule for the embedded bus and Redis.
 pub fn select(
@@ -198,11 +206,19 @@ pub fn select(
 
 /// Whether a stream at `position`, whose oldest held publication is `oldest` (`None`:
 /// it holds none), still holds everything after `since`.
+///
+/// A stream is made by its first publication, never by a read (so that subscribing to
+/// made-up topics costs no memory): before it, its position is [`unwritten`],
+/// and a client that saw that position missed nothing as long as the stream still holds
+/// its first publication.
 pub fn holds_everything_after(
     since: &StreamPosition,
     position: &StreamPosition,
     oldest: Option<u64>,
 ) -> bool {
+    if *since == unwritten() {
+        return position.offset == 0 || oldest == Some(1);
+    }
     if since.epoch != position.epoch || since.offset > position.offset {
         return false;
     }
@@ -279,5 +295,9 @@ mod tests {
         // Another epoch, or an offset from the future.
         assert!(!holds_everything_after(&at(10, "old"), &now, Some(5)));
         assert!(!holds_everything_after(&at(11, "e"), &now, Some(5)));
+        // Subscribed before the stream's first publication: whole while it holds it.
+        assert!(holds_everything_after(&unwritten(), &now, Some(1)));
+        assert!(!holds_everything_after(&unwritten(), &now, Some(2)));
+        assert!(holds_everything_after(&unwritten(), &unwritten(), None));
     }
 }

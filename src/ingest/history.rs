@@ -1,6 +1,7 @@
 //! History without Redis (the embedded bus): each topic's stream in memory, with the
 //! semantics of the Redis function (`history_redis`): an epoch made when the stream is
-//! first written or read, offsets from 1, the last `size` publications kept, none older
+//! first written (a read of a topic never published to answers its `unwritten`
+//! position and makes nothing), offsets from 1, the last `size` publications kept, none older
 //! than the TTL. The position (epoch and offset) outlives the publications by
 //! [`META_TTL`], so that offsets never go backwards while a client may still hold one;
 //! past it the stream is forgotten and the next one has a new epoch. A node restart
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use coregate_protocol::{Publication, StreamPosition, Topic};
 use coregate_shards::history::{
-    select, HistoryPolicy, HistoryRequest, ReadFor, Retention, TopicHistory,
+    select, unwritten, HistoryPolicy, HistoryRequest, ReadFor, Retention, TopicHistory,
 };
 use coregate_shards::{ShardMessage, SharedDelivery};
 
@@ -101,6 +102,14 @@ impl HistoryStore {
         Some(stream)
     }
 
+    /// The stream of `topic` if it was ever written (and not forgotten).
+    fn existing(&mut self, topic: &Topic, now: Instant) -> Option<&mut Stream> {
+        let stream = self.streams.get_mut(topic)?;
+        stream.touched = now;
+        stream.expire(now);
+        Some(stream)
+    }
+
     /// A publication on its way to the subscribers: appended to its topic's stream,
     /// with its position, if the topic has history (ephemeral events never are).
     pub fn append(&mut self, publication: Publication, now: Instant) -> Arc<SharedDelivery> {
@@ -123,7 +132,10 @@ impl HistoryStore {
 
     /// One read of `topic`'s stream (see [`ReadFor`]); `None` if it has no history.
     pub fn read(&mut self, topic: &Topic, read: &ReadFor, now: Instant) -> Option<TopicHistory> {
-        let stream = self.stream(topic, now)?;
+        self.policy.retention(topic)?;
+        let Some(stream) = self.existing(topic, now) else {
+            return Some(select(topic, read, unwritten(), &[]));
+        };
         let held: Vec<_> = stream.held.iter().map(|(_, d)| d.clone()).collect();
         Some(select(topic, read, stream.position(), &held))
     }
@@ -215,11 +227,17 @@ mod tests {
         let fresh = store
             .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
             .unwrap();
-        assert_eq!(fresh.position.offset, 0);
-        let epoch = fresh.position.epoch.clone();
+        assert_eq!(fresh.position, unwritten(), "a read makes nothing");
+        assert_eq!(store.len(), 0);
         for n in 1..=5 {
             publish(&mut store, "channel:1", n, t0);
         }
+        let epoch = store
+            .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
+            .unwrap()
+            .position
+            .epoch;
+        assert!(!epoch.is_empty());
         // Size 3: offsets 3, 4, 5 are held.
         let read = store
             .read(&topic("channel:1"), &since(2, &epoch), t0)
@@ -244,13 +262,13 @@ mod tests {
     fn a_gap_too_old_is_not_recovered_but_the_position_stays() {
         let mut store = store();
         let t0 = Instant::now();
+        publish(&mut store, "channel:1", 1, t0);
+        publish(&mut store, "channel:1", 2, t0);
         let epoch = store
             .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
             .unwrap()
             .position
             .epoch;
-        publish(&mut store, "channel:1", 1, t0);
-        publish(&mut store, "channel:1", 2, t0);
         let later = t0 + Duration::from_secs(61);
         // Past the TTL nothing is held, but the client that saw 2 missed nothing.
         let whole = store
@@ -270,6 +288,7 @@ mod tests {
         assert_eq!(store.len(), 1, "the position outlives the publications");
         store.sweep(later + META_TTL);
         assert_eq!(store.len(), 0);
+        publish(&mut store, "channel:1", 4, later + META_TTL);
         let again = store
             .read(
                 &topic("channel:1"),
@@ -278,6 +297,7 @@ mod tests {
             )
             .unwrap();
         assert_ne!(again.position.epoch, epoch, "forgotten: a new epoch");
+        assert_eq!(again.position.offset, 1);
     }
 
     #[test]

@@ -96,8 +96,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The stream's epoch and offset; a stream without metadata starts a new epoch, and
--- whatever entries it had belong to no epoch any more.
+-- The stream's epoch and offset for a publication; a stream without metadata starts a
+-- new epoch, and whatever entries it had belong to no epoch any more.
 local function position(stream, meta)
   local m = redis.call('HMGET', meta, 'epoch', 'offset')
   if not m[1] then
@@ -147,10 +147,14 @@ local function history(keys, args)
     return redis.error_reply('ERR coregate_history: no history is kept for this topic')
   end
   local stream, meta = stream_keys(topic)
-  local epoch, offset = position(stream, meta)
+  local m = redis.call('HMGET', meta, 'epoch', 'offset')
+  -- Never published to (or forgotten): nothing is made for a read.
+  if not m[1] then
+    return { '', 0 }
+  end
   redis.call('PEXPIRE', meta, META_TTL_MS)
   local cutoff = now_ms() - ttl
-  local out = { epoch, offset }
+  local out = { m[1], tonumber(m[2]) }
   for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do
     local fields = entry[2]
     local held = {}
