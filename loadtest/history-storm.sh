@@ -67,10 +67,9 @@ fcalls=$(calls fcall); published=$(python3 -c "import json; print(json.load(open
 requests=$(metric coregate_history_requests_total); reads=$(metric coregate_history_redis_reads_total)
 echo "FCALLs: $fcalls ($published publications + $reads history reads); history requests from shards: $requests"
 python3 -c "
-n, rounds, reads, requests = $N, $ROUNDS, float('$reads'), float('$requests')
-recoveries = n * rounds
-print(f'history reads (coregate_history) per recovering client: {max(reads - n, 0) / recoveries:.3f}'
-      f' (the first {n} requests were the fresh subscribes)')"
+reads, requests = float('$reads'), float('$requests')
+print(f'history reads (coregate_history) per subscribing client: {reads / requests:.3f}'
+      f' ({reads:.0f} reads for {requests:.0f} subscribes, fresh and recovering)')"
 echo "Redis CPU: $(cpu_of "$RPID") s"
 stop_gateway
 stop_redis
