@@ -23,7 +23,7 @@ OUT=${OUT:-/tmp/backend-calls}
 S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtest/lib.sh
 
 BPORT=$(free_port)
 "$LT" backend --listen "127.0.0.1:$BPORT" --duration 3600s >"$OUT/backend.log" 2>&1 &
@@ -32,16 +32,6 @@ trap 'kill $BPID 2>/dev/null || true' EXIT
 until python3 -c "import socket; socket.create_connection(('127.0.0.1',$BPORT))" 2>/dev/null; do sleep 0.05; done
 BACKEND="http://127.0.0.1:$BPORT"
 
-# Starts a gateway with the extra arguments; sets GWPID and WS.
-start_gateway() {
-  local log=$1; shift
-  "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --shards 2 --jwt-secret "$S" \
-    --max-connections-per-user 0 "$@" >"$log" 2>&1 &
-  GWPID=$!
-  for _ in $(seq 200); do grep -q '^listening' "$log" && break; sleep 0.05; done
-  WS=$(sed -n 's/^listening ws=\([^ ]*\) admin=.*/\1/p' "$log")
-}
-stop_gateway() { kill -TERM "$GWPID"; wait "$GWPID" 2>/dev/null || true; }
 
 for i in $(seq "$REPEATS"); do
   # The event rate limit (120/min by default) would refuse a client that calls flat out.

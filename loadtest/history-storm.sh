@@ -28,7 +28,7 @@ OUT=${OUT:-/tmp/history-storm}
 S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtest/lib.sh
 # Calls of one command in INFO commandstats.
 calls() { redis-cli -p "$RPORT" INFO commandstats | tr -d '\r' |
   sed -n "s/^cmdstat_$1:calls=\([0-9]*\),.*/\1/p" | head -1; }
@@ -43,22 +43,16 @@ start_redis() {
 }
 stop_redis() { redis-cli -p "$RPORT" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; wait "$RPID" 2>/dev/null || true; }
 
-# Starts a gateway with the extra arguments; sets GWPID, WS and AD.
-start_gateway() {
+# A gateway on this run's Redis, ready (`/ready` 200) before it returns.
+start_redis_gateway() {
   local log=$1; shift
-  "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --shards 2 --jwt-secret "$S" \
-    --max-connections-per-user 0 --redis-url "redis://127.0.0.1:$RPORT" "$@" >"$log" 2>&1 &
-  GWPID=$!
-  for _ in $(seq 200); do grep -q '^listening' "$log" && break; sleep 0.05; done
-  WS=$(sed -n 's/^listening ws=\([^ ]*\) admin=.*/\1/p' "$log")
-  AD=$(sed -n 's/^listening ws=[^ ]* admin=\([^ ]*\).*/\1/p' "$log")
+  start_gateway "$log" --redis-url "redis://127.0.0.1:$RPORT" "$@"
   until curl -sf "http://$AD/ready" >/dev/null; do sleep 0.05; done
 }
-stop_gateway() { kill -TERM "$GWPID"; wait "$GWPID" 2>/dev/null || true; }
 
 echo "== recovery storm: $N connections, $ROUNDS rounds, $RATE publications/s"
 start_redis
-start_gateway "$OUT/storm.gateway.log" --history 'channel:=1000/1h'
+start_redis_gateway "$OUT/storm.gateway.log" --history 'channel:=1000/1h'
 redis-cli -p "$RPORT" CONFIG RESETSTAT >/dev/null
 "$LT" storm --recover --url "ws://$WS/ws" --admin "http://$AD" --secret $S -n "$N" -t 50 \
   --rounds "$ROUNDS" --duration 20s -r "$RATE" --source-addrs 127.0.0.1,127.0.0.2 \
@@ -76,7 +70,7 @@ stop_redis
 
 echo "== publish path: redis-benchmark, FCALL coregate_publish against PUBLISH"
 start_redis
-start_gateway "$OUT/bench.gateway.log" --history 'channel:=1000/1h'
+start_redis_gateway "$OUT/bench.gateway.log" --history 'channel:=1000/1h'
 # One subscriber, so that each publication is fanned out to the gateway as in production.
 "$LT" idle --url "ws://$WS/ws" --secret $S -n 1 --duration 1s >/dev/null 2>&1 || true
 PAYLOAD='{"op":"message_new","d":{"text":"hello there, this is a chat message of about sixty bytes"}}'
@@ -94,7 +88,7 @@ for i in 1 2; do
     start_redis
     extra=()
     [ "$history" = on ] && extra=(--history 'channel:=1000/1h')
-    start_gateway "$OUT/fanout-$history-$i.gateway.log" "${extra[@]}"
+    start_redis_gateway "$OUT/fanout-$history-$i.gateway.log" "${extra[@]}"
     echo "== fanout, history $history, run $i"
     "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 1000 -t 10 -r 2000 \
       --duration 10s --gateway-pid "$GWPID" --json "$OUT/fanout-$history-$i.json" \

@@ -190,6 +190,15 @@ mod tests {
         store.append(publication, now).publication().offset()
     }
 
+    /// Where `channel:1`'s stream stands, as a fresh subscribe reads it.
+    fn position(store: &mut HistoryStore, now: Instant) -> StreamPosition {
+        let fresh = ReadFor::Subscribe { since: None };
+        store
+            .read(&topic("channel:1"), &fresh, now)
+            .unwrap()
+            .position
+    }
+
     fn offsets(history: &TopicHistory) -> Vec<u64> {
         history
             .publications
@@ -224,19 +233,16 @@ mod tests {
     fn a_recovery_gets_everything_after_since_while_it_is_held() {
         let mut store = store();
         let t0 = Instant::now();
-        let fresh = store
-            .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
-            .unwrap();
-        assert_eq!(fresh.position, unwritten(), "a read makes nothing");
+        assert_eq!(
+            position(&mut store, t0),
+            unwritten(),
+            "a read makes nothing"
+        );
         assert_eq!(store.len(), 0);
         for n in 1..=5 {
             publish(&mut store, "channel:1", n, t0);
         }
-        let epoch = store
-            .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
-            .unwrap()
-            .position
-            .epoch;
+        let epoch = position(&mut store, t0).epoch;
         assert!(!epoch.is_empty());
         // Size 3: offsets 3, 4, 5 are held.
         let read = store
@@ -264,11 +270,7 @@ mod tests {
         let t0 = Instant::now();
         publish(&mut store, "channel:1", 1, t0);
         publish(&mut store, "channel:1", 2, t0);
-        let epoch = store
-            .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
-            .unwrap()
-            .position
-            .epoch;
+        let epoch = position(&mut store, t0).epoch;
         let later = t0 + Duration::from_secs(61);
         // Past the TTL nothing is held, but the client that saw 2 missed nothing.
         let whole = store
@@ -289,15 +291,9 @@ mod tests {
         store.sweep(later + META_TTL);
         assert_eq!(store.len(), 0);
         publish(&mut store, "channel:1", 4, later + META_TTL);
-        let again = store
-            .read(
-                &topic("channel:1"),
-                &ReadFor::Subscribe { since: None },
-                later + META_TTL,
-            )
-            .unwrap();
-        assert_ne!(again.position.epoch, epoch, "forgotten: a new epoch");
-        assert_eq!(again.position.offset, 1);
+        let again = position(&mut store, later + META_TTL);
+        assert_ne!(again.epoch, epoch, "forgotten: a new epoch");
+        assert_eq!(again.offset, 1);
     }
 
     #[test]
@@ -307,11 +303,7 @@ mod tests {
         for n in 1..=3 {
             publish(&mut store, "channel:1", n, t0);
         }
-        let epoch = store
-            .read(&topic("channel:1"), &ReadFor::Subscribe { since: None }, t0)
-            .unwrap()
-            .position
-            .epoch;
+        let epoch = position(&mut store, t0).epoch;
         let latest = ReadFor::History {
             since: None,
             limit: 2,
