@@ -68,6 +68,7 @@ echo "Redis CPU: $(cpu_of "$RPID") s"
 stop_gateway
 stop_redis
 
+[ "${SKIP_PUBLISH_PATH:-}" = 1 ] && exit 0
 echo "== publish path: redis-benchmark, FCALL coregate_publish against PUBLISH"
 start_redis
 start_redis_gateway "$OUT/bench.gateway.log" --history 'channel:=1000/1h'

@@ -223,9 +223,9 @@ pub async fn answer(
     requests: Vec<HistoryRequest>,
     conn: Option<MultiplexedConnection>,
     timeout: Duration,
-    shards: &[ShardSender],
-    library: &str,
-    stats: &IngestorStats,
+    shards: Vec<ShardSender>,
+    library: Arc<str>,
+    stats: Arc<IngestorStats>,
 ) {
     let mut topics: Vec<Topic> = Vec::new();
     for request in &requests {
@@ -247,7 +247,7 @@ pub async fn answer(
             let attempt = async {
                 match read(&mut conn, &topics).await {
                     Err(error) if is_missing_library(&error) => {
-                        load(&mut conn, library).await?;
+                        load(&mut conn, &library).await?;
                         read(&mut conn, &topics).await
                     }
                     other => other,

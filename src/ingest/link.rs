@@ -143,10 +143,10 @@ pub async fn run(
         payload_warnings: LogLimit::per_second(),
         publish_warnings: LogLimit::per_second(),
         history_reads: Vec::new(),
-        history_library: String::new(),
+        history_library: Arc::from(""),
     };
     node.history_library =
-        super::history_redis::library(&node.settings.prefix, &node.settings.history);
+        super::history_redis::library(&node.settings.prefix, &node.settings.history).into();
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -169,7 +169,7 @@ pub async fn run(
                     node.handle(command);
                 }
                 node.sync_subscriptions().await;
-                node.read_history().await;
+                node.read_history();
             }
             Event::Message(None) => node.lost("the subscriber connection closed"),
             Event::Message(Some(message)) => {
@@ -229,7 +229,7 @@ struct Node {
     /// The shards' reads of history streams, made after the next SUBSCRIBEs.
     history_reads: Vec<coregate_shards::history::HistoryRequest>,
     /// The `coregate` Redis Function library for this node's prefix and rules.
-    history_library: String,
+    history_library: Arc<str>,
 }
 
 impl Node {
@@ -328,8 +328,10 @@ impl Node {
     }
 
     /// Answers the history reads queued since the last batch, now that the
-    /// subscriptions they follow are in place (see `history_redis`).
-    async fn read_history(&mut self) {
+    /// subscriptions they follow are in place (see `history_redis`), in a task of its
+    /// own: the loop goes on routing live publications meanwhile (the sessions merge
+    /// the two by offset, whichever comes first).
+    fn read_history(&mut self) {
         if self.history_reads.is_empty() {
             return;
         }
@@ -337,15 +339,14 @@ impl Node {
         let connection = self.publisher_conn.borrow().clone();
         // Not connected: answered `HistoryUnavailable` at once.
         let connection = connection.filter(|_| self.subscriber.is_some());
-        super::history_redis::answer(
+        tokio::spawn(super::history_redis::answer(
             requests,
             connection,
             self.settings.timeout,
-            self.router.shards(),
-            &self.history_library,
-            &self.stats,
-        )
-        .await;
+            self.router.shards().to_vec(),
+            self.history_library.clone(),
+            self.stats.clone(),
+        ));
     }
 
     /// Loads the history functions into the Redis just connected to (it may be a
