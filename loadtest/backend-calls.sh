@@ -10,7 +10,8 @@
 #    unloaded machine), then the same calls straight to the backend (`--direct`): the
 #    difference of the latencies is what the gateway adds.
 # 2. connect: `loadtest storm -n N --rounds 2` (everyone connects, then everyone drops and
-#    reconnects at once, twice) with `--proxy-connect-url` and without, alternately.
+#    reconnects at once, twice) without the connect proxy, with it, and with it and
+#    `--proxy-max-in-flight 64`, in turn. SKIP_RPC=1 runs only this part.
 # Loopback only, bounded in time; needs a release build
 # (cargo build --release -p coregate -p loadtest). The reports stay in $OUT.
 set -euo pipefail
@@ -34,6 +35,7 @@ BACKEND="http://127.0.0.1:$BPORT"
 
 
 for i in $(seq "$REPEATS"); do
+  [ "${SKIP_RPC:-}" = 1 ] && break
   # The event rate limit (120/min by default) would refuse a client that calls flat out.
   start_gateway "$OUT/rpc-$i.gateway.log" --proxy-rpc-url "$BACKEND/rpc" \
     --rate-limit-events 1000000 --rate-limit-window 1s --rate-limit-burst 1000
@@ -53,9 +55,10 @@ done
 
 [ "${SKIP_STORM:-}" = 1 ] && exit 0
 for i in $(seq "$REPEATS"); do
-  for proxy in off on; do
+  for proxy in off on on-64; do
     extra=()
     [ "$proxy" = on ] && extra=(--proxy-connect-url "$BACKEND/connect")
+    [ "$proxy" = on-64 ] && extra=(--proxy-connect-url "$BACKEND/connect" --proxy-max-in-flight 64)
     start_gateway "$OUT/storm-$proxy-$i.gateway.log" "${extra[@]}"
     echo "== storm of $N, connect proxy $proxy, run $i"
     "$LT" storm --url "ws://$WS/ws" --secret $S -n "$N" --rounds 2 --settle 1s \

@@ -339,6 +339,17 @@ coregate_shards::shard_settings!(define_config! {
             /// environment or the file to a flag, which shows in the process list.
             proxy_secret: Option<String> = None;
 
+            /// Backend calls made at once, all kinds together (at least 1); more wait in a bounded queue.
+            ///
+            /// Each call in flight may hold a connection to the backend (the pool
+            /// keeps up to 64 idle ones), with hyper's buffers: in a connect storm
+            /// this bounds the gateway's memory as well as the backend's load
+            /// (BENCHMARKS.md: 1,024 added ~65 MiB in a 5,000-connection storm, 256
+            /// ~15 MiB, and connected no slower). The calls a second it allows are
+            /// this over the backend's latency: 25,000 at 10 ms. Past the queue
+            /// (4,096 per kind) calls are answered `unavailable`, `not_ready` or 4000.
+            proxy_max_in_flight: usize = 256;
+
             /// The header backend calls carry `proxy_secret` in.
             proxy_secret_header: String = "x-coregate-secret".to_owned();
 
@@ -517,6 +528,9 @@ impl Config {
             if let Some(url) = url {
                 crate::proxy::parse_url(url).map_err(|e| invalid(name, e))?;
             }
+        }
+        if self.proxy_max_in_flight == 0 {
+            return Err(invalid("proxy_max_in_flight", "must be at least 1"));
         }
         if hyper::header::HeaderName::from_bytes(self.proxy_secret_header.as_bytes()).is_err() {
             return Err(invalid("proxy_secret_header", "not an HTTP header name"));
@@ -714,6 +728,30 @@ mod tests {
         config.validate().expect("valid");
         assert_eq!(config.redis_prefix, "cg:");
         assert_eq!(config.authorizer_cache_ttl, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn history_and_backend_settings_are_checked() {
+        let config: Config = toml::from_str(
+            "history = \"channel:=200/24h, server:=50/1h\"\nproxy_max_in_flight = 64\n",
+        )
+        .expect("valid file");
+        config.validate().expect("valid");
+        let topic = coregate_protocol::Topic::parse("server:1").expect("topic");
+        assert_eq!(config.history.retention(&topic).map(|r| r.size), Some(50));
+        assert_eq!(config.proxy_max_in_flight, 64);
+        let refused = |file: &str| {
+            let config: Config = toml::from_str(file).expect("parses");
+            config.validate().expect_err("refused").name
+        };
+        // A position (kept 90 days) must outlive the publications it counts.
+        assert_eq!(refused("history = \"channel:=10/31days\""), "history");
+        assert_eq!(refused("proxy_max_in_flight = 0"), "proxy_max_in_flight");
+        assert_eq!(
+            refused("proxy_secret_header = \"not a header\""),
+            "proxy_secret_header"
+        );
+        assert!(toml::from_str::<Config>("history = \"channel:\"").is_err());
     }
 
     #[test]

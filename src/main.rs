@@ -665,6 +665,7 @@ fn proxy_settings(config: &Config) -> anyhow::Result<proxy::ProxySettings> {
             config.proxy_secret_header.as_bytes(),
         )?,
         probe: config.proxy_in_ready,
+        max_in_flight: config.proxy_max_in_flight,
         max_answer: config.control_budget,
     })
 }

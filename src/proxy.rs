@@ -6,7 +6,7 @@
 //! flume queue (an [`RpcCall`], a [`ConnectCall`], a [`MembershipCheck`]) and runs on the
 //! `proxy` thread, a tokio runtime of its own with one keep-alive connection pool
 //! (hyper). Each call is bounded by `--proxy-timeout`, its answer's size by the
-//! connection's control budget, and the calls in flight by [`MAX_CALLS_IN_FLIGHT`] (past
+//! connection's control budget, and the calls in flight by `--proxy-max-in-flight` (past
 //! it the queues fill and the shards answer at once: `unavailable`, `not_ready`, 4000),
 //! so a slow or dead backend costs bounded memory and never a shard's time. Answers go
 //! back through the asking shard's inbox (rpc) or the call's reply channel.
@@ -31,8 +31,6 @@ use serde_json::{json, Value};
 
 /// How many calls of one kind wait for the backend client at most.
 pub const QUEUE: usize = 4096;
-/// Calls made to the backend at once, at most, all kinds together.
-pub const MAX_CALLS_IN_FLIGHT: usize = 1024;
 /// Idle keep-alive connections kept to the backend.
 const POOL_IDLE: usize = 64;
 /// The header every call carries the request id in.
@@ -54,6 +52,8 @@ pub struct ProxySettings {
     pub secret_header: hyper::header::HeaderName,
     /// `--proxy-in-ready`: probe the backend every [`PROBE_INTERVAL`].
     pub probe: bool,
+    /// `--proxy-max-in-flight`: calls made at once, all kinds together.
+    pub max_in_flight: usize,
     /// The largest answer body accepted: the connection's control budget, since an rpc
     /// answer is queued as a reply.
     pub max_answer: usize,
@@ -189,14 +189,15 @@ async fn run(
     settings: ProxySettings,
     stats: Arc<ProxyStats>,
 ) {
+    let max_in_flight = settings.max_in_flight;
     let backend = Arc::new(Backend {
         client: Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_IDLE.min(settings.max_in_flight))
             .build_http(),
         settings,
         stats,
         shards,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
     });
     if backend.settings.probe {
         tokio::spawn(backend.clone().probe());
@@ -208,7 +209,7 @@ async fn run(
 }
 
 /// Takes one queue's calls until its senders are gone, each in a task of its own once
-/// a place among [`MAX_CALLS_IN_FLIGHT`] is free.
+/// a place among `--proxy-max-in-flight` is free.
 async fn serve<C, F>(
     queue: Option<flume::Receiver<C>>,
     backend: Arc<Backend>,
