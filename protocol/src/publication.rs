@@ -748,7 +748,7 @@ mod tests {
             (p.offset(), p.epoch().map(|e| &**e)),
             (Some(42), Some("1764770000"))
         );
-        let v: serde_json::Value = serde_json::from_slice(&p.encode(Encoding::Json)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p.encode(Encoding::Json)).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"op": "message_new", "topic": "channel:1", "d": {"id": 1},

@@ -108,9 +108,9 @@ fn spawn_shard(
                         // The end of a run (see `run`).
                         ShardMessage::Drain { .. } => ControlFlow::Break(()),
                         // Never sent here.
-                        ShardMessage::PresenceState { .. } | ShardMessage::RpcResult { .. } => {
-                            ControlFlow::Continue(())
-                        }
+                        ShardMessage::PresenceState { .. }
+                        | ShardMessage::RpcResult { .. }
+                        | ShardMessage::History { .. } => ControlFlow::Continue(()),
                     })
                     .await;
                     received
