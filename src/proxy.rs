@@ -368,9 +368,9 @@ impl Backend {
                 }
             }
         };
-        // A stopped shard has no one to tell; a full inbox drops the answer.
+        // A stopped shard has no one to tell (answers are never refused for space).
         if let Some(shard) = self.shards.get(call.shard_id) {
-            let _ = shard.try_send(ShardMessage::RpcResult {
+            let _ = shard.answer(ShardMessage::RpcResult {
                 conn: call.conn,
                 r#ref: call.r#ref,
                 answer,

@@ -3,7 +3,10 @@
 //! Direction ingestor → shard: one bounded crossbeam queue per shard carrying
 //! [`SharedDelivery`]s (an event already encoded once per encoding in use), plus an
 //! [`AtomicWaker`] so that an idle shard sleeps instead of spinning and a busy one is
-//! not woken once per event. Direction shard → ingestor: a bounded flume channel of
+//! not woken once per event. Answers to a connection's own requests (`rpc`, `history`,
+//! `presence_query`, voice signaling) take a second queue of their own, which is never
+//! full (see [`ShardSender::answer`]): a dropped event is a gap the client can recover,
+//! a dropped answer would leave a request waiting for ever. Direction shard → ingestor: a bounded flume channel of
 //! [`IngestorCommand`]s (interest changes and node-born publications).
 
 use std::sync::{Arc, OnceLock};
@@ -211,6 +214,7 @@ pub struct ShardSender {
     // Declared before `_closer`: a clone's queue handle is dropped before its share of
     // the closer, so the last wake-up finds the queue disconnected.
     queue: crossbeam_channel::Sender<ShardMessage>,
+    answers: crossbeam_channel::Sender<ShardMessage>,
     waker: Arc<AtomicWaker>,
     _closer: Arc<WakeOnLastDrop>,
 }
@@ -237,6 +241,20 @@ impl ShardSender {
         self.waker.wake();
         Ok(())
     }
+    /// Queues the answer to a request one of the shard's connections made (its `rpc`,
+    /// `history` or `presence_query`, a voice signal). Never refused for space: what
+    /// waits here is bounded by the requests the shard's own connections have made and
+    /// not yet had answered, which each session bounds (`rpc_max_in_flight`, the
+    /// history reads and queries in flight), and the shard drains it before its events.
+    /// Fails only once the shard has stopped.
+    pub fn answer(&self, message: ShardMessage) -> Result<(), HandOffError> {
+        let shard_id = self.shard_id;
+        self.answers
+            .send(message)
+            .map_err(|_| HandOffError::Stopped { shard_id })?;
+        self.waker.wake();
+        Ok(())
+    }
     pub fn shard_id(&self) -> usize {
         self.shard_id
     }
@@ -245,20 +263,21 @@ impl ShardSender {
 /// The receiving side of a shard's inbox; owned by the shard.
 pub struct LocalInbox {
     queue: crossbeam_channel::Receiver<ShardMessage>,
+    answers: crossbeam_channel::Receiver<ShardMessage>,
     waker: Arc<AtomicWaker>,
 }
 
 impl LocalInbox {
     /// Waits for the next message; `None` once every sender is gone.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<ShardMessage>> {
-        match self.queue.try_recv() {
+        match self.next() {
             Ok(message) => return Poll::Ready(Some(message)),
             Err(crossbeam_channel::TryRecvError::Disconnected) => return Poll::Ready(None),
             Err(crossbeam_channel::TryRecvError::Empty) => {}
         }
         self.waker.register(cx.waker());
         // A message sent between the first check and the registration must not be missed.
-        match self.queue.try_recv() {
+        match self.next() {
             Ok(message) => Poll::Ready(Some(message)),
             Err(crossbeam_channel::TryRecvError::Disconnected) => Poll::Ready(None),
             Err(crossbeam_channel::TryRecvError::Empty) => Poll::Pending,
@@ -266,28 +285,42 @@ impl LocalInbox {
     }
     /// The next message if one is already queued.
     pub fn try_recv(&self) -> Option<ShardMessage> {
-        self.queue.try_recv().ok()
+        self.next().ok()
+    }
+    /// Answers first: each is a request a client is waiting on, and there are few.
+    /// Disconnected once both queues' senders are gone (they go together).
+    fn next(&self) -> Result<ShardMessage, crossbeam_channel::TryRecvError> {
+        match self.answers.try_recv() {
+            Ok(message) => Ok(message),
+            Err(_) => self.queue.try_recv(),
+        }
     }
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.answers.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.answers.is_empty()
     }
 }
 
 /// A shard's inbox: the sender for the ingestor, the receiver for the shard.
 pub fn shard_inbox(shard_id: usize, capacity: usize) -> (ShardSender, LocalInbox) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (answers_tx, answers_rx) = crossbeam_channel::unbounded();
     let waker = Arc::new(AtomicWaker::new());
     (
         ShardSender {
             shard_id,
             queue: tx,
+            answers: answers_tx,
             waker: waker.clone(),
             _closer: Arc::new(WakeOnLastDrop(waker.clone())),
         },
-        LocalInbox { queue: rx, waker },
+        LocalInbox {
+            queue: rx,
+            answers: answers_rx,
+            waker,
+        },
     )
 }
 
@@ -410,6 +443,39 @@ pub type IngestorSender = flume::Sender<IngestorCommand>;
 mod tests {
     use super::*;
     use coregate_protocol::EncodingSet;
+
+    #[test]
+    fn an_answer_gets_through_a_full_inbox_and_goes_first() {
+        let (sender, inbox) = shard_inbox(0, 1);
+        let drain = || ShardMessage::Drain {
+            window: std::time::Duration::ZERO,
+        };
+        sender.try_send(drain()).expect("room for one event");
+        assert!(matches!(
+            sender.try_send(drain()),
+            Err(HandOffError::Full { shard_id: 0 })
+        ));
+        let answer = ShardMessage::History {
+            conn: crate::hub::ConnKey::for_tests(3),
+            ticket: 7,
+            answer: Ok(Vec::new()),
+        };
+        sender
+            .answer(answer)
+            .expect("answers are never refused for space");
+        assert_eq!(inbox.len(), 2);
+        assert!(matches!(
+            inbox.try_recv(),
+            Some(ShardMessage::History { ticket: 7, .. })
+        ));
+        assert!(matches!(inbox.try_recv(), Some(ShardMessage::Drain { .. })));
+        assert!(inbox.is_empty());
+        drop(inbox);
+        assert!(matches!(
+            sender.answer(drain()),
+            Err(HandOffError::Stopped { shard_id: 0 })
+        ));
+    }
 
     #[test]
     fn dropping_the_last_sender_wakes_a_waiting_shard() {

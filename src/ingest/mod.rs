@@ -157,7 +157,7 @@ pub(crate) fn answer_presence_query(
     } = signal
     {
         let users = PresenceAnswer::Users(table.query(&viewer, &user_ids));
-        router.send_to(
+        router.answer(
             shard_id,
             coregate_shards::ShardMessage::PresenceState { conn, r#ref, users },
         );
@@ -178,7 +178,7 @@ pub(crate) fn refuse_presence(
         ..
     } = signal
     {
-        router.send_to(
+        router.answer(
             shard_id,
             coregate_shards::ShardMessage::PresenceState {
                 conn,
@@ -246,7 +246,7 @@ fn run_embedded(
                     .history_requests
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (shard_id, answer) = streams.answer(request, Instant::now());
-                router.send_to(shard_id, answer);
+                router.answer(shard_id, answer);
             }
         }
     };

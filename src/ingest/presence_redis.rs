@@ -416,7 +416,7 @@ async fn query(
         }
     }
     if let Some(shard) = shards.get(shard_id) {
-        let _ = shard.try_send(ShardMessage::PresenceState {
+        let _ = shard.answer(ShardMessage::PresenceState {
             conn: key,
             r#ref,
             users,

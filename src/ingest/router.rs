@@ -162,15 +162,12 @@ impl Router {
         &self.shards
     }
 
-    /// Hands one message to one shard (a reply to one of its connections); a full or
-    /// stopped queue drops it, counted like a dropped delivery.
-    pub fn send_to(&self, shard_id: usize, message: ShardMessage) {
-        let Some(shard) = self.shards.get(shard_id) else {
-            return;
-        };
-        if let Err(error) = shard.try_send(message) {
-            self.stats.shard_queue_full.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, "reply dropped: a shard's queue is full");
+    /// Hands one shard the answer to a request of one of its connections
+    /// ([`ShardSender::answer`]: never refused for space; a stopped shard has no one
+    /// waiting).
+    pub fn answer(&self, shard_id: usize, message: ShardMessage) {
+        if let Some(shard) = self.shards.get(shard_id) {
+            let _ = shard.answer(message);
         }
     }
 

@@ -47,6 +47,17 @@ pub struct ConnKey {
     generation: u32,
 }
 
+#[cfg(test)]
+impl ConnKey {
+    /// A key for unit tests that need one without a hub.
+    pub(crate) fn for_tests(index: u32) -> ConnKey {
+        ConnKey {
+            index,
+            generation: 0,
+        }
+    }
+}
+
 /// A membership check sent to the ingestor; the driver awaits `answer` (at most
 /// `timeout`) and hands it to [`LocalHub::finish_check`].
 #[derive(Debug)]
