@@ -159,34 +159,102 @@ async fn through_redis_across_two_nodes_everything_missed_is_recovered() {
 
 #[tokio::test]
 async fn a_gap_beyond_the_size_is_not_recovered_and_says_where_to_continue() {
-    let gw = Gateway::start(&["--history", "channel:=10/24h"]);
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let embedded = Gateway::start(&["--history", "channel:=10/24h"]);
+    let with_redis = Gateway::start(&["--redis-url", url.as_str(), "--history", "channel:=10/24h"]);
+    with_redis
+        .wait_ready_status(200, Duration::from_secs(10))
+        .await;
+    // The in-memory ring and the Redis stream (`XADD MAXLEN`) keep the same 10.
+    for gw in [&embedded, &with_redis] {
+        let mut alice = ready(gw, Encoding::Json).await;
+        subscribe(&mut alice, None).await;
+        for n in 1..=3 {
+            publish(gw, n).await;
+        }
+        let seen = next_publications(&mut alice, 3).await;
+        drop(alice);
+        for n in 4..=50 {
+            publish(gw, n).await;
+        }
+        let mut alice = ready(gw, Encoding::Json).await;
+        let since = StreamPosition {
+            offset: seen[2].0,
+            epoch: seen[2].1.clone(),
+        };
+        let reply = subscribe(&mut alice, Some(&since)).await;
+        assert_eq!(reply.d["recovered"], json!({ TOPIC: false }));
+        assert_eq!(
+            position(&reply),
+            StreamPosition {
+                offset: 50,
+                epoch: since.epoch.clone()
+            }
+        );
+        // Nothing replayed: the next publication is the next live one.
+        publish(gw, 51).await;
+        assert_eq!(next_publications(&mut alice, 1).await[0].2, 51);
+        // Within the last 10, the same stream recovers.
+        drop(alice);
+        let mut alice = ready(gw, Encoding::Json).await;
+        let recent = StreamPosition {
+            offset: 45,
+            epoch: since.epoch,
+        };
+        let reply = subscribe(&mut alice, Some(&recent)).await;
+        assert_eq!(reply.d["recovered"], json!({ TOPIC: true }));
+        let ns: Vec<u64> = next_publications(&mut alice, 6)
+            .await
+            .iter()
+            .map(|p| p.2)
+            .collect();
+        assert_eq!(ns, [46, 47, 48, 49, 50, 51]);
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_the_functions_gets_them_again() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let gw = Gateway::start(&["--redis-url", url.as_str(), "--history", "channel:=200/24h"]);
+    gw.wait_ready_status(200, Duration::from_secs(10)).await;
     let mut alice = ready(&gw, Encoding::Json).await;
     subscribe(&mut alice, None).await;
-    for n in 1..=3 {
+    publish(&gw, 1).await;
+    assert_eq!(next_publications(&mut alice, 1).await[0].0, 1);
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A read finds the library gone, loads it and reads again: the stream is intact.
+    let reply = subscribe(&mut alice, None).await;
+    assert_eq!(position(&reply).offset, 1);
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A publication that finds it gone is lost (counted) and the link reconnects, which
+    // loads it again: publications go on with their positions.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 2;
+    loop {
         publish(&gw, n).await;
-    }
-    let seen = next_publications(&mut alice, 3).await;
-    drop(alice);
-    for n in 4..=50 {
-        publish(&gw, n).await;
-    }
-    let mut alice = ready(&gw, Encoding::Json).await;
-    let since = StreamPosition {
-        offset: seen[2].0,
-        epoch: seen[2].1.clone(),
-    };
-    let reply = subscribe(&mut alice, Some(&since)).await;
-    assert_eq!(reply.d["recovered"], json!({ TOPIC: false }));
-    assert_eq!(
-        position(&reply),
-        StreamPosition {
-            offset: 50,
-            epoch: since.epoch
+        let next = alice.wait_op("message_new");
+        if let Ok(message) = tokio::time::timeout(Duration::from_millis(200), next).await {
+            assert_eq!(message.d["n"].as_u64(), Some(n));
+            assert!(message.offset.is_some_and(|o| o >= 2), "{message:?}");
+            break;
         }
-    );
-    // Nothing replayed: the next publication is the next live one.
-    publish(&gw, 51).await;
-    assert_eq!(next_publications(&mut alice, 1).await[0].2, 51);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never published again"
+        );
+        n += 1;
+    }
 }
 
 #[tokio::test]

@@ -128,6 +128,30 @@ pub enum ReadFor {
     },
 }
 
+impl ReadFor {
+    /// The part of the stream this read can use: `Some(n)`, the publications after
+    /// offset `n` (`Some(u64::MAX)`: none, only the position); `None`, all of them. A
+    /// node that reads a stream for several requests at once reads the widest part any
+    /// of them needs ([`widest`]): a storm of fresh subscribes reads positions only.
+    pub fn needs_after(&self) -> Option<u64> {
+        match self {
+            ReadFor::Subscribe { since: None } => Some(u64::MAX),
+            ReadFor::Subscribe { since: Some(since) } => Some(since.offset),
+            // The latest publications, or the next page (the latest when `since` is of
+            // another epoch, which only the read tells): `history` is a user's click,
+            // not a storm, and reads the whole stream.
+            ReadFor::History { .. } => None,
+        }
+    }
+}
+
+/// The part of a stream that serves every one of `needs` ([`ReadFor::needs_after`]).
+pub fn widest(needs: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    needs
+        .into_iter()
+        .try_fold(u64::MAX, |widest, need| need.map(|n| widest.min(n)))
+}
+
 /// A shard's question about some topics' streams, for one connection.
 #[derive(Debug)]
 pub struct HistoryRequest {
@@ -275,6 +299,68 @@ mod tests {
         ] {
             let error = HistoryPolicy::parse(text).unwrap_err();
             assert!(error.contains(says), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_the_widest_part_any_of_its_reads_needs() {
+        let at = |offset| StreamPosition {
+            offset,
+            epoch: "e".into(),
+        };
+        let fresh = ReadFor::Subscribe { since: None };
+        let recover = |o| ReadFor::Subscribe { since: Some(at(o)) };
+        let latest = ReadFor::History {
+            since: None,
+            limit: 5,
+        };
+        let page = ReadFor::History {
+            since: Some(at(3)),
+            limit: 5,
+        };
+        assert_eq!(widest([fresh.needs_after()]), Some(u64::MAX));
+        assert_eq!(
+            widest([
+                fresh.needs_after(),
+                recover(7).needs_after(),
+                recover(4).needs_after()
+            ]),
+            Some(4)
+        );
+        assert_eq!(widest([page.needs_after(), recover(7).needs_after()]), None);
+        assert_eq!(
+            widest([recover(7).needs_after(), latest.needs_after()]),
+            None
+        );
+        // What a read from 4 on gives a recovery from 7 is what the whole stream gives.
+        let topic = topic("channel:1");
+        let stream: Vec<_> = (1..=10)
+            .map(|o| {
+                let p = coregate_protocol::Publication::new(
+                    topic.clone(),
+                    "m",
+                    serde_json::json!(o),
+                    None,
+                )
+                .with_position(o, "e".into());
+                Arc::new(SharedDelivery::new(p, std::time::Instant::now()))
+            })
+            .collect();
+        for since in [4, 7, 10] {
+            let read = recover(since);
+            let whole = select(&topic, &read, at(10), &stream);
+            // The publications after offset 4 (offsets 5 to 10).
+            let part = select(&topic, &read, at(10), &stream[4..]);
+            let offsets = |h: &TopicHistory| -> Vec<u64> {
+                h.publications
+                    .iter()
+                    .map(|d| d.publication().offset().unwrap())
+                    .collect()
+            };
+            assert_eq!(
+                (offsets(&whole), whole.complete),
+                (offsets(&part), part.complete)
+            );
         }
     }
 

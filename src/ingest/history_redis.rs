@@ -20,18 +20,21 @@
 //! offsets in the same epoch. The rules are written into the library when it is loaded:
 //! every node must run with the same `--history` (the last one to load wins).
 //!
-//! `FCALL coregate_history 1 <topic>` answers `{epoch, offset, o1, p1, o2, p2, …}`: the
-//! stream's position and what it holds within its TTL, oldest first. The node reads a
-//! topic once for every request about it queued meanwhile (a reconnect storm makes one
-//! read per topic per batch, not one per client), after the SUBSCRIBEs those requests
-//! follow are in place, so that the read and the live flow overlap.
+//! `FCALL coregate_history 1 <topic> [after]` answers `{epoch, offset, o1, p1, o2, p2,
+//! …}`: the stream's position and what it holds within its TTL, oldest first: all of
+//! it, only the publications after offset `after`, or none (`after` = `none`). The node
+//! reads a topic once for every request about it queued meanwhile (a reconnect storm
+//! makes one read per topic per batch, not one per client), only as much as the widest
+//! of those requests needs (a storm of fresh subscribes reads positions alone), after
+//! the SUBSCRIBEs those requests follow are in place, so that the read and the live
+//! flow overlap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use coregate_protocol::{Publication, StreamPosition, Topic};
-use coregate_shards::history::{select, HistoryPolicy, HistoryRequest, HistoryUnavailable};
+use coregate_shards::history::{select, widest, HistoryPolicy, HistoryRequest, HistoryUnavailable};
 use coregate_shards::{ShardMessage, ShardSender, SharedDelivery};
 use redis::aio::MultiplexedConnection;
 
@@ -153,9 +156,14 @@ local function history(keys, args)
     return { '', 0 }
   end
   redis.call('PEXPIRE', meta, META_TTL_MS)
-  local cutoff = now_ms() - ttl
   local out = { m[1], tonumber(m[2]) }
-  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do
+  local after = args[1]
+  if after == 'none' then
+    return out
+  end
+  local from = after and ('(0-' .. after) or '-'
+  local cutoff = now_ms() - ttl
+  for _, entry in ipairs(redis.call('XRANGE', stream, from, '+')) do
     local fields = entry[2]
     local held = {}
     for i = 1, #fields, 2 do held[fields[i]] = fields[i + 1] end
@@ -227,11 +235,13 @@ pub async fn answer(
     library: Arc<str>,
     stats: Arc<IngestorStats>,
 ) {
-    let mut topics: Vec<Topic> = Vec::new();
+    // Each distinct topic once, with the widest part of its stream any request needs.
+    let mut topics: Vec<(Topic, Option<u64>)> = Vec::new();
     for request in &requests {
-        for (topic, _) in &request.reads {
-            if !topics.contains(topic) {
-                topics.push(topic.clone());
+        for (topic, read) in &request.reads {
+            match topics.iter_mut().find(|(t, _)| t == topic) {
+                Some((_, after)) => *after = widest([*after, read.needs_after()]),
+                None => topics.push((topic.clone(), read.needs_after())),
             }
         }
     }
@@ -289,26 +299,32 @@ pub async fn answer(
             answer,
         };
         if let Some(shard) = shards.get(request.shard_id) {
-            // A full inbox drops the answer; the subscribe waits until the connection ends.
-            let _ = shard.try_send(message);
+            // Fails only once the shard has stopped: no one is waiting then.
+            let _ = shard.answer(message);
         }
     }
 }
 
 async fn read(
     conn: &mut MultiplexedConnection,
-    topics: &[Topic],
+    topics: &[(Topic, Option<u64>)],
 ) -> redis::RedisResult<HashMap<Topic, Held>> {
     let mut pipe = redis::pipe();
-    for topic in topics {
-        pipe.cmd("FCALL")
+    for (topic, after) in topics {
+        let call = pipe
+            .cmd("FCALL")
             .arg("coregate_history")
             .arg(1)
             .arg(topic.as_str());
+        match after {
+            Some(u64::MAX) => call.arg("none"),
+            Some(after) => call.arg(after),
+            None => call,
+        };
     }
     let replies: Vec<Vec<redis::Value>> = pipe.query_async(conn).await?;
     let mut held = HashMap::new();
-    for (topic, reply) in topics.iter().zip(replies) {
+    for ((topic, _), reply) in topics.iter().zip(replies) {
         if let Some(stream) = parse(topic, reply) {
             held.insert(topic.clone(), stream);
         }

@@ -305,3 +305,186 @@ fn a_connection_that_never_reads_cannot_grow_what_is_held_back() {
     assert!(h.is_closing(alice));
     assert_eq!(h.read(alice).close, Some(4010));
 }
+
+#[test]
+fn a_resubscribe_after_an_unsubscribe_drops_late_copies_of_its_own_replay() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    h.send(alice, r#"{"op":"subscribe","d":{"topics":["channel:1"]}}"#);
+    let request = reads(&h).remove(0);
+    answer(
+        &mut h,
+        alice,
+        &request,
+        vec![history("channel:1", at(5, "e"), &[], true)],
+    );
+    h.read(alice);
+    h.send(
+        alice,
+        r#"{"op":"unsubscribe","d":{"topics":["channel:1"]}}"#,
+    );
+    h.read(alice);
+    h.send(
+        alice,
+        r#"{"op":"subscribe","d":{"topics":["channel:1"],"since":{"channel:1":{"offset":5,"epoch":"e"}}}}"#,
+    );
+    let request = reads(&h).remove(0);
+    let read = history("channel:1", at(8, "e"), &[6, 7, 8], true);
+    answer(&mut h, alice, &request, vec![read]);
+    assert_eq!(delivered(&h.read(alice).messages), [6, 7, 8]);
+    // The live copy of 8, late on the pub/sub connection, is a copy of the replay.
+    live(&mut h, "channel:1", 8, "e");
+    assert_eq!(delivered(&h.read(alice).messages), Vec::<u64>::new());
+    live(&mut h, "channel:1", 9, "e");
+    assert_eq!(delivered(&h.read(alice).messages), [9]);
+}
+
+#[test]
+fn a_plain_publish_is_delivered_and_does_not_let_copies_of_the_replay_through() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    h.send(
+        alice,
+        r#"{"op":"subscribe","d":{"topics":["channel:1"],"since":{"channel:1":{"offset":2,"epoch":"e"}}}}"#,
+    );
+    let request = reads(&h).remove(0);
+    let read = history("channel:1", at(5, "e"), &[3, 4, 5], true);
+    answer(&mut h, alice, &request, vec![read]);
+    assert_eq!(delivered(&h.read(alice).messages), [3, 4, 5]);
+    // A plain PUBLISH (no position), then the late live copy of 5.
+    let plain = Publication::new(
+        Topic::parse("channel:1").unwrap(),
+        "message_new",
+        json!({ "n": 100 }),
+        None,
+    );
+    let now = h.now().instant;
+    h.hub.route(
+        Arc::new(SharedDelivery::new(plain, std::time::Instant::now())),
+        now,
+    );
+    live(&mut h, "channel:1", 5, "e");
+    let got = h.read(alice);
+    let numbers: Vec<&Value> = got.messages.iter().map(|(_, m)| &m["d"]["n"]).collect();
+    assert_eq!(numbers, [&json!(100)], "the plain one, and no copy of 5");
+}
+
+#[test]
+fn nothing_held_back_is_delivered_after_the_topic_was_unsubscribed() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    h.send(alice, r#"{"op":"subscribe","d":{"topics":["channel:1"]}}"#);
+    let request = reads(&h).remove(0);
+    live(&mut h, "channel:1", 6, "e");
+    h.send(
+        alice,
+        r#"{"op":"unsubscribe","d":{"topics":["channel:1"]}}"#,
+    );
+    answer(
+        &mut h,
+        alice,
+        &request,
+        vec![history("channel:1", at(5, "e"), &[], true)],
+    );
+    let got = h.read(alice);
+    assert_eq!(got.ops(), ["unsubscribed", "subscribed"]);
+    assert_eq!(delivered(&got.messages), Vec::<u64>::new());
+}
+
+#[test]
+fn a_replay_leaves_out_what_was_published_excluding_the_user() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    h.send(
+        alice,
+        r#"{"op":"subscribe","d":{"topics":["channel:1"],"since":{"channel:1":{"offset":2,"epoch":"e"}}}}"#,
+    );
+    let request = reads(&h).remove(0);
+    let own = Publication::new(
+        Topic::parse("channel:1").unwrap(),
+        "message_new",
+        json!({ "n": 3 }),
+        Some("alice".into()),
+    )
+    .with_position(3, "e".into());
+    let mut read = history("channel:1", at(4, "e"), &[4], true);
+    read.publications.insert(
+        0,
+        Arc::new(SharedDelivery::new(own, std::time::Instant::now())),
+    );
+    answer(&mut h, alice, &request, vec![read]);
+    assert_eq!(delivered(&h.read(alice).messages), [4]);
+}
+
+#[test]
+fn replay_floors_are_bounded_by_the_subscriptions_held() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    // 8 rounds of 2 messages stay within the event burst (20).
+    for round in 0..8 {
+        let topics: Vec<String> = (0..10)
+            .map(|i| format!("\"channel:x{round}-{i}\""))
+            .collect();
+        let topics = topics.join(",");
+        h.send(
+            alice,
+            &format!(r#"{{"op":"subscribe","d":{{"topics":[{topics}]}}}}"#),
+        );
+        let request = reads(&h).remove(0);
+        let read = request
+            .reads
+            .iter()
+            .map(|(t, _)| history(t.as_str(), at(0, ""), &[], true))
+            .collect();
+        answer(&mut h, alice, &request, read);
+        h.send(
+            alice,
+            &format!(r#"{{"op":"unsubscribe","d":{{"topics":[{topics}]}}}}"#),
+        );
+        h.read(alice);
+    }
+    assert_eq!(h.hub.session(alice).unwrap().replay_floors(), 0);
+    // Subscribed twice over: one floor for the topic, not two.
+    for _ in 0..2 {
+        h.send(alice, r#"{"op":"subscribe","d":{"topics":["channel:1"]}}"#);
+        let request = reads(&h).remove(0);
+        answer(
+            &mut h,
+            alice,
+            &request,
+            vec![history("channel:1", at(5, "e"), &[], true)],
+        );
+    }
+    assert_eq!(h.hub.session(alice).unwrap().replay_floors(), 1);
+}
+
+#[test]
+fn a_since_for_a_topic_not_asked_for_is_refused_and_the_rest_is_served() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    h.send(
+        alice,
+        r#"{"op":"subscribe","ref":4,"d":{"topics":["channel:1"],"since":{"channel:9":{"offset":2,"epoch":"e"}}}}"#,
+    );
+    let got = h.read(alice);
+    assert_eq!(got.ops(), ["error"]);
+    let error = &got.messages[0].1;
+    assert_eq!(
+        (&error["ref"], &error["d"]["code"], &error["d"]["topics"]),
+        (&json!(4), &json!("bad_request"), &json!(["channel:9"]))
+    );
+    let request = reads(&h).remove(0);
+    answer(
+        &mut h,
+        alice,
+        &request,
+        vec![history("channel:1", at(5, "e"), &[], true)],
+    );
+    assert_eq!(h.read(alice).ops(), ["subscribed"]);
+}

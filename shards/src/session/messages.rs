@@ -171,6 +171,7 @@ impl Session {
                     self.subscriptions.swap_remove(at);
                     // No longer a subscriber: its indicator there, if any, stops.
                     self.typing_signal(topic.clone(), TypingAction::Stop, ctx);
+                    self.forget_replay(&topic);
                     ctx.events.push(SessionEvent::Unsubscribe(topic));
                 }
             }

@@ -402,6 +402,12 @@ impl Session {
             ),
         }
     }
+    /// The replay floors this connection keeps (see `recovery::ReplayFloor`).
+    #[cfg(test)]
+    pub(crate) fn replay_floors(&self) -> usize {
+        self.occasional.as_ref().map_or(0, |o| o.floors.len())
+    }
+
     /// `rpc` calls of this connection waiting for the backend.
     pub fn rpc_in_flight(&self) -> u32 {
         self.occasional.as_ref().map_or(0, |o| o.rpc_in_flight)

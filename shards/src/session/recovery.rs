@@ -42,7 +42,9 @@ pub(super) struct PendingRecovery {
 }
 
 /// After a recovery: the position its read stood at, for dropping the live copies of
-/// what it replayed.
+/// what it replayed. At most one per subscribed topic: a newer read replaces it, and an
+/// unsubscribe ([`Session::forget_replay`]) or the first live publication past it ends
+/// it, so what a connection keeps of them is bounded by its subscriptions.
 #[derive(Debug)]
 pub(super) struct ReplayFloor {
     topic: Topic,
@@ -56,14 +58,26 @@ pub(super) struct PendingQuery {
     r#ref: Option<u64>,
 }
 
-/// Whether `delivery` comes after `position` in its stream: a later offset of the same
-/// epoch, another epoch (the stream started again), or no offset at all (a plain
-/// `PUBLISH`, which the stream does not hold).
-fn is_after(delivery: &LocalDelivery, position: &StreamPosition) -> bool {
+/// Where a live publication stands against the position a read stood at.
+#[derive(Debug, PartialEq, Eq)]
+enum Placement {
+    /// The read held it (an offset at or before the position, same epoch): a copy.
+    Held,
+    /// A later offset of the same epoch, or another epoch (the stream started again).
+    After,
+    /// No position at all: a plain `PUBLISH`, which the stream does not hold. Never a
+    /// copy, and it says nothing about the stream's progress.
+    Unpositioned,
+}
+
+fn placement(delivery: &LocalDelivery, position: &StreamPosition) -> Placement {
     let publication = delivery.publication();
     match (publication.offset(), publication.epoch()) {
-        (Some(offset), Some(epoch)) => **epoch != *position.epoch || offset > position.offset,
-        _ => true,
+        (Some(offset), Some(epoch)) if **epoch != *position.epoch || offset > position.offset => {
+            Placement::After
+        }
+        (Some(_), Some(_)) => Placement::Held,
+        _ => Placement::Unpositioned,
     }
 }
 
@@ -248,18 +262,37 @@ impl Session {
             let len = delivery.wire(self.encoding).message().len();
             pending.held_back_bytes += len;
             pending.held_back.push(delivery.clone());
-            // Held back counts like queued: a connection's output stays bounded.
-            let overflow = pending.held_back_bytes + self.outbox.queued_bytes() > budget * 2;
+            // Held back counts like queued, over every pending read together: a
+            // connection's output stays bounded.
+            let held_back: usize = occasional
+                .recoveries
+                .iter()
+                .map(|r| r.held_back_bytes)
+                .sum();
+            let overflow = held_back + self.outbox.queued_bytes() > budget * 2;
             return Some(overflow.then_some(CloseReason::SlowConsumerOverflow));
         }
         let at = occasional.floors.iter().position(|f| f.topic == *topic)?;
-        if is_after(delivery, &occasional.floors[at].position) {
-            // Live has caught up with the replay: no copies from here on.
-            occasional.floors.swap_remove(at);
-            self.release_occasional_if_unused();
-            return None;
+        match placement(delivery, &occasional.floors[at].position) {
+            Placement::Held => Some(None),
+            Placement::Unpositioned => None,
+            Placement::After => {
+                // Live has caught up with the replay: no copies from here on.
+                occasional.floors.swap_remove(at);
+                self.release_occasional_if_unused();
+                None
+            }
         }
-        Some(None)
+    }
+
+    /// The connection let go of `topic`: what a read of it left behind goes. A read of
+    /// it still pending is left to finish (its reply is owed), and delivers nothing of
+    /// a topic no longer held.
+    pub(super) fn forget_replay(&mut self, topic: &Topic) {
+        if let Some(occasional) = self.occasional.as_mut() {
+            occasional.floors.retain(|f| f.topic != *topic);
+        }
+        self.release_occasional_if_unused();
     }
 
     /// The node's answer to this connection's read `ticket`: a recovery's `subscribed`
@@ -339,6 +372,10 @@ impl Session {
                 .any(|(t, since)| *t == result.topic && since.is_some());
             if wanted && result.complete {
                 for publication in &result.publications {
+                    // The same rule as live routing: never back to the excluded user.
+                    if self.user_id().is_some_and(|u| publication.excludes(u)) {
+                        continue;
+                    }
                     let delivery: LocalDelivery = std::rc::Rc::new(publication.clone());
                     self.enqueue_now(&delivery, now, ctx);
                 }
@@ -349,13 +386,19 @@ impl Session {
             });
         }
         for delivery in pending.held_back {
+            if !self.subscriptions.contains(delivery.topic()) {
+                continue; // unsubscribed while it was read: `unsubscribed` was the last word
+            }
             let floor = floors.iter().find(|f| f.topic == *delivery.topic());
-            if floor.is_none_or(|f| is_after(&delivery, &f.position)) {
+            if floor.is_none_or(|f| placement(&delivery, &f.position) != Placement::Held) {
                 self.enqueue_now(&delivery, now, ctx);
             }
         }
         if !floors.is_empty() {
-            self.occasional().floors.extend(floors);
+            let kept = &mut self.occasional().floors;
+            // One floor per topic: the newest read's replaces an older one.
+            kept.retain(|old| floors.iter().all(|new| new.topic != old.topic));
+            kept.extend(floors);
         }
     }
 

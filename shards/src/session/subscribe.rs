@@ -122,6 +122,24 @@ impl Session {
         now: Instant,
         ctx: &mut SessionCtx,
     ) {
+        let strays: Vec<String> = since
+            .iter()
+            .flat_map(|since| since.keys())
+            .filter(|topic| !requested.contains(topic))
+            .cloned()
+            .collect();
+        if !strays.is_empty() {
+            self.reply(
+                &ServerMessage::Error {
+                    code: ErrorCode::BadRequest,
+                    message: "`since` names topics this subscribe does not ask for".to_owned(),
+                    topics: Some(strays),
+                    retry_after_ms: None,
+                },
+                r#ref,
+                ctx,
+            );
+        }
         let membership = ctx.membership.is_some();
         let mut request = PendingSubscribe {
             r#ref,
