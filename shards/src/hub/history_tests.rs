@@ -488,3 +488,72 @@ fn a_since_for_a_topic_not_asked_for_is_refused_and_the_rest_is_served() {
     );
     assert_eq!(h.read(alice).ops(), ["subscribed"]);
 }
+
+#[test]
+fn history_queries_are_bounded_and_answers_that_no_longer_fit_are_refused_not_closed() {
+    let mut h = harness();
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    for r#ref in 1..=5 {
+        h.send(
+            alice,
+            &format!(r#"{{"op":"history","d":{{"topic":"channel:1"}},"ref":{ref}}}"#),
+        );
+    }
+    // Four at once; the fifth is refused at once.
+    let got = h.read(alice);
+    let refused = got.first("error");
+    assert_eq!(
+        (refused["ref"].clone(), refused["d"]["code"].clone()),
+        (json!(5), json!("limit"))
+    );
+    let requests = reads(&h);
+    assert_eq!(requests.len(), 4);
+    // Each answer is ~20 KiB; all four arrive before the client reads: three fit the
+    // 64 KiB the replies may hold, the fourth is refused `limit`, and nobody is closed.
+    let big = |offset: u64| {
+        let publication = Publication::new(
+            Topic::parse("channel:1").unwrap(),
+            "message_new",
+            json!({ "n": offset, "text": "x".repeat(10_000) }),
+            None,
+        )
+        .with_position(offset, "e".into());
+        Arc::new(SharedDelivery::new(publication, std::time::Instant::now()))
+    };
+    for request in &requests {
+        let read = TopicHistory {
+            topic: Topic::parse("channel:1").unwrap(),
+            position: at(2, "e"),
+            publications: vec![big(1), big(2)],
+            complete: true,
+        };
+        answer(&mut h, alice, request, vec![read]);
+    }
+    assert!(!h.is_closing(alice));
+    let got = h.read(alice);
+    let replies: Vec<(String, Value)> = got
+        .messages
+        .iter()
+        .map(|(op, m)| (op.clone(), m["ref"].clone()))
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            ("history".to_owned(), json!(1)),
+            ("history".to_owned(), json!(2)),
+            ("history".to_owned(), json!(3)),
+            ("error".to_owned(), json!(4)),
+        ]
+    );
+    assert_eq!(got.messages[3].1["d"]["code"], "limit");
+    // Read, there is room again.
+    h.send(
+        alice,
+        r#"{"op":"history","d":{"topic":"channel:1"},"ref":6}"#,
+    );
+    let request = reads(&h).remove(0);
+    let read = history("channel:1", at(2, "e"), &[1, 2], true);
+    answer(&mut h, alice, &request, vec![read]);
+    assert_eq!(h.read(alice).first("history")["ref"], 6);
+}

@@ -578,6 +578,42 @@ fn rpc_in_flight_is_capped_per_connection_and_an_answer_frees_a_place() {
 }
 
 #[test]
+fn rpc_answers_that_no_longer_fit_the_replies_room_are_refused_limit_not_closed() {
+    let mut h = Harness::new(ShardConfig::default());
+    let a = h.connect_ready("alice", JSON);
+    h.read(a);
+    for r in 1..=4 {
+        h.send(
+            a,
+            &format!(r#"{{"op":"rpc","d":{{"method":"m"}},"ref":{r}}}"#),
+        );
+    }
+    assert_eq!(h.rpc_calls.drain().count(), 4);
+    // Four ~20 KiB answers before the client reads: 64 KiB hold three.
+    let big = serde_json::json!({ "text": "x".repeat(20_000) });
+    for r in 1..=4 {
+        h.hub.answer_rpc(a, Some(r), Ok(big.clone()));
+    }
+    assert!(!h.is_closing(a));
+    let read = h.read(a);
+    assert_eq!(
+        read.ops(),
+        ["rpc_result", "rpc_result", "rpc_result", "error"]
+    );
+    assert_eq!(read.first("error")["ref"], 4);
+    assert_eq!(read.first("error")["d"]["code"], "limit");
+    // Every place was given back: four more calls go out.
+    for r in 5..=8 {
+        h.send(
+            a,
+            &format!(r#"{{"op":"rpc","d":{{"method":"m"}},"ref":{r}}}"#),
+        );
+    }
+    assert_eq!(h.rpc_calls.len(), 4);
+    assert!(h.read(a).ops().is_empty(), "no refusal");
+}
+
+#[test]
 fn rpc_that_cannot_reach_the_backend_queue_is_answered_unavailable_at_once() {
     let config = ShardConfig {
         rpc_max_in_flight: 100,
@@ -593,6 +629,7 @@ fn rpc_that_cannot_reach_the_backend_queue_is_answered_unavailable_at_once() {
         );
     }
     assert_eq!(h.rpc_calls.len(), crate::testing::RPC_QUEUE);
+    assert_eq!(h.stats.snapshot().backend_calls_refused, 1);
     let read = h.read(a);
     assert_eq!(read.first("error")["d"]["code"], "unavailable");
     assert_eq!(read.first("error")["ref"], crate::testing::RPC_QUEUE as u64);

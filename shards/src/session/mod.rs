@@ -344,6 +344,10 @@ impl Session {
     pub fn user_id(&self) -> Option<&str> {
         self.identity.as_ref().map(|i| i.user_id.as_str())
     }
+    /// Who the connection runs as, once ready.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
     pub fn subscriptions(&self) -> &[Topic] {
         &self.subscriptions
     }
@@ -386,7 +390,7 @@ impl Session {
         }
         match answer {
             PresenceAnswer::Users(users) => {
-                self.reply(&ServerMessage::PresenceState { users }, r#ref, ctx)
+                self.reply_answer(&ServerMessage::PresenceState { users }, r#ref, None, ctx)
             }
             PresenceAnswer::NotReady => self.reply_error(
                 ErrorCode::NotReady,
@@ -414,11 +418,9 @@ impl Session {
     }
 
     /// The backend's answer to this connection's `rpc`: `rpc_result` with the call's
-    /// `ref`, or `error` with the backend's (or the gateway's) code. Like every reply it
-    /// goes to the priority lane; what it can add there is bounded by
-    /// `rpc_max_in_flight` answers of at most `control_budget` bytes each (the node's
-    /// backend client refuses larger ones), and the next input finds a connection that
-    /// does not read them over its control budget and closes it.
+    /// `ref`, or `error` with the backend's (or the gateway's) code. Like every answer
+    /// it must fit the room the connection's replies have left ([`Self::reply_answer`]):
+    /// one that does not is refused `limit` (the call was made; its answer is lost).
     pub fn answer_rpc(&mut self, r#ref: Option<u64>, answer: RpcAnswer, ctx: &mut SessionCtx) {
         if let Some(occasional) = self.occasional.as_mut() {
             occasional.rpc_in_flight = occasional.rpc_in_flight.saturating_sub(1);
@@ -431,7 +433,7 @@ impl Session {
             Ok(d) => ServerMessage::RpcResult { d },
             Err(RpcFailure { code, message }) => ServerMessage::RpcError { code, message },
         };
-        self.reply(&message, r#ref, ctx);
+        self.reply_answer(&message, r#ref, None, ctx);
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -755,6 +757,40 @@ impl Session {
         self.outbox
             .push_priority(ws::data_frame(self.encoding, buf));
         ShardStats::add(&ctx.stats.messages_out_control, 1);
+    }
+
+    /// Queues the answer to one of the client's requests (`history`, `rpc`,
+    /// `presence_query`), which the node sends at any time, several at once: it must fit
+    /// the room the connection's replies have left (its control budget less what is
+    /// queued, not yet written), or it is refused `error {code: limit, topics}`. So an
+    /// answer never takes a connection past its budget, and a client that reads is never
+    /// closed 4008 for what it asked; one that does not read gets small refusals, and
+    /// its next input meets the budget.
+    fn reply_answer(
+        &mut self,
+        message: &ServerMessage,
+        r#ref: Option<u64>,
+        topics: Option<Vec<String>>,
+        ctx: &mut SessionCtx,
+    ) {
+        let len = self.encoded_len(message, r#ref, ctx);
+        let framed = ws::data_header_len(self.encoding, len) + len;
+        let room = self
+            .control_budget(ctx.config)
+            .saturating_sub(self.outbox.priority_bytes());
+        if framed <= room {
+            return self.reply(message, r#ref, ctx);
+        }
+        let refusal = ServerMessage::Error {
+            code: ErrorCode::Limit,
+            message: format!(
+                "the answer ({framed} bytes) is larger than the {room} bytes left for replies: \
+                 read them, or ask for less"
+            ),
+            topics,
+            retry_after_ms: None,
+        };
+        self.reply(&refusal, r#ref, ctx);
     }
 
     fn reply_error(

@@ -431,15 +431,7 @@ impl Session {
             offset: result.position.offset,
             epoch: result.position.epoch,
         };
-        // A reply, bounded like every reply: one that would not fit is refused.
-        if self.encoded_len(&reply, r#ref, ctx) > ctx.config.control_budget {
-            let message = format!(
-                "the history asked for is larger than {} bytes: ask for fewer (limit), or page with since",
-                ctx.config.control_budget
-            );
-            let topic = result.topic.as_str().to_owned();
-            return self.reply_topic_error(ErrorCode::Limit, &message, &topic, r#ref, ctx);
-        }
-        self.reply(&reply, r#ref, ctx);
+        let topic = result.topic.as_str().to_owned();
+        self.reply_answer(&reply, r#ref, Some(vec![topic]), ctx);
     }
 }
