@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coregate_protocol::claims::Audience;
 use coregate_protocol::{Claims, Topic};
-use coregate_shards::{AuthError, Identity, TokenVerifier};
+use coregate_shards::{AuthError, Identity, IdentityExtras, TokenVerifier};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
@@ -123,7 +123,7 @@ impl JwtVerifier {
             name: claims.name,
             expires_at: claims.exp,
             topics,
-            presence: (!presence.is_empty()).then(|| Box::new(presence)),
+            extras: IdentityExtras::boxed(presence, None),
         })
     }
 }
@@ -308,7 +308,7 @@ mod tests {
         assert_eq!(names, ["presence:ann", "server:1", "server:2"]);
         let none = sign(serde_json::json!({"sub": "ann", "exp": exp}));
         let identity = verifier.verify(&none).expect("no presence claim");
-        assert!(identity.presence.is_none());
+        assert!(identity.extras.is_none());
         let bad = sign(serde_json::json!({"sub": "ann", "exp": exp, "presence": ["no spaces"]}));
         assert!(matches!(
             verifier.verify(&bad),

@@ -22,6 +22,7 @@ use coregate_shards::{
     ConnectAnswer, ConnectCall, ConnectGrant, ConnectRefusal, MembershipCheck, MembershipError,
     RpcAnswer, RpcCall, RpcFailure, ShardMessage, ShardSender,
 };
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,6 +34,10 @@ use serde_json::{json, Value};
 pub const QUEUE: usize = 4096;
 /// Idle keep-alive connections kept to the backend.
 const POOL_IDLE: usize = 64;
+/// A `subscribe` check's `{user_id, topic}` POSTs made at once: a client subscribing to
+/// a handful of gated topics is answered in one round trip, one asking for hundreds
+/// takes a few more, and neither holds more than this of `--proxy-max-in-flight`.
+const TOPIC_CALLS_AT_ONCE: usize = 8;
 /// The header every call carries the request id in.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// How often `--proxy-in-ready` probes the backend.
@@ -202,17 +207,25 @@ async fn run(
     if backend.settings.probe {
         tokio::spawn(backend.clone().probe());
     }
-    let rpc = serve(queues.rpc, backend.clone(), Backend::rpc);
-    let connect = serve(queues.connect, backend.clone(), Backend::connect);
-    let subscribe = serve(queues.subscribe, backend, Backend::subscribe);
+    let rpc = serve(queues.rpc, backend.clone(), |_| 1, Backend::rpc);
+    let connect = serve(queues.connect, backend.clone(), |_| 1, Backend::connect);
+    let subscribe = serve(
+        queues.subscribe,
+        backend.clone(),
+        |check: &MembershipCheck| backend.topic_calls_at_once(check),
+        Backend::subscribe,
+    );
     tokio::join!(rpc, connect, subscribe);
 }
 
 /// Takes one queue's calls until its senders are gone, each in a task of its own once
-/// a place among `--proxy-max-in-flight` is free.
+/// as many places among `--proxy-max-in-flight` as it makes POSTs at once (`places`)
+/// are free. Taken in one step, never one by one, so that calls never hold some places
+/// while waiting for more.
 async fn serve<C, F>(
     queue: Option<flume::Receiver<C>>,
     backend: Arc<Backend>,
+    places: impl Fn(&C) -> u32,
     call: fn(Arc<Backend>, C) -> F,
 ) where
     C: Send + 'static,
@@ -222,7 +235,8 @@ async fn serve<C, F>(
         return;
     };
     while let Ok(request) = queue.recv_async().await {
-        let Ok(permit) = backend.in_flight.clone().acquire_owned().await else {
+        let wanted = places(&request);
+        let Ok(permit) = backend.in_flight.clone().acquire_many_owned(wanted).await else {
             return;
         };
         let future = call(backend.clone(), request);
@@ -356,9 +370,7 @@ impl Backend {
                     "session_id": call.session_id,
                     "method": call.method,
                     "d": call.d,
-                    // The connection's data from the connect call; not kept per
-                    // connection (yet), so always null.
-                    "meta": Value::Null,
+                    "meta": call.meta,
                 });
                 match self.post(url, &body, stats).await {
                     Ok(answer) => read_rpc_answer(answer, stats),
@@ -419,8 +431,17 @@ impl Backend {
         let _ = call.reply.send(answer);
     }
 
-    /// `--authorizer proxy`: one `{user_id, topic}` → `{allow, reason?}` per topic, made
-    /// together; the topics are refused `not_ready` if any could not be decided.
+    /// How many of a check's `{user_id, topic}` POSTs go out at once: its topics, at
+    /// most [`TOPIC_CALLS_AT_ONCE`] and never more than `--proxy-max-in-flight`, so that
+    /// one `subscribe` with many gated topics makes the backend no busier than that.
+    fn topic_calls_at_once(&self, check: &MembershipCheck) -> u32 {
+        let cap = TOPIC_CALLS_AT_ONCE.min(self.settings.max_in_flight);
+        check.topics.len().clamp(1, cap) as u32
+    }
+
+    /// `--authorizer proxy`: one `{user_id, topic}` → `{allow, reason?}` per topic,
+    /// [`Self::topic_calls_at_once`] at a time; the topics are refused `not_ready` if any
+    /// could not be decided.
     async fn subscribe(self: Arc<Self>, check: MembershipCheck) {
         let stats = &self.stats.subscribe;
         let Some(url) = &self.settings.subscribe_url else {
@@ -428,28 +449,35 @@ impl Backend {
             return;
         };
         let backend = &*self;
-        let decisions = check.topics.iter().map(|topic| {
-            let body = json!({"user_id": check.user_id, "topic": topic.as_str()});
-            async move {
-                let answer = backend.post(url, &body, stats).await.ok()?;
-                let allow = answer.get("allow").and_then(Value::as_bool);
-                match allow {
-                    Some(true) => stats.ok.fetch_add(1, Ordering::Relaxed),
-                    Some(false) => {
-                        let reason = answer.get("reason").and_then(Value::as_str);
-                        tracing::debug!(
-                            topic = topic.as_str(),
-                            reason,
-                            "subscribe denied by the backend"
-                        );
-                        stats.refused.fetch_add(1, Ordering::Relaxed)
-                    }
-                    None => stats.bad_answer.fetch_add(1, Ordering::Relaxed),
-                };
-                allow
-            }
-        });
-        let verdicts: Option<Vec<bool>> = futures_util::future::join_all(decisions)
+        let decisions: Vec<_> = check
+            .topics
+            .iter()
+            .map(|topic| {
+                let body = json!({"user_id": check.user_id, "topic": topic.as_str()});
+                async move {
+                    let answer = backend.post(url, &body, stats).await.ok()?;
+                    let allow = answer.get("allow").and_then(Value::as_bool);
+                    match allow {
+                        Some(true) => stats.ok.fetch_add(1, Ordering::Relaxed),
+                        Some(false) => {
+                            let reason = answer.get("reason").and_then(Value::as_str);
+                            tracing::debug!(
+                                topic = topic.as_str(),
+                                reason,
+                                "subscribe denied by the backend"
+                            );
+                            stats.refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                        None => stats.bad_answer.fetch_add(1, Ordering::Relaxed),
+                    };
+                    allow
+                }
+            })
+            .collect();
+        let at_once = self.topic_calls_at_once(&check) as usize;
+        let verdicts: Option<Vec<bool>> = futures_util::stream::iter(decisions)
+            .buffered(at_once)
+            .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect();
@@ -558,6 +586,7 @@ fn read_connect_answer(answer: Value) -> ConnectAnswer {
         topics,
         presence,
         data: answer.get("data").filter(|d| !d.is_null()).cloned(),
+        meta: answer.get("meta").filter(|m| !m.is_null()).cloned(),
     })
 }
 

@@ -82,20 +82,39 @@ async fn backend_connect(
         Some(user) => json!({"user_id": user, "data": {"via": "token"}}),
         None if cookie.contains("sid=alice-session") => json!({
             "user_id": "alice", "name": "Alice", "topics": ["channel:*"],
-            "data": {"servers": [1, 2], "query": body["query"]}
+            "data": {"servers": [1, 2], "query": body["query"]},
+            "meta": {"org": 7}
         }),
         None => json!({"error": {"code": "no_session", "message": "log in first"}}),
     })
 }
 
-/// The backend's subscribe decisions: `channel:open` is allowed, nothing else.
+/// `channel:slow-*` checks being answered now, and the most there ever were at once.
+static SLOW_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MOST_SLOW_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The backend's subscribe decisions: `channel:open` is allowed; `channel:slow-*` too,
+/// after 200 ms (counting how many it answers at once); `channel:never` is never
+/// answered; nothing else is allowed.
 async fn backend_subscribe(
     State(seen): State<Seen>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Json<Value> {
+    use std::sync::atomic::Ordering::SeqCst;
     seen.record("subscribe", &body, headers);
-    let allow = body["topic"] == "channel:open";
+    let topic = body["topic"].as_str().unwrap_or("");
+    if topic == "channel:never" {
+        std::future::pending::<()>().await;
+    }
+    if topic.starts_with("channel:slow-") {
+        let now = SLOW_CHECKS.fetch_add(1, SeqCst) + 1;
+        MOST_SLOW_CHECKS.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        SLOW_CHECKS.fetch_sub(1, SeqCst);
+        return Json(json!({"allow": true}));
+    }
+    let allow = topic == "channel:open";
     Json(json!({"allow": allow, "reason": "private channel"}))
 }
 
@@ -283,9 +302,10 @@ async fn the_method_allow_list_and_the_rate_limit_refuse_before_the_backend() {
 async fn connect_with_cookie(gw: &Gateway, cookie: &str) -> Result<Client, u16> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = gw.url("?room=7").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Cookie", cookie.parse().unwrap());
+    let headers = request.headers_mut();
+    headers.insert("Cookie", cookie.parse().unwrap());
+    headers.insert("X-Forwarded-For", "203.0.113.7".parse().unwrap());
+    headers.insert("User-Agent", "test-agent/1".parse().unwrap());
     match Client::connect_request(request, Encoding::Json).await {
         Ok(client) => Ok(client),
         Err(common::ConnectError::Http(status)) => Err(status),
@@ -297,7 +317,17 @@ async fn connect_with_cookie(gw: &Gateway, cookie: &str) -> Result<Client, u16> 
 async fn a_cookie_session_is_decided_by_the_backend_and_its_data_is_in_ready() {
     let (base, seen) = backend_at().await;
     let connect_url = format!("{base}/connect");
-    let gw = Gateway::start(&["--proxy-connect-url", &connect_url, "--proxy-secret", "s3"]);
+    let rpc_url = format!("{base}/rpc");
+    let gw = Gateway::start(&[
+        "--proxy-connect-url",
+        &connect_url,
+        "--proxy-rpc-url",
+        &rpc_url,
+        "--proxy-secret",
+        "s3",
+        "--proxy-connect-headers",
+        "cookie,X-Forwarded-For",
+    ]);
     let mut alice = connect_with_cookie(&gw, "theme=dark; sid=alice-session")
         .await
         .unwrap();
@@ -310,9 +340,35 @@ async fn a_cookie_session_is_decided_by_the_backend_and_its_data_is_in_ready() {
     // The backend's `topics` stand in for the claim.
     let subscribed = alice.subscribe(&["channel:9"]).await;
     assert_eq!(subscribed.op, "subscribed", "{subscribed:?}");
+    // The connect call's `meta` comes back to the backend with every rpc, also after
+    // a refresh; the client never sees it.
+    assert_eq!(ready.d.get("meta"), None);
+    let rpc = |n: u64| ClientMessage::Rpc {
+        method: "echo".into(),
+        d: json!(n),
+    };
+    alice.send(rpc(1)).await;
+    alice.wait_op("rpc_result").await;
+    alice
+        .send(ClientMessage::Refresh {
+            token: token("alice", &[]),
+        })
+        .await;
+    alice.wait_op("refreshed").await;
+    alice.send(rpc(2)).await;
+    alice.wait_op("rpc_result").await;
+    let metas: Vec<Value> = seen
+        .calls()
+        .iter()
+        .map(|(b, _)| b["meta"].clone())
+        .collect();
+    assert_eq!(metas, [json!({"org": 7}), json!({"org": 7})]);
     let (body, headers) = seen.calls_to("connect").remove(0);
     assert_eq!(body["user_id"], Value::Null);
     assert_eq!(body["headers"]["cookie"], "theme=dark; sid=alice-session");
+    // The allow-listed headers, and no other.
+    assert_eq!(body["headers"]["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(body["headers"]["user-agent"], Value::Null);
     assert_eq!(headers["x-coregate-secret"], "s3");
     // No session: refused before the upgrade, as a bad token would be.
     assert_eq!(connect_with_cookie(&gw, "sid=stale").await.err(), Some(401));
@@ -464,4 +520,55 @@ async fn the_proxy_authorizer_asks_the_backend_once_per_verdict_and_refuses_not_
     .await;
     let error = bob.wait_op("error").await;
     assert_eq!(error.d["code"], "not_ready");
+}
+
+#[tokio::test]
+async fn a_subscribe_with_many_gated_topics_asks_the_backend_a_few_at_a_time_and_a_slow_one_is_not_ready(
+) {
+    let (base, seen) = backend_at().await;
+    let subscribe_url = format!("{base}/subscribe");
+    let gw = Gateway::start(&[
+        "--authorizer",
+        "proxy",
+        "--proxy-subscribe-url",
+        &subscribe_url,
+        "--authorizer-timeout",
+        "5s",
+    ]);
+    let mut alice = Client::ready(&gw, &token("alice", &["channel:*"]), Encoding::Json).await;
+    let topics: Vec<String> = (0..24).map(|i| format!("channel:slow-{i}")).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let subscribed = alice.subscribe(&topics).await;
+    assert_eq!(subscribed.d["topics"].as_array().unwrap().len(), 24);
+    assert_eq!(seen.calls_to("subscribe").len(), 24);
+    // 8 at a time (three rounds of 200 ms), not 24 POSTs at once.
+    let most = MOST_SLOW_CHECKS.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=8).contains(&most), "{most} checks at once");
+    // A backend slower than --authorizer-timeout: refused not_ready, never granted,
+    // and the connection is served meanwhile.
+    let impatient = Gateway::start(&[
+        "--authorizer",
+        "proxy",
+        "--proxy-subscribe-url",
+        &subscribe_url,
+        "--authorizer-timeout",
+        "300ms",
+    ]);
+    let mut bob = Client::ready(&impatient, &token("bob", &["channel:*"]), Encoding::Json).await;
+    let asked_at = Instant::now();
+    bob.send(ClientMessage::Subscribe {
+        topics: vec!["channel:never".into()],
+        since: None,
+    })
+    .await;
+    let r#ref = bob.send(ClientMessage::Ping).await;
+    let pong = bob.wait_op("pong").await;
+    assert_eq!(pong.r#ref, Some(r#ref));
+    assert!(
+        asked_at.elapsed() < Duration::from_millis(250),
+        "the ping waited for the check"
+    );
+    let error = bob.wait_op("error").await;
+    assert_eq!(error.d["code"], "not_ready");
+    assert_eq!(error.d["topics"], json!(["channel:never"]));
 }

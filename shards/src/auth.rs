@@ -13,20 +13,49 @@ pub struct Identity {
     pub expires_at: u64,
     /// The topic patterns the `topics` claim allows.
     pub topics: TopicPatterns,
+    /// What few identities carry, behind a thin pointer and `None` when there is none
+    /// of it: most connections have none, and the session keeps its identity inline
+    /// within a 640-byte size class.
+    pub extras: Option<Box<IdentityExtras>>,
+}
+
+/// The rarer parts of an [`Identity`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IdentityExtras {
     /// The topics of the `presence` claim, where the user's presence transitions are
-    /// announced besides `presence:<sub>`. Boxed behind a thin pointer and `None` when
-    /// the claim is absent: most tokens have none, and the session keeps its identity
-    /// inline within a 640-byte size class.
-    #[allow(clippy::box_collection)]
-    pub presence: Option<Box<Vec<Topic>>>,
+    /// announced besides `presence:<sub>`.
+    pub presence: Vec<Topic>,
+    /// The backend's `meta` from the connect call: kept for the connection's life and
+    /// handed back to the backend with each of its `rpc` calls (PROTOCOL.md §8),
+    /// never sent to the client.
+    pub meta: Option<serde_json::Value>,
+}
+
+impl IdentityExtras {
+    /// `None` when there is nothing to keep.
+    pub fn boxed(presence: Vec<Topic>, meta: Option<serde_json::Value>) -> Option<Box<Self>> {
+        let meta = meta.filter(|m| !m.is_null());
+        (!presence.is_empty() || meta.is_some())
+            .then(|| Box::new(IdentityExtras { presence, meta }))
+    }
 }
 
 impl Identity {
+    /// The `presence` claim's topics.
+    pub fn presence_claim(&self) -> &[Topic] {
+        self.extras.as_ref().map_or(&[], |e| &e.presence)
+    }
+
+    /// The connect call's `meta`, if the backend gave one.
+    pub fn meta(&self) -> Option<&serde_json::Value> {
+        self.extras.as_ref().and_then(|e| e.meta.as_ref())
+    }
+
     /// Where this user's presence transitions are announced: `presence:<sub>`, then
     /// the `presence` claim's topics (without repeats).
     pub fn presence_topics(&self) -> Vec<Topic> {
         let mut topics: Vec<Topic> = Topic::presence(&self.user_id).into_iter().collect();
-        for topic in self.presence.iter().flat_map(|p| p.iter()) {
+        for topic in self.presence_claim() {
             if !topics.contains(topic) {
                 topics.push(topic.clone());
             }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use coregate_protocol::{Topic, TopicPatterns};
 
-use crate::auth::Identity;
+use crate::auth::{Identity, IdentityExtras};
 use crate::hub::ConnKey;
 
 /// One client `rpc`, on its way to the backend.
@@ -31,6 +31,8 @@ pub struct RpcCall {
     pub session_id: String,
     pub method: String,
     pub d: serde_json::Value,
+    /// The connection's `meta` from the connect call, if any.
+    pub meta: Option<serde_json::Value>,
 }
 
 /// Why an `rpc` got no `rpc_result`: sent to the client as `error {code, message}`.
@@ -81,7 +83,10 @@ pub struct ConnectGrant {
     pub topics: Option<TopicPatterns>,
     /// The `presence` claim's equivalent.
     pub presence: Option<Vec<Topic>>,
+    /// For `ready.d.data`.
     pub data: Option<serde_json::Value>,
+    /// Kept by the gateway and sent back with each `rpc` of the connection.
+    pub meta: Option<serde_json::Value>,
 }
 
 impl ConnectGrant {
@@ -89,16 +94,18 @@ impl ConnectGrant {
     /// connection without a token has no expiry (its session is the backend's to end).
     pub fn into_identity(self, token: Option<Identity>) -> (Identity, Option<serde_json::Value>) {
         let (name, expires_at, topics, presence) = match token {
-            Some(t) => (t.name, t.expires_at, t.topics, t.presence.map(|p| *p)),
-            None => (None, u64::MAX, TopicPatterns::default(), None),
+            Some(t) => {
+                let presence = t.presence_claim().to_vec();
+                (t.name, t.expires_at, t.topics, presence)
+            }
+            None => (None, u64::MAX, TopicPatterns::default(), Vec::new()),
         };
-        let presence = self.presence.or(presence).filter(|p| !p.is_empty());
         let identity = Identity {
             user_id: self.user_id,
             name: self.name.or(name),
             expires_at,
             topics: self.topics.unwrap_or(topics),
-            presence: presence.map(Box::new),
+            extras: IdentityExtras::boxed(self.presence.unwrap_or(presence), self.meta),
         };
         (identity, self.data)
     }

@@ -51,7 +51,7 @@ pub mod ws;
 #[cfg(test)]
 mod testing;
 
-pub use auth::{AuthError, Identity, TokenVerifier};
+pub use auth::{AuthError, Identity, IdentityExtras, TokenVerifier};
 pub use authorizer::{MembershipCheck, MembershipError, SharedAuthorizer};
 pub use backend::{
     ConnectAnswer, ConnectCall, ConnectGrant, ConnectRefusal, RpcAnswer, RpcCall, RpcFailure,

@@ -116,6 +116,9 @@ shard_stats! {
     closes_other,
     /// Events that arrived for a topic with no local subscriber left.
     unrouted_events,
+    /// `rpc` calls answered `unavailable` at once because the backend client's queue
+    /// was full (the backend is slower than the calls come).
+    backend_calls_refused,
     /// Interest changes that could not be handed to the ingestor at once (retried).
     interest_backlog,
     /// The most bytes one connection's outbound queue has held (a high-water gauge).

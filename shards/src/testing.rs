@@ -43,7 +43,7 @@ impl TokenVerifier for TestVerifier {
             name: Some(format!("{user}'s name")),
             expires_at: exp,
             topics: TopicPatterns::parse_list(["channel:*"]).expect("patterns"),
-            presence: None,
+            extras: None,
         })
     }
 }

@@ -33,7 +33,7 @@ impl TokenVerifier for FuzzVerifier {
             name: Some("Fuzz".to_owned()),
             expires_at: UNIX_START + 3600,
             topics: TopicPatterns::parse_list(["channel:*"]).map_err(|_| AuthError::Malformed)?,
-            presence: None,
+            extras: None,
         })
     }
 }

@@ -503,10 +503,14 @@ impl LocalHub {
                     session_id: session.session_id().to_string(),
                     method,
                     d,
+                    meta: session.identity().and_then(|i| i.meta()).cloned(),
                 };
                 match backend.send(call) {
                     Ok(()) => return,
-                    Err(_) => "the backend is overloaded; try again",
+                    Err(_) => {
+                        ShardStats::add(&self.parts.stats.backend_calls_refused, 1);
+                        "the backend is overloaded; try again"
+                    }
                 }
             }
             _ => "rpc is not configured on this gateway",

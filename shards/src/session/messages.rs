@@ -11,7 +11,7 @@ use coregate_protocol::{
 
 use super::{dedup, CloseReason, Now, Session, SessionCtx, SessionEvent};
 use crate::admission::UserSlot;
-use crate::auth::Identity;
+use crate::auth::{Identity, IdentityExtras};
 use crate::bus::{PresenceSignal, TypingAction, TypingSignal};
 
 /// The longest a connection's identity holds without a `refresh`: the deadline of a
@@ -140,8 +140,13 @@ impl Session {
                 r#ref,
                 ctx,
             ),
-            Ok(identity) => {
+            Ok(mut identity) => {
                 let exp = identity.expires_at;
+                // The connect call's `meta` belongs to the connection, not to a token.
+                if let Some(meta) = self.identity.as_ref().and_then(Identity::meta) {
+                    let presence = identity.presence_claim().to_vec();
+                    identity.extras = IdentityExtras::boxed(presence, Some(meta.clone()));
+                }
                 self.set_identity(identity, now);
                 self.reply(&ServerMessage::Refreshed { exp }, r#ref, ctx);
             }
