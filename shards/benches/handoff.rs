@@ -107,10 +107,8 @@ fn spawn_shard(
                         }
                         // The end of a run (see `run`).
                         ShardMessage::Drain { .. } => ControlFlow::Break(()),
-                        // Never sent here.
-                        ShardMessage::PresenceState { .. }
-                        | ShardMessage::RpcResult { .. }
-                        | ShardMessage::History { .. } => ControlFlow::Continue(()),
+                        // Answers to connections' requests: never sent here.
+                        _ => ControlFlow::Continue(()),
                     })
                     .await;
                     received

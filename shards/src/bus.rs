@@ -184,6 +184,14 @@ pub enum ShardMessage {
         ticket: u64,
         answer: crate::history::HistoryAnswer,
     },
+    /// The SFU's signal to a connection in a voice room (an offer, a candidate, the
+    /// room's events, an error). `left`: the SFU no longer has it in `channel` (it left,
+    /// timed out, or was refused), so the connection forgets the room.
+    Voice {
+        conn: crate::hub::ConnKey,
+        message: coregate_protocol::ServerMessage,
+        left: Option<String>,
+    },
 }
 
 /// What the node answers a `presence_query`.

@@ -17,6 +17,7 @@
 //! - [`auth`]: the verifier trait the binary implements with JWTs;
 //! - [`authorizer`]: the optional Redis membership gate on `subscribe`, cached per shard;
 //! - [`backend`]: calls to the application backend (`rpc`), handed to the node;
+//! - [`voice`]: voice signaling, handed to the node's SFU;
 //! - [`config`]: the settings every shard reads;
 //! - [`bus`]: the queues between shards and the node's ingestor;
 //! - [`rate_limit`]: the token bucket behind the rate limits;
@@ -46,6 +47,7 @@ pub mod rate_limit;
 pub mod session;
 pub mod stats;
 pub mod upgrade;
+pub mod voice;
 pub mod ws;
 
 #[cfg(test)]
@@ -64,4 +66,6 @@ pub use bus::{
 };
 pub use config::ShardConfig;
 pub use driver::{start_shards, RunningShards, ShardPlacement, StartError};
+pub use hub::NodeLinks;
 pub use stats::{ShardStats, StatsSnapshot};
+pub use voice::{SharedVoice, VoiceAction, VoiceRequest};

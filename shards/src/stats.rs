@@ -119,6 +119,9 @@ shard_stats! {
     /// `rpc` calls answered `unavailable` at once because the backend client's queue
     /// was full (the backend is slower than the calls come).
     backend_calls_refused,
+    /// Voice ops answered `voice_error {code: unavailable}` at once because the SFU's
+    /// queue was full.
+    voice_requests_refused,
     /// Interest changes that could not be handed to the ingestor at once (retried).
     interest_backlog,
     /// The most bytes one connection's outbound queue has held (a high-water gauge).

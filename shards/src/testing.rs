@@ -26,7 +26,8 @@ use crate::stats::ShardStats;
 pub const UNIX_START: u64 = 1_800_000_000;
 
 /// Tokens for the harness: `"<user>"` (valid for an hour from [`UNIX_START`]),
-/// `"<user>@<exp>"` (expiring at unix second `exp`), or `"bad"`.
+/// `"<user>@<exp>"` (expiring at unix second `exp`), or `"bad"`. Every user may
+/// subscribe to `channel:*` and join the voice channels `open-*`.
 pub struct TestVerifier;
 
 impl TokenVerifier for TestVerifier {
@@ -42,7 +43,7 @@ impl TokenVerifier for TestVerifier {
             user_id: user.to_owned(),
             name: Some(format!("{user}'s name")),
             expires_at: exp,
-            topics: TopicPatterns::parse_list(["channel:*"]).expect("patterns"),
+            topics: TopicPatterns::parse_list(["channel:*", "voice:open-*"]).expect("patterns"),
             extras: None,
         })
     }
@@ -132,6 +133,8 @@ pub fn parse_server_bytes(encoding: Encoding, mut bytes: &[u8]) -> Received {
 
 /// How many `rpc` calls the harness's backend queue holds.
 pub const RPC_QUEUE: usize = 4;
+/// How many voice ops the harness's SFU queue holds.
+pub const VOICE_QUEUE: usize = 8;
 
 /// A hub, its virtual clock and the other ends of its queues.
 pub struct Harness {
@@ -144,6 +147,8 @@ pub struct Harness {
     /// `rpc` calls for the backend (a backend is always configured here; the queue
     /// holds [`RPC_QUEUE`]).
     pub rpc_calls: flume::Receiver<RpcCall>,
+    /// Voice ops for the SFU (voice is always on here; the queue holds [`VOICE_QUEUE`]).
+    pub voice_requests: flume::Receiver<crate::voice::VoiceRequest>,
     start: Instant,
     elapsed: Duration,
 }
@@ -171,6 +176,7 @@ impl Harness {
         let stats = Arc::new(ShardStats::default());
         let admission = Arc::new(Admission::new(&config));
         let (rpc_tx, rpc_calls) = flume::bounded(RPC_QUEUE);
+        let (voice_tx, voice_requests) = flume::bounded(VOICE_QUEUE);
         let hub = LocalHub::new(
             0,
             Arc::new(config),
@@ -181,6 +187,7 @@ impl Harness {
                 ingestor: ingestor_tx,
                 authorizer,
                 backend: Some(SharedBackend::default().with_rpc(rpc_tx)),
+                voice: Some(crate::voice::SharedVoice::new(voice_tx)),
             },
         );
         Harness {
@@ -189,6 +196,7 @@ impl Harness {
             ingestor,
             checks,
             rpc_calls,
+            voice_requests,
             start: Instant::now(),
             elapsed: Duration::ZERO,
         }

@@ -27,9 +27,8 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::admission::Admission;
 use crate::auth::TokenVerifier;
-use crate::authorizer::SharedAuthorizer;
 use crate::backend::SharedBackend;
-use crate::bus::{shard_inbox, IngestorSender, LocalInbox, ShardMessage, ShardSender, MAX_SHARDS};
+use crate::bus::{shard_inbox, LocalInbox, ShardMessage, ShardSender, MAX_SHARDS};
 use crate::config::ShardConfig;
 use crate::hub::{LocalHub, NodeLinks};
 use crate::session::{CloseReason, CLOSE_FLUSH_LIMIT};
@@ -133,6 +132,14 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
                 .hub
                 .borrow_mut()
                 .answer_history(conn, ticket, answer, now),
+            ShardMessage::Voice {
+                conn,
+                message,
+                left,
+            } => shard
+                .hub
+                .borrow_mut()
+                .answer_voice(conn, message, left, now),
         }
         ControlFlow::Continue(())
     })
@@ -276,9 +283,7 @@ pub fn start_shards(
     placement: &ShardPlacement,
     config: Arc<ShardConfig>,
     verifier: Arc<dyn TokenVerifier>,
-    ingestor: IngestorSender,
-    authorizer: Option<SharedAuthorizer>,
-    backend: Option<SharedBackend>,
+    links: NodeLinks,
 ) -> Result<RunningShards, StartError> {
     let nr_shards = placement.nr_shards;
     if nr_shards == 0 || nr_shards > MAX_SHARDS {
@@ -301,10 +306,8 @@ pub fn start_shards(
             let config = config.clone();
             let verifier = verifier.clone();
             let stats = stats.clone();
-            let ingestor = ingestor.clone();
+            let links = links.clone();
             let admission = admission.clone();
-            let authorizer = authorizer.clone();
-            let backend = backend.clone();
             LocalExecutorBuilder::new(placement.placement(shard_id))
                 .name(&format!("shard-{shard_id}"))
                 .io_memory(IO_MEMORY)
@@ -317,17 +320,14 @@ pub fn start_shards(
                         }
                     };
                     let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                    let backend = links.backend.clone();
                     let hub = LocalHub::new(
                         shard_id,
                         config.clone(),
                         stats.clone(),
                         verifier.clone(),
                         admission.clone(),
-                        NodeLinks {
-                            ingestor,
-                            authorizer,
-                            backend: backend.clone(),
-                        },
+                        links,
                     );
                     let shard = Rc::new(LocalShard {
                         shard_id,

@@ -14,6 +14,8 @@ mod history_tests;
 #[cfg(test)]
 mod tests;
 pub mod topic_table;
+#[cfg(test)]
+mod voice_tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -36,6 +38,7 @@ use crate::session::{
     SessionRates, Start, Transmit,
 };
 use crate::stats::ShardStats;
+use crate::voice::{SharedVoice, VoiceAction, VoiceRequest};
 use topic_table::LocalTopicTable;
 
 /// A connection's key: its slab index and the generation of the connection that holds
@@ -47,9 +50,22 @@ pub struct ConnKey {
     generation: u32,
 }
 
-#[cfg(test)]
 impl ConnKey {
+    /// The key as one number, for naming a connection to another node (which hands
+    /// it back as it was, through [`ConnKey::from_raw`]).
+    pub fn to_raw(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    pub fn from_raw(raw: u64) -> ConnKey {
+        ConnKey {
+            index: raw as u32,
+            generation: (raw >> 32) as u32,
+        }
+    }
+
     /// A key for unit tests that need one without a hub.
+    #[cfg(test)]
     pub(crate) fn for_tests(index: u32) -> ConnKey {
         ConnKey {
             index,
@@ -109,12 +125,14 @@ impl Parts {
 }
 
 /// What a shard's hub sends to the node's side: the ingestor (always), the membership
-/// checker (`--authorizer redis`) and the backend client (`--proxy-rpc-url`).
+/// checker (`--authorizer redis`), the backend client (`--proxy-rpc-url`) and the SFU
+/// (voice on).
 #[derive(Debug, Clone)]
 pub struct NodeLinks {
     pub ingestor: IngestorSender,
     pub authorizer: Option<SharedAuthorizer>,
     pub backend: Option<SharedBackend>,
+    pub voice: Option<SharedVoice>,
 }
 
 /// One shard's connections and routing; see the module docs.
@@ -128,6 +146,8 @@ pub struct LocalHub {
     ingestor: Option<IngestorSender>,
     /// The node's backend client, for `rpc`; `None` without `--proxy-rpc-url`.
     backend: Option<SharedBackend>,
+    /// The node's SFU; `None` with voice off.
+    voice: Option<SharedVoice>,
     /// Commands the ingestor's queue could not take yet, retried at every flush.
     commands: VecDeque<IngestorCommand>,
     /// Subscribes waiting for the membership store, by check id.
@@ -152,6 +172,7 @@ impl LocalHub {
             ingestor,
             authorizer,
             backend,
+            voice,
         } = links;
         LocalHub {
             shard_id,
@@ -170,6 +191,7 @@ impl LocalHub {
             },
             ingestor: Some(ingestor),
             backend,
+            voice,
             commands: VecDeque::new(),
             checks: HashMap::new(),
             next_check_id: 0,
@@ -287,6 +309,14 @@ impl LocalHub {
         }
         if let Some(leave) = slot.session.presence_leave() {
             self.commands.push_back(IngestorCommand::Presence(leave));
+        }
+        if let Some(channel) = slot.session.voice_channel() {
+            let gone =
+                self.voice_request(key, &slot.session, channel.to_owned(), VoiceAction::Gone);
+            if let (Some(voice), Some(gone)) = (&self.voice, gone) {
+                // A full queue loses it: the SFU's own ICE timeout removes the participant.
+                let _ = voice.send(gone);
+            }
         }
         let encoding = slot.session.encoding();
         for topic in slot.session.subscriptions() {
@@ -457,6 +487,7 @@ impl LocalHub {
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
             SessionEvent::Rpc { r#ref, method, d } => self.send_rpc(key, r#ref, method, d),
+            SessionEvent::Voice { channel, action } => self.send_voice(key, channel, action, now),
             SessionEvent::ReadHistory { ticket, reads } => {
                 let request = crate::history::HistoryRequest {
                     shard_id: self.shard_id,
@@ -516,6 +547,73 @@ impl LocalHub {
             _ => "rpc is not configured on this gateway",
         };
         self.answer_rpc(key, r#ref, Err(RpcFailure::unavailable(refused)));
+    }
+
+    /// The request a voice op of `key`'s session becomes.
+    fn voice_request(
+        &self,
+        key: ConnKey,
+        session: &Session,
+        channel: String,
+        action: VoiceAction,
+    ) -> Option<VoiceRequest> {
+        let identity = session.identity()?;
+        Some(VoiceRequest {
+            shard_id: self.shard_id,
+            conn: key,
+            user_id: identity.user_id.clone(),
+            name: identity.name.clone(),
+            channel,
+            action,
+        })
+    }
+
+    /// Hands a voice op to the node's SFU; one that cannot be sent (voice off, the
+    /// SFU's queue full) is answered `voice_error {code: unavailable}` at once, and a
+    /// join that could not be sent leaves the connection out of the room.
+    fn send_voice(&mut self, key: ConnKey, channel: String, action: VoiceAction, now: Instant) {
+        let Some(session) = self.session(key) else {
+            return;
+        };
+        let joining = action == VoiceAction::Join;
+        let Some(request) = self.voice_request(key, session, channel.clone(), action) else {
+            return;
+        };
+        let refusal = match &self.voice {
+            None => "voice is switched off on this gateway",
+            Some(voice) => match voice.send(request) {
+                Ok(()) => return,
+                Err(_) => {
+                    ShardStats::add(&self.parts.stats.voice_requests_refused, 1);
+                    "the voice server is overloaded; try again"
+                }
+            },
+        };
+        let message = coregate_protocol::ServerMessage::VoiceError {
+            code: coregate_protocol::ErrorCode::Unavailable
+                .as_str()
+                .to_owned(),
+            message: refusal.to_owned(),
+        };
+        let left = joining.then_some(channel);
+        self.answer_voice(key, message, left, now);
+    }
+
+    /// The SFU's signal to `key` (a connection gone meanwhile gets nothing).
+    pub fn answer_voice(
+        &mut self,
+        key: ConnKey,
+        message: coregate_protocol::ServerMessage,
+        left: Option<String>,
+        now: Instant,
+    ) {
+        let Some(slot) = slot_mut(&mut self.slots, key) else {
+            return;
+        };
+        slot.session
+            .answer_voice(message, left, now, &mut self.parts.ctx());
+        slot.wake();
+        self.apply_events(key, now);
     }
 
     /// The backend answered `key`'s `rpc` (a connection gone meanwhile, or a newer one

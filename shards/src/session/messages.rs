@@ -13,6 +13,7 @@ use super::{dedup, CloseReason, Now, Session, SessionCtx, SessionEvent};
 use crate::admission::UserSlot;
 use crate::auth::{Identity, IdentityExtras};
 use crate::bus::{PresenceSignal, TypingAction, TypingSignal};
+use crate::voice::VoiceAction;
 
 /// The longest a connection's identity holds without a `refresh`: the deadline of a
 /// token whose `exp` is further away, or of a connection the backend's connect call
@@ -67,12 +68,24 @@ impl Session {
                 limit,
                 since,
             } => self.history(&topic, limit, since, r#ref, ctx),
-            other => self.reply_error(
-                ErrorCode::BadRequest,
-                &format!("`{}` is not available on this gateway yet", other.op()),
-                r#ref,
-                ctx,
-            ),
+            ClientMessage::VoiceJoin { channel } => {
+                self.voice(channel, VoiceAction::Join, r#ref, ctx)
+            }
+            ClientMessage::VoiceLeave { channel } => {
+                self.voice(channel, VoiceAction::Leave, r#ref, ctx)
+            }
+            ClientMessage::VoiceAnswer { channel, sdp } => {
+                self.voice(channel, VoiceAction::Answer { sdp }, r#ref, ctx)
+            }
+            ClientMessage::VoiceIceCandidate { channel, candidate } => {
+                self.voice(channel, VoiceAction::IceCandidate { candidate }, r#ref, ctx)
+            }
+            ClientMessage::VoiceMute { channel } => {
+                self.voice(channel, VoiceAction::Mute, r#ref, ctx)
+            }
+            ClientMessage::VoiceUnmute { channel } => {
+                self.voice(channel, VoiceAction::Unmute, r#ref, ctx)
+            }
         }
         None
     }

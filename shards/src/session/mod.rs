@@ -24,6 +24,7 @@ mod recovery;
 mod subscribe;
 #[cfg(test)]
 mod tests;
+mod voice;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,6 +149,12 @@ pub enum SessionEvent {
         method: String,
         d: serde_json::Value,
     },
+    /// A voice op for the node's SFU; what the SFU says back comes through
+    /// [`Session::answer_voice`].
+    Voice {
+        channel: String,
+        action: crate::voice::VoiceAction,
+    },
 }
 
 /// Scratch buffers shared by every session of a shard: a connection holds none of its
@@ -207,6 +214,8 @@ struct Occasional {
     /// The last ticket given to a read of the node's streams (unique among those
     /// waiting, which is all it must be).
     next_ticket: u64,
+    /// The voice channel this connection is in (one at a time).
+    voice: Option<String>,
 }
 
 impl Occasional {
@@ -217,6 +226,7 @@ impl Occasional {
             && self.recoveries.is_empty()
             && self.floors.is_empty()
             && self.history_queries.is_empty()
+            && self.voice.is_none()
     }
 }
 

@@ -1,0 +1,127 @@
+//! Voice signaling on one connection (PROTOCOL.md §4–§5): which room the connection is
+//! in (one at a time), who may join which (like a subscribe to `voice:<channel>`, by the
+//! token's `topics`), and what the SFU says back. Media never passes here: the ops go to
+//! the node's SFU as [`SessionEvent::Voice`], and its signals come back through
+//! [`Session::answer_voice`] to the priority lane.
+
+use std::time::Instant;
+
+use coregate_protocol::{ErrorCode, ServerMessage, Topic};
+
+use super::{Session, SessionCtx, SessionEvent};
+use crate::voice::VoiceAction;
+
+/// `voice_error` codes the session itself answers (PROTOCOL.md §5); the SFU adds
+/// `room_full` and `bad_sdp`.
+const NOT_IN_ROOM: &str = "not_in_room";
+
+impl Session {
+    /// The voice channel this connection is in, if any.
+    pub fn voice_channel(&self) -> Option<&str> {
+        self.occasional.as_ref()?.voice.as_deref()
+    }
+
+    /// A `voice_*` op for `channel`. `voice_join` is authorized like a subscribe to
+    /// `voice:<channel>` would be by the token's `topics` (whatever the authorizer: the
+    /// membership stores decide topics, not rooms), leaves the room the connection was
+    /// in, if another, and subscribes `voice:<channel>` for the backend's events to the
+    /// room. Every other op needs the connection to be in that room.
+    pub(super) fn voice(
+        &mut self,
+        channel: String,
+        action: VoiceAction,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) {
+        let joined = self.voice_channel() == Some(channel.as_str());
+        if action != VoiceAction::Join {
+            if !joined {
+                let message = format!("not in the voice channel `{channel}`");
+                return self.reply_voice_error(NOT_IN_ROOM, &message, r#ref, ctx);
+            }
+            if action == VoiceAction::Leave {
+                self.forget_voice(ctx);
+            }
+            ctx.events.push(SessionEvent::Voice { channel, action });
+            return;
+        }
+        let Ok(topic) = Topic::parse(&format!("voice:{channel}")) else {
+            let message = "not a valid voice channel id";
+            return self.reply_voice_error(ErrorCode::BadRequest.as_str(), message, r#ref, ctx);
+        };
+        let allowed = self
+            .identity
+            .as_ref()
+            .is_some_and(|identity| identity.topics.allows(&topic));
+        if !allowed {
+            let message = format!("not allowed in the voice channel `{channel}`");
+            return self.reply_voice_error(ErrorCode::Forbidden.as_str(), &message, r#ref, ctx);
+        }
+        if !joined {
+            if let Some(current) = self.voice_channel().map(str::to_owned) {
+                self.forget_voice(ctx);
+                ctx.events.push(SessionEvent::Voice {
+                    channel: current,
+                    action: VoiceAction::Leave,
+                });
+            }
+            if self.subscriptions.len() >= ctx.config.max_subscriptions {
+                let message = "subscription limit reached: the room's topic does not fit";
+                return self.reply_voice_error(ErrorCode::Limit.as_str(), message, r#ref, ctx);
+            }
+            self.hold(topic, ctx);
+            self.occasional().voice = Some(channel.clone());
+        }
+        ctx.events.push(SessionEvent::Voice { channel, action });
+    }
+
+    /// What the SFU says to this connection. `left`: the SFU no longer has it in that
+    /// room (it left, timed out, or its join was refused).
+    pub fn answer_voice(
+        &mut self,
+        message: ServerMessage,
+        left: Option<String>,
+        now: Instant,
+        ctx: &mut SessionCtx,
+    ) {
+        if self.is_closing() {
+            return;
+        }
+        if left.is_some() && left.as_deref() == self.voice_channel() {
+            self.forget_voice(ctx);
+        }
+        self.reply(&message, None, ctx);
+        // Signals are not answers to one request each: one the client does not read
+        // counts against its control budget like any reply.
+        self.enforce_control_budget(now, ctx);
+    }
+
+    /// Out of the room: its topic is let go of.
+    fn forget_voice(&mut self, ctx: &mut SessionCtx) {
+        let Some(channel) = self.occasional.as_mut().and_then(|o| o.voice.take()) else {
+            return;
+        };
+        self.release_occasional_if_unused();
+        let Ok(topic) = Topic::parse(&format!("voice:{channel}")) else {
+            return;
+        };
+        if let Some(at) = self.subscriptions.iter().position(|t| *t == topic) {
+            self.subscriptions.swap_remove(at);
+            ctx.events.push(SessionEvent::Unsubscribe(topic));
+        }
+    }
+
+    fn reply_voice_error(
+        &mut self,
+        code: &str,
+        message: &str,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) {
+        let error = ServerMessage::VoiceError {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        };
+        self.reply(&error, r#ref, ctx);
+    }
+}
