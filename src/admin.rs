@@ -43,6 +43,8 @@ pub struct AdminState {
     pub max_message_size: usize,
     /// `--admin-token`: what mutating routes require as a bearer token, when set.
     pub admin_token: Option<Arc<str>>,
+    /// The SFU's figures (zero with voice off).
+    pub voice_stats: Arc<crate::voice::VoiceStats>,
 }
 
 impl AdminState {
@@ -187,6 +189,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &state.shard_stats,
         &state.ingestor_stats,
         &state.proxy_stats,
+        &state.voice_stats,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -393,6 +393,33 @@ coregate_shards::shard_settings!(define_config! {
             /// takes its users offline once the lease ran out (plus the grace).
             presence_ttl: Duration = Duration::from_secs(30);
         }
+        "Voice" {
+            /// Whether this node runs the SFU for voice channels (`voice_join` …).
+            ///
+            /// Off, voice ops are answered `voice_error {code: unavailable}` and no UDP
+            /// port is opened.
+            voice: bool = true;
+
+            /// The UDP address the SFU receives media on; none: the `--listen` host, a free port.
+            ///
+            /// One socket carries every participant (ICE-lite, no STUN or TURN server
+            /// needed). Open it in the firewall to clients, and to the other nodes'
+            /// clients when rooms span nodes.
+            voice_udp: Option<SocketAddr> = None;
+
+            /// The UDP address clients are told to send media to; none: the socket's own.
+            ///
+            /// For a node behind NAT or a load balancer: the public address that reaches
+            /// `voice_udp`. For a socket bound to `0.0.0.0` the node announces the
+            /// address of its default route (logged); set this in production.
+            voice_announce: Option<SocketAddr> = None;
+
+            /// Participants one voice channel holds at most; more are refused `room_full`.
+            ///
+            /// Every participant receives every other's audio: the SFU's work per room
+            /// grows with the square of its size.
+            voice_room_size: usize = 25;
+        }
     }
 });
 
@@ -509,6 +536,10 @@ impl Config {
             }
         }
         self.cpu_list()?;
+        if self.voice_room_size < 2 {
+            return Err(invalid("voice_room_size", "must be at least 2"));
+        }
+
         let longest = crate::ingest::history::MAX_HISTORY_TTL;
         if self.history.longest_ttl().is_some_and(|ttl| ttl > longest) {
             return Err(invalid(

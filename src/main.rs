@@ -21,6 +21,7 @@ mod config;
 mod ingest;
 mod metrics;
 mod proxy;
+mod voice;
 
 use config::{Config, ConfigArgs, ConfigError, LogFormat};
 
@@ -476,6 +477,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
     // before development mode's banner, which would be noise above a refusal).
     probe_listen(config.listen, reuse_port_with_running)?;
     let admin_listener = admin::bind(config.admin)?;
+    let voice = config.voice.then(|| bind_voice(&config)).transpose()?;
     let (verifier, _dev_secret) = verifier(&config)?;
     let (ingestor_tx, ingestor_rx) = flume::bounded(INGESTOR_QUEUE);
     let (authorizer, membership) = membership_authorizer(&config).unzip();
@@ -495,11 +497,18 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         &placement,
         Arc::new(config.shard_config()),
         verifier,
-        ingestor_tx.clone(),
-        authorizer,
-        backend,
+        coregate_shards::NodeLinks {
+            ingestor: ingestor_tx.clone(),
+            authorizer,
+            backend,
+            voice: voice.as_ref().map(|v| v.shared.clone()),
+        },
     )
     .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+    let voice_stats = Arc::new(voice::VoiceStats::default());
+    let voice = voice
+        .map(|bound| bound.spawn(shards.senders.clone(), voice_stats.clone()))
+        .transpose()?;
     let proxy_stats = Arc::new(proxy::ProxyStats::default());
     let proxy = match proxy_queues {
         Some(queues) => Some(proxy::spawn(
@@ -551,6 +560,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
             backend_in_ready: config.proxy_in_ready,
             max_message_size: config.max_message_size,
             admin_token: config.admin_token.as_deref().map(Arc::from),
+            voice_stats,
         },
         admin_stopped,
     )?;
@@ -573,6 +583,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         stop_admin,
         ingestor,
         proxy,
+        voice,
     };
     let drained = runtime.block_on(drain_on_signal(parts, &draining, config.drain_window));
     // A part that did not end within the margin is not waited for.
@@ -589,6 +600,8 @@ struct Parts {
     /// The backend client, with `--proxy-rpc-url`; it ends with the shards, whose
     /// hubs hold its queue's senders.
     proxy: Option<std::thread::JoinHandle<()>>,
+    /// The SFU, with voice on; it ends with the shards, like the backend client.
+    voice: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Parts {
@@ -603,12 +616,42 @@ impl Parts {
             let _ = proxy.join();
             tracing::debug!("backend client ended");
         }
+        if let Some(voice) = self.voice {
+            let _ = voice.join();
+            tracing::debug!("SFU ended");
+        }
         let _ = self.stop_admin.send(());
         let _ = self.admin.join();
         tracing::debug!("admin API ended");
         let _ = self.ingestor.join();
         tracing::debug!("ingestor ended");
     }
+}
+
+/// Binds the SFU's UDP socket (`--voice-udp`, or the `--listen` host on a free port);
+/// one it cannot have is a setting's error, named.
+fn bind_voice(config: &Config) -> Result<voice::BoundVoice, ConfigError> {
+    let (name, bind) = match config.voice_udp {
+        Some(addr) => ("voice_udp", addr),
+        None => ("listen", SocketAddr::new(config.listen.ip(), 0)),
+    };
+    let cluster = config
+        .redis_url
+        .as_ref()
+        .map(|url| voice::cluster::ClusterSettings {
+            url: url.clone(),
+            prefix: config.redis_prefix.clone(),
+            node_id: Arc::from(uuid::Uuid::new_v4().to_string()),
+            timeout: config.redis_timeout,
+        });
+    let settings = voice::VoiceSettings {
+        bind,
+        announce: config.voice_announce,
+        room_size: config.voice_room_size,
+        cluster,
+    };
+    voice::bind(settings)
+        .map_err(|e| ConfigError::new(name, format!("voice: cannot bind UDP {bind}: {e}")))
 }
 
 /// With any backend call configured (`--proxy-rpc-url`, `--proxy-connect-url`,

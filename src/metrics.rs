@@ -10,6 +10,7 @@ use coregate_shards::{ShardStats, StatsSnapshot};
 
 use crate::ingest::IngestorStats;
 use crate::proxy::ProxyStats;
+use crate::voice::VoiceStats;
 
 /// Counter families whose members are shard counters named `<prefix><label value>`:
 /// (prefix, exported name, label).
@@ -35,6 +36,7 @@ pub fn render(
     shard_stats: &[Arc<ShardStats>],
     ingestor: &IngestorStats,
     proxy: &ProxyStats,
+    voice: &VoiceStats,
 ) -> String {
     let mut out = String::new();
     let mut total = StatsSnapshot::default();
@@ -114,6 +116,10 @@ pub fn render(
             "history_publications_without_offset",
             &ingestor.history_publications_without_offset,
         ),
+        ("voice_joins", &voice.joins),
+        ("voice_datagrams_in", &voice.datagrams_in),
+        ("voice_datagrams_unknown", &voice.datagrams_unknown),
+        ("voice_packets_forwarded", &voice.packets_forwarded),
     ];
     for (name, value) in counters {
         let _ = writeln!(out, "# TYPE coregate_{name}_total counter");
@@ -139,12 +145,28 @@ pub fn render(
             "Topics subscribed in Redis.",
             ingestor.redis_subscribed_topics.load(Ordering::Relaxed),
         ),
+        (
+            "voice_rooms",
+            "Voice rooms this node's SFU holds.",
+            voice.rooms.load(Ordering::Relaxed),
+        ),
+        (
+            "voice_participants",
+            "Participants in the voice rooms this node's SFU holds.",
+            voice.participants.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP coregate_{name} {help}");
         let _ = writeln!(out, "# TYPE coregate_{name} gauge");
         let _ = writeln!(out, "coregate_{name} {value}");
     }
+    render_histogram(
+        &mut out,
+        "coregate_voice_connect_seconds",
+        "From a voice join to its WebRTC session being up (ICE and DTLS).",
+        std::iter::once(voice.connect_time.snapshot()),
+    );
     out
 }
 

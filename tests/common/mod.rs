@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod redis;
+pub mod voice;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -248,6 +249,12 @@ impl Gateway {
         assert!(code.is_some(), "still running {limit:?} after SIGTERM");
         let text = self.stderr.as_mut().expect("stderr captured").finish();
         (code, text)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, query: &str) -> String {
@@ -605,14 +612,22 @@ impl Client {
 
     /// The next server message, or `None` if the connection closed.
     pub async fn next(&mut self) -> Option<DecodedServerMessage> {
+        match tokio::time::timeout(WAIT, self.recv()).await {
+            Ok(message) => message,
+            Err(_) => panic!("no message within {WAIT:?}"),
+        }
+    }
+
+    /// The next server message, however long it takes (`None`: closed). Cancel-safe:
+    /// for clients that wait on their socket and on something else at once.
+    pub async fn recv(&mut self) -> Option<DecodedServerMessage> {
         loop {
             if let Some(message) = self.pending.pop_front() {
                 return Some(message);
             }
-            let frame = match tokio::time::timeout(WAIT, self.ws.next()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(_) => return None,
-                Err(_) => panic!("no message within {WAIT:?}"),
+            let frame = match self.ws.next().await {
+                Some(Ok(frame)) => frame,
+                _ => return None,
             };
             let bytes: Vec<u8> = match frame {
                 Message::Text(t) => t.as_bytes().to_vec(),
