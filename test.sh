@@ -51,7 +51,16 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
-# Future suites install what they need here (e.g. Node.js and Chromium, Python and aiortc).
+# The voice tests with aiortc (an independent WebRTC stack) need Python 3.10+ and pip.
+if ! command -v python3 >/dev/null 2>&1; then
+  apt_install python3 python3-pip
+fi
+if ! python3 -c 'import aiortc, websockets' >/dev/null 2>&1; then
+  log "installing aiortc and websockets with pip"
+  python3 -m pip install --quiet aiortc websockets ||
+    python3 -m pip install --quiet --break-system-packages aiortc websockets
+fi
+# Future suites install what they need here (e.g. Node.js and Chromium).
 
 if "$install_only"; then
   exit 0
@@ -62,8 +71,11 @@ fi
 log "suite: Rust (cargo test --workspace: unit, end-to-end and load-harness smoke tests)"
 cargo test --workspace
 
+log "suite: voice with aiortc (Python, real WebRTC peers over loopback UDP)"
+cargo build -p coregate
+COREGATE_BIN="$PWD/target/debug/coregate" python3 -m unittest discover -s tests/voice_aiortc -v
+
 # Further suites go here, one block each, once they exist:
-#   - the TypeScript client SDK (clients/js) against a real gateway and Chromium;
-#   - the voice tests in Python (aiortc).
+#   - the TypeScript client SDK (clients/js) against a real gateway and Chromium.
 
 log "every suite passed"
