@@ -432,14 +432,15 @@ export class Gateway extends Emitter<GatewayEvents> implements GatewayLink, Subs
 
   private shutDown(info: Required<CloseInfo>): void {
     this.attemptId += 1;
-    this.endConnection(info);
-    this.reconnectTimer.clear();
-    this.lastClose = info;
+    // Before the connection ends: what was in flight fails as `closed`, not `disconnected`.
     this.outbox.length = 0;
     this.requests.rejectWhere(
       () => true,
       () => new GatewayError('closed', `the gateway closed (${info.code} ${info.reason})`),
     );
+    this.endConnection(info);
+    this.reconnectTimer.clear();
+    this.lastClose = info;
     this.stopSignals?.();
     this.stopSignals = undefined;
     this.transition('closed', info);
