@@ -39,6 +39,7 @@ export interface TransportHandlers {
 export class Transport {
   private readonly socket: WebSocketLike;
   private detached = false;
+  private opened = false;
 
   constructor(
     WebSocketImpl: WebSocketConstructor,
@@ -48,18 +49,34 @@ export class Transport {
   ) {
     this.socket = new WebSocketImpl(url, [codec.subprotocol]);
     this.socket.binaryType = codec.binaryType;
+    this.socket.onmessage = (event) => this.receive(event.data);
     this.socket.onopen = () => {
+      this.opened = true;
       if (!this.detached) this.handlers.onOpen();
     };
-    this.socket.onmessage = (event) => this.receive(event.data);
     this.socket.onclose = (event) => {
-      if (this.detached) return;
-      this.detached = true;
       const code = typeof event.code === 'number' && event.code > 0 ? event.code : LocalClose.abnormal.code;
-      this.handlers.onClose({ code, reason: event.reason || (code === LocalClose.abnormal.code ? LocalClose.abnormal.reason : '') });
+      this.closed({ code, reason: event.reason || (code === LocalClose.abnormal.code ? LocalClose.abnormal.reason : '') });
     };
-    // An error is always followed by a close event, which is what the gateway acts on.
-    this.socket.onerror = () => {};
+    // Browsers follow an error with a close event, which says more. A connection that fails
+    // before it opens (refused, a 401 before the upgrade) is over at the error already: Node
+    // 20's WebSocket (undici) fires the error alone then, and stays CONNECTING for good.
+    this.socket.onerror = () => {
+      if (this.opened) return;
+      this.closed({ code: LocalClose.abnormal.code, reason: 'connection failed' });
+      try {
+        this.socket.close();
+      } catch {
+        // Not closable while connecting in some implementations: it is detached anyway.
+      }
+    };
+  }
+
+  /** Reports the close once; whatever the socket does afterwards is ignored. */
+  private closed(info: Required<CloseInfo>): void {
+    if (this.detached) return;
+    this.detached = true;
+    this.handlers.onClose(info);
   }
 
   /** Whether messages can be sent now. */

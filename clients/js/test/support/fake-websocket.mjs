@@ -66,6 +66,11 @@ export class FakeWebSocket {
     this.onclose?.({ code, reason });
   }
 
+  /** The connection fails before it opens, with an error and no close event (Node 20's undici). */
+  refuse() {
+    this.onerror?.({ message: 'Received network error or non-101 status code.' });
+  }
+
   /** Every message the client sent, decoded. */
   get messages() {
     return this.sent.map((frame) => JSON.parse(frame));

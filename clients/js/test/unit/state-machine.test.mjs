@@ -268,3 +268,15 @@ test('`event` carries every server message; typed events carry each op', () => {
   assert.deepEqual(events, ['hello', 'ready', 'pong', 'notice']);
   assert.deepEqual(hellos, [25_000]);
 });
+
+test('a connection refused with an error alone (no close event) fails the attempt at once', async () => {
+  const { gw, clock, sockets, states } = harness();
+  sockets[0].refuse();
+  assert.deepEqual(states.at(-1), ['disconnected', { code: 1006, reason: 'connection failed' }]);
+  sockets[0].serverClose(1006); // a late close event changes nothing
+  assert.equal(states.length, 1);
+  await clock.advance(250);
+  assert.equal(sockets.length, 2);
+  sockets[1].handshake();
+  assert.equal(gw.state, 'connected');
+});
