@@ -61,6 +61,14 @@ export type SubscriptionEvents = {
 };
 
 /** What a subscription asks of its gateway. */
+/**
+ * Replays cut short by a lost connection, in a row, after which the subscription stops asking
+ * to recover and reports a gap instead. A server that closes every connection in the middle
+ * of the same replay (one larger than its outbound budget) would otherwise be asked for it
+ * forever, and the app would never catch up.
+ */
+const MAX_FAILED_REPLAYS = 2;
+
 export interface SubscriptionOwner {
   /** Forgets `subscription`; `serverHasIt`: it was subscribed, or asked for, on the connection. */
   removeSubscription(subscription: Subscription, serverHasIt: boolean): void;
@@ -77,6 +85,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** The `since` the `subscribe` in flight carried, if any. */
   private sentSince: StreamPosition | undefined;
   private everSubscribed = false;
+  /** While a recovery's replay is coming: the stream's offset when it was read. */
+  private replayUntil: number | undefined;
+  /** Connections lost in the middle of a replay, in a row. */
+  private failedReplays = 0;
 
   /** @internal Made by `gw.subscribe`. */
   constructor(topic: string, options: SubscribeOptions, private readonly owner: SubscriptionOwner) {
@@ -107,7 +119,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal What the next `subscribe` asks for it: its `since`, when it recovers. */
   request(ref: number): StreamPosition | undefined {
     this.inFlightRef = ref;
-    const since = this.recover ? (this.cursor.since() ?? (this.everSubscribed ? undefined : this.startSince)) : undefined;
+    let since = this.recover ? (this.cursor.since() ?? (this.everSubscribed ? undefined : this.startSince)) : undefined;
+    if (this.failedReplays >= MAX_FAILED_REPLAYS) {
+      this.failedReplays = 0;
+      since = undefined; // start afresh: the `subscribed` answer raises the gap
+    }
     this.sentSince = since;
     return since;
   }
@@ -125,6 +141,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     const expectedRecovery = this.recover && (since !== undefined || resubscribed);
     this.cursor.subscribed(position, recovered ? since : undefined);
     this.sentSince = undefined;
+    const from = this.cursor.position;
+    this.replayUntil =
+      recovered && position && from && position.epoch === from.epoch && position.offset > from.offset
+        ? position.offset
+        : undefined;
+    if (!recovered) this.failedReplays = 0;
     this.inFlightRef = undefined;
     this.everSubscribed = true;
     this.setState('subscribed');
@@ -145,12 +167,21 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal Its `subscribe` must be sent again (the connection dropped, or a retry). */
   waiting(): void {
     this.inFlightRef = undefined;
+    if (this.replayUntil !== undefined) {
+      this.failedReplays += 1;
+      this.replayUntil = undefined;
+    }
     if (this.currentState !== 'unsubscribed') this.setState('subscribing');
   }
 
   /** @internal A publication on its topic: delivered unless it is a copy; a gap if some were missed. */
   publication(publication: Publication): boolean {
     const verdict = this.cursor.publication(publication.offset, publication.epoch);
+    const reached = this.cursor.position;
+    if (this.replayUntil !== undefined && reached && reached.offset >= this.replayUntil) {
+      this.replayUntil = undefined;
+      this.failedReplays = 0;
+    }
     if (verdict.gap) this.gap(verdict.gap);
     if (verdict.deliver) this.emit('publication', publication);
     return verdict.deliver;

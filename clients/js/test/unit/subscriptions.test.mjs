@@ -249,3 +249,76 @@ test('typing and presence events reach the subscription of their topic', async (
   assert.deepEqual(typing, [['start', 'bob'], ['stop', 'bob']]);
   assert.deepEqual(presence, ['away']);
 });
+
+test('a replay cut short twice in a row (a server that cannot send it): resubscribe afresh, with a gap', async () => {
+  const { gw, clock, sockets } = harness();
+  const sub = gw.subscribe('channel:1', { recover: true });
+  const seen = record(sub);
+  sockets[0].handshake();
+  sockets[0].deliver({
+    op: 'subscribed',
+    d: { topics: ['channel:1'], positions: { 'channel:1': { offset: 10, epoch: 'e1' } } },
+    ref: sockets[0].sentOps('subscribe')[0].ref,
+  });
+  const recoverOnce = async (socket, delivered) => {
+    socket.deliver({ op: 'reconnect', d: { reason: 'slow consumer', retry_after_ms: 1000 } });
+    socket.serverClose(4010, 'slow consumer');
+    await clock.advance(1100);
+    const next = sockets.at(-1);
+    next.handshake();
+    const [subscribe] = next.sentOps('subscribe');
+    if (subscribe.d.since) {
+      next.deliver({
+        op: 'subscribed',
+        d: { topics: ['channel:1'], positions: { 'channel:1': { offset: 500, epoch: 'e1' } }, recovered: { 'channel:1': true } },
+        ref: subscribe.ref,
+      });
+      for (const offset of delivered) next.deliver(pub('channel:1', offset));
+    }
+    return { socket: next, subscribe };
+  };
+  // Cut short twice: the replay (11..500) never gets through.
+  let round = await recoverOnce(sockets[0], [11, 12]);
+  assert.deepEqual(round.subscribe.d.since, { 'channel:1': { offset: 10, epoch: 'e1' } });
+  round = await recoverOnce(round.socket, [13]);
+  assert.deepEqual(round.subscribe.d.since, { 'channel:1': { offset: 12, epoch: 'e1' } });
+  round = await recoverOnce(round.socket, []);
+  assert.equal(round.subscribe.d.since, undefined, 'gave up recovering');
+  round.socket.deliver({
+    op: 'subscribed',
+    d: { topics: ['channel:1'], positions: { 'channel:1': { offset: 520, epoch: 'e1' } } },
+    ref: round.subscribe.ref,
+  });
+  assert.deepEqual(seen.filter(([n]) => n === 'gap').map(([, g]) => [g.reason, g.position]), [
+    ['not_recovered', { offset: 520, epoch: 'e1' }],
+  ]);
+  assert.deepEqual(sub.position, { offset: 520, epoch: 'e1' });
+});
+
+test('a replay that completes resets the count: a later cut recovers again', async () => {
+  const { gw, clock, sockets } = harness();
+  const sub = gw.subscribe('channel:1', { recover: true });
+  sockets[0].handshake();
+  sockets[0].deliver({
+    op: 'subscribed',
+    d: { topics: ['channel:1'], positions: { 'channel:1': { offset: 1, epoch: 'e1' } } },
+    ref: sockets[0].sentOps('subscribe')[0].ref,
+  });
+  for (let round = 0; round < 3; round++) {
+    const socket = sockets.at(-1);
+    socket.serverClose(1006);
+    await clock.advance(1000);
+    const next = sockets.at(-1);
+    next.handshake();
+    const [subscribe] = next.sentOps('subscribe');
+    assert.ok(subscribe.d.since, `round ${round} recovers`);
+    const from = subscribe.d.since['channel:1'].offset;
+    next.deliver({
+      op: 'subscribed',
+      d: { topics: ['channel:1'], positions: { 'channel:1': { offset: from + 2, epoch: 'e1' } }, recovered: { 'channel:1': true } },
+      ref: subscribe.ref,
+    });
+    next.deliver(pub('channel:1', from + 1), pub('channel:1', from + 2));
+  }
+  assert.deepEqual(sub.position, { offset: 7, epoch: 'e1' });
+});
