@@ -3,20 +3,21 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { connect, record } from '../support/clients.mjs';
-import { GatewayProcess, RedisProcess } from '../support/processes.mjs';
+import { cleanups, GatewayProcess, RedisProcess } from '../support/processes.mjs';
 import { state, until } from '../support/wait.mjs';
 
 const texts = (log) => log.publications.map((p) => p.d.text);
 
 for (const encoding of ['json', 'msgpack']) {
   test(`${encoding}: killed and restarted, the client recovers what it missed with since`, async (t) => {
+    const defer = cleanups(t);
     const redis = await RedisProcess.start();
-    t.after(() => redis.stop());
+    defer(() => redis.stop());
     const flags = ['--redis-url', redis.url, '--history', 'channel:=100/1h'];
     let node = await GatewayProcess.start(flags);
-    t.after(() => node.kill());
+    defer(() => node.kill());
     const other = await GatewayProcess.start(flags); // the backend keeps publishing through it
-    t.after(() => other.kill());
+    defer(() => other.kill());
     const port = node.port;
 
     const gw = await connect(t, node.url, 'alice', { encoding });
@@ -48,11 +49,12 @@ for (const encoding of ['json', 'msgpack']) {
 }
 
 test('drain (SIGTERM): reconnect + 1012, back on the successor after retry_after_ms, recovered', async (t) => {
+  const defer = cleanups(t);
   const redis = await RedisProcess.start();
-  t.after(() => redis.stop());
+  defer(() => redis.stop());
   const flags = ['--redis-url', redis.url, '--history', 'channel:=100/1h', '--drain-window', '200ms'];
   const old = await GatewayProcess.start(flags);
-  t.after(() => old.kill());
+  defer(() => old.kill());
   const gw = await connect(t, old.url, 'alice');
   const sub = gw.subscribe('channel:1', { recover: true });
   const log = record(sub);
@@ -61,7 +63,7 @@ test('drain (SIGTERM): reconnect + 1012, back on the successor after retry_after
   await until(sub, 'publication', () => log.publications.length === 1);
   // The zero-downtime restart of the README: the successor joins the port, then the old node drains.
   const successor = await GatewayProcess.start([...flags, '--reuse-port-with-running'], { listen: old.ws });
-  t.after(() => successor.kill());
+  defer(() => successor.kill());
   const reconnect = new Promise((resolve) => gw.on('reconnect', (m) => resolve(m.d)));
   const drained = old.drain();
   const info = await state(gw, 'disconnected');

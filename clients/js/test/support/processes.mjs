@@ -170,3 +170,16 @@ export class RedisProcess {
     await exited(this.child, 10_000);
   }
 }
+
+/**
+ * Cleanups that run last-in, first-out after the test (node:test runs `t.after` hooks in
+ * the order they were added): gateways stop before the Redis they use, so they do not log
+ * its loss.
+ */
+export function cleanups(t) {
+  const stack = [];
+  t.after(async () => {
+    while (stack.length > 0) await stack.pop()();
+  });
+  return (cleanup) => stack.push(cleanup);
+}
