@@ -51,7 +51,26 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
-# Future suites install what they need here (e.g. Node.js and Chromium, Python and aiortc).
+# The client SDK (clients/js): Node.js with npm, its packages, and Chromium for its browser test.
+if ! command -v node >/dev/null 2>&1; then
+  apt_install nodejs
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install npm # NodeSource's nodejs brings npm; Debian's does not
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  log "Node.js $(node --version) is too old for clients/js (it needs 20 or later): install a newer one, then rerun"
+  exit 1
+fi
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM_BIN:-}" ]; then
+  apt_install chromium
+fi
+if [ ! -d clients/js/node_modules ] || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; then
+  log "installing clients/js's packages (npm ci)"
+  (cd clients/js && npm ci --no-audit --no-fund)
+fi
+# Future suites install what they need here (e.g. Python and aiortc).
 
 if "$install_only"; then
   exit 0
@@ -62,8 +81,20 @@ fi
 log "suite: Rust (cargo test --workspace: unit, end-to-end and load-harness smoke tests)"
 cargo test --workspace
 
+# The TypeScript client SDK against this build's gateway, real redis-servers and Chromium.
+log "suite: client SDK (clients/js: build, types, unit, end-to-end, browser)"
+cargo build -p coregate
+export COREGATE_BIN="$PWD/target/debug/coregate"
+(
+  cd clients/js
+  npm run build
+  npm run typecheck
+  npm run test:unit
+  npm run test:e2e
+  npm run test:browser
+)
+
 # Further suites go here, one block each, once they exist:
-#   - the TypeScript client SDK (clients/js) against a real gateway and Chromium;
 #   - the voice tests in Python (aiortc).
 
 log "every suite passed"
