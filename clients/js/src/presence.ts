@@ -74,7 +74,7 @@ export class Presence {
 export type PresenceWatchEvents = {
   /** A watched user's status changed (or became known). */
   change: [user: PresenceUser];
-  /** A query to seed or refresh the statuses failed; updates keep coming. */
+  /** A query to seed or refresh the statuses failed (updates keep coming), or a user's presence topic was refused. */
   error: [error: Error];
 };
 
@@ -94,6 +94,8 @@ export class PresenceWatch extends Emitter<PresenceWatchEvents> {
         subscription.on('presence_update', (message) => this.apply(message.d)),
         // After every (re)subscribe: what changed while the connection was down is not replayed.
         subscription.on('subscribed', () => this.refresh(userId)),
+        // Refused (e.g. the token's `topics` do not allow `presence:*`): no updates will come.
+        subscription.on('error', (error) => this.emit('error', error)),
         () => presence.release(userId),
       );
       if (subscription.state === 'subscribed') this.refresh(userId);

@@ -89,6 +89,19 @@ test('presence.watch: subscribes presence:<id>, seeds by query, follows updates,
   assert.deepEqual(sockets[1].sentOps('unsubscribe').map((m) => m.d.topics), [['presence:bob', 'presence:carol']]);
 });
 
+test('presence.watch reports a refused presence topic', async () => {
+  const { gw, sockets } = harness();
+  sockets[0].handshake();
+  const watch = gw.presence.watch(['bob']);
+  const errors = [];
+  watch.on('error', (error) => errors.push([error.code, error.topics]));
+  await settle();
+  const [subscribe] = sockets[0].sentOps('subscribe');
+  sockets[0].deliver({ op: 'error', d: { code: 'forbidden', message: 'no', topics: ['presence:bob'] }, ref: subscribe.ref });
+  assert.deepEqual(errors, [['forbidden', ['presence:bob']]]);
+  watch.stop();
+});
+
 test("presence.watch leaves the app's own subscription alone", async () => {
   const { gw, sockets } = harness();
   sockets[0].handshake();
