@@ -8,7 +8,7 @@ const { url, token, topic, stall } = workerData;
 const flag = new Int32Array(stall);
 const gw = new Gateway(url, { token, signals: null, minReconnectDelayMs: 100, maxReconnectDelayMs: 1000 });
 const post = (message) => parentPort.postMessage(message);
-gw.on('state', (state, info) => post({ type: 'state', state, info }));
+gw.on('state', (state, info) => post({ type: 'state', state, info, at: Date.now() }));
 const sub = gw.subscribe(topic, { recover: true });
 sub.on('subscribed', (info) => post({ type: 'subscribed', info }));
 sub.on('gap', (info) => post({ type: 'gap', info }));
