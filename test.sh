@@ -60,7 +60,25 @@ if ! python3 -c 'import aiortc, websockets' >/dev/null 2>&1; then
   python3 -m pip install --quiet aiortc websockets ||
     python3 -m pip install --quiet --break-system-packages aiortc websockets
 fi
-# Future suites install what they need here (e.g. Node.js and Chromium).
+# The client SDK (clients/js): Node.js with npm, its packages, and Chromium for its browser test.
+if ! command -v node >/dev/null 2>&1; then
+  apt_install nodejs
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install npm # NodeSource's nodejs brings npm; Debian's does not
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  log "Node.js $(node --version) is too old for clients/js (it needs 20 or later): install a newer one, then rerun"
+  exit 1
+fi
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM_BIN:-}" ]; then
+  apt_install chromium
+fi
+if [ ! -d clients/js/node_modules ] || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; then
+  log "installing clients/js's packages (npm ci)"
+  (cd clients/js && npm ci --no-audit --no-fund)
+fi
 
 if "$install_only"; then
   exit 0
@@ -75,7 +93,17 @@ log "suite: voice with aiortc (Python, real WebRTC peers over loopback UDP)"
 cargo build -p coregate
 COREGATE_BIN="$PWD/target/debug/coregate" python3 -m unittest discover -s tests/voice_aiortc -v
 
-# Further suites go here, one block each, once they exist:
-#   - the TypeScript client SDK (clients/js) against a real gateway and Chromium.
+# The TypeScript client SDK against this build's gateway, real redis-servers and Chromium.
+log "suite: client SDK (clients/js: build, types, unit, end-to-end, browser)"
+cargo build -p coregate
+export COREGATE_BIN="$PWD/target/debug/coregate"
+(
+  cd clients/js
+  npm run build
+  npm run typecheck
+  npm run test:unit
+  npm run test:e2e
+  npm run test:browser
+)
 
 log "every suite passed"
