@@ -69,6 +69,32 @@ async fn a_second_gateway_on_the_same_port_is_refused_unless_it_is_a_successor()
 }
 
 #[tokio::test]
+async fn a_node_starts_again_on_its_port_after_serving_and_draining() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "--listen",
+        &listen,
+        "--admin",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--shards",
+        "1",
+        "--drain-window",
+        "100ms",
+    ];
+    let mut first = Launch::bare(&args).capture_stderr().start();
+    let mut client = Client::ready(&first, &token("ann", &[]), Encoding::Json).await;
+    let (code, _) = first.stop(EXIT);
+    assert_eq!(code, Some(0));
+    assert_eq!(client.expect_close().await, 1012);
+    // The closed connections linger in TIME_WAIT on the port: no process listens.
+    let again = Launch::bare(&args).start();
+    assert_eq!(again.ws.to_string(), listen);
+    Client::ready(&again, &token("ann", &[]), Encoding::Json).await;
+}
+
+#[tokio::test]
 async fn a_busy_admin_port_exits_2_naming_the_setting_and_the_address() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = busy.local_addr().unwrap().to_string();

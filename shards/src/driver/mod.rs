@@ -362,7 +362,9 @@ pub fn start_shards(
 /// storm. glommio's own `bind` listens with a backlog of 1,024: when every client of a
 /// node reconnects at once, the overflow's SYNs are dropped and retried by their
 /// kernels only after 1, 3, 7 s…, so a storm that should take a second takes many.
-/// The kernel clamps the backlog to `net.core.somaxconn`.
+/// The kernel clamps the backlog to `net.core.somaxconn`. `SO_REUSEADDR` too, as every
+/// server sets it: the connections a node closed linger in TIME_WAIT for a minute, and
+/// without it they would keep the next start (after a crash, or a drain) off the port.
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let socket = socket2::Socket::new(
@@ -371,6 +373,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     // SAFETY: `into_raw_fd` hands over the only owner of a listening TCP socket.

@@ -557,3 +557,73 @@ fn history_queries_are_bounded_and_answers_that_no_longer_fit_are_refused_not_cl
     answer(&mut h, alice, &request, vec![read]);
     assert_eq!(h.read(alice).first("history")["ref"], 6);
 }
+
+#[test]
+fn a_replay_larger_than_the_outbound_budget_is_not_recovered_instead_of_closing_the_connection() {
+    let config = ShardConfig {
+        history: HistoryPolicy::parse("channel:=5000/1h").unwrap(),
+        outbound_budget: 64 * 1024,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    let big = |offset: u64| {
+        let publication = Publication::new(
+            Topic::parse("channel:1").unwrap(),
+            "message_new",
+            json!({ "n": offset, "text": "x".repeat(1_000) }),
+            None,
+        )
+        .with_position(offset, "e".into());
+        Arc::new(SharedDelivery::new(publication, std::time::Instant::now()))
+    };
+    let subscribe = |h: &mut Harness, since: u64| {
+        h.send(
+            alice,
+            &format!(
+                r#"{{"op":"subscribe","d":{{"topics":["channel:1","channel:2"],"since":{{"channel:1":{{"offset":{since},"epoch":"e"}},"channel:2":{{"offset":0,"epoch":"e"}}}}}}}}"#
+            ),
+        );
+        reads(h).remove(0)
+    };
+    // 600 publications of ~1 KB missed: ~600 KB, far over the 64 KiB budget.
+    let request = subscribe(&mut h, 0);
+    let missed = TopicHistory {
+        topic: Topic::parse("channel:1").unwrap(),
+        position: at(600, "e"),
+        publications: (1..=600).map(big).collect(),
+        complete: true,
+    };
+    let small = history("channel:2", at(2, "e"), &[1, 2], true);
+    answer(&mut h, alice, &request, vec![missed, small]);
+    assert!(
+        !h.is_closing(alice),
+        "not closed 4010 in the middle of a replay"
+    );
+    let got = h.read(alice);
+    let subscribed = got.first("subscribed");
+    assert_eq!(
+        subscribed["d"]["recovered"],
+        json!({"channel:1": false, "channel:2": true})
+    );
+    assert_eq!(subscribed["d"]["positions"]["channel:1"]["offset"], 600);
+    // channel:2's replay fit and came; channel:1's did not come at all.
+    assert_eq!(delivered(&got.messages), [1, 2]);
+    // Live publications after the reported position flow, copies of it do not.
+    live(&mut h, "channel:1", 600, "e");
+    live(&mut h, "channel:1", 601, "e");
+    assert_eq!(delivered(&h.read(alice).messages), [601]);
+    // A replay that fits is recovered.
+    let request = subscribe(&mut h, 595);
+    let recent = TopicHistory {
+        topic: Topic::parse("channel:1").unwrap(),
+        position: at(601, "e"),
+        publications: (596..=601).map(big).collect(),
+        complete: true,
+    };
+    let small = history("channel:2", at(2, "e"), &[1, 2], true);
+    answer(&mut h, alice, &request, vec![recent, small]);
+    let got = h.read(alice);
+    assert_eq!(got.first("subscribed")["d"]["recovered"]["channel:1"], true);
+}

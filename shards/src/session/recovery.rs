@@ -337,7 +337,8 @@ impl Session {
         now: Instant,
         ctx: &mut SessionCtx,
     ) {
-        let read: Vec<TopicHistory> = answer.unwrap_or_default();
+        let mut read: Vec<TopicHistory> = answer.unwrap_or_default();
+        self.keep_replays_within_budget(&mut read, &pending, ctx);
         let mut positions = BTreeMap::new();
         let mut recovered: BTreeMap<String, bool> = pending
             .since_without_history
@@ -399,6 +400,45 @@ impl Session {
             // One floor per topic: the newest read's replaces an older one.
             kept.retain(|old| floors.iter().all(|new| new.topic != old.topic));
             kept.extend(floors);
+        }
+    }
+
+    /// A replay goes out whole or not at all, and only while what the connection has
+    /// queued stays within its outbound budget: a replay larger than that would close
+    /// the connection 4010 in the middle of it, and the client, resubscribing with the
+    /// same `since`, would be closed again, for ever. So the topics whose replay no
+    /// longer fits (in request order) are answered `recovered: false` with the current
+    /// position: the client reloads from its backend once and continues from there.
+    fn keep_replays_within_budget(
+        &self,
+        read: &mut [TopicHistory],
+        pending: &PendingRecovery,
+        ctx: &SessionCtx,
+    ) {
+        let encoding = self.encoding;
+        let mut room = ctx
+            .config
+            .outbound_budget
+            .saturating_sub(self.outbox.queued_bytes());
+        for result in read.iter_mut() {
+            let replayed = pending
+                .reads
+                .iter()
+                .any(|(t, since)| *t == result.topic && since.is_some());
+            if !replayed || !result.complete {
+                continue;
+            }
+            let size: usize = result
+                .publications
+                .iter()
+                .map(|d| d.wire(encoding).message().len())
+                .sum();
+            if size > room {
+                result.complete = false;
+                result.publications.clear();
+            } else {
+                room -= size;
+            }
         }
     }
 

@@ -205,7 +205,9 @@ impl Session {
 
     /// Subscribes what was allowed, within the connection's limit, and queues the
     /// replies: `subscribed` (unless every topic was refused), then one `error` per
-    /// reason. A topic still without a verdict is refused `not_ready`, never granted.
+    /// reason; when a granted topic has history, `subscribed` waits for its stream's
+    /// read and so comes after the errors. A topic still without a verdict is refused
+    /// `not_ready`, never granted.
     fn finish_subscribe(&mut self, request: PendingSubscribe, ctx: &mut SessionCtx) {
         let max = ctx.config.max_subscriptions;
         let PendingSubscribe {
