@@ -38,6 +38,10 @@ pub enum Command {
     /// C connections each keep one `rpc` in flight; report round trips/s, latency and
     /// round trips per gateway CPU-second (--direct: the same calls straight to the backend).
     Rpc(RpcArgs),
+    /// Voice rooms of P participants each, every one sending 50 Opus packets a second;
+    /// report join → first packet heard, forwarded packets per SFU CPU-second, and
+    /// (--silent) the gateway's memory per participant.
+    Voice(VoiceArgs),
     /// A trivial application backend for the gateway's HTTP calls (/rpc echoes,
     /// /connect accepts, /subscribe allows), for `rpc` and connect-proxy storms.
     Backend(BackendArgs),
@@ -215,6 +219,28 @@ pub struct RpcArgs {
     /// POST the calls straight to this backend URL instead (its own latency).
     #[arg(long, value_name = "URL")]
     pub direct: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VoiceArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Voice rooms (voice:lt-<r>).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u64,
+    /// Participants per room, each its own connection and UDP socket.
+    #[arg(short = 'p', long, default_value_t = 10)]
+    pub participants: u64,
+    /// Time between one participant's join and the next's.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub stagger: Duration,
+    /// Times every participant leaves and joins again after the measured phase (more
+    /// join → first packet samples, each while the rest of its room talks).
+    #[arg(long, default_value_t = 2)]
+    pub rejoins: u32,
+    /// Nobody talks: for the gateway's memory per (connected) participant.
+    #[arg(long)]
+    pub silent: bool,
 }
 
 #[derive(Args, Debug, Clone)]

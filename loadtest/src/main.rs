@@ -17,6 +17,7 @@
 //!   [`sweep`]: gateways per shard count and the table.
 //! - [`rpc`]: client `rpc` round trips through the gateway (or straight to the backend);
 //!   [`backend`]: the trivial application backend they (and connect storms) call.
+//! - [`voice`]: voice rooms of str0m peers ([`loadtest::voice_peer`]) through the SFU.
 
 mod backend;
 mod chat;
@@ -42,6 +43,7 @@ mod storm;
 mod sweep;
 mod targets;
 mod tokens;
+mod voice;
 mod workers;
 
 use std::process::ExitCode;
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => scenario::output(&scenario::chat(&args).await?, &args.common),
             Command::Sweep(args) => sweep::run(args).await,
             Command::Rpc(args) => rpc::run(&args).await,
+            Command::Voice(args) => voice::run(&args).await,
             Command::Backend(args) => backend::run(&args).await,
             Command::Worker => workers::worker_main().await,
         }

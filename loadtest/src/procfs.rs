@@ -19,6 +19,26 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
 }
 
+/// User + system CPU seconds of `pid`'s threads named `name` (the gateway's `voice`
+/// thread, say), summed.
+pub fn thread_cpu_seconds(pid: u32, name: &str) -> Option<f64> {
+    let mut total = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        let ticks = parse_cpu_ticks(&stat)?;
+        *total.get_or_insert(0.0) += ticks as f64 / clock_ticks_per_second();
+    }
+    total
+}
+
 /// Our own CPU seconds.
 pub fn self_cpu_seconds() -> Option<f64> {
     cpu_seconds(std::process::id())

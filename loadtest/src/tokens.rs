@@ -76,7 +76,7 @@ pub fn mint(key: &EncodingKey, header: &Header, i: u64, exp: u64) -> anyhow::Res
         iss: None,
         aud: None,
         name: None,
-        topics: vec!["channel:*".to_owned()],
+        topics: vec!["channel:*".to_owned(), "voice:*".to_owned()],
     };
     jsonwebtoken::encode(header, &claims, key).context("signing a token")
 }
@@ -107,7 +107,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(data.claims.sub, "lt-42");
-        assert_eq!(data.claims.topics, vec!["channel:*".to_owned()]);
+        assert_eq!(data.claims.topics, vec!["channel:*", "voice:*"]);
         assert!(data.claims.exp > unix_now().as_secs() + 500);
         assert!(jsonwebtoken::decode::<Claims>(
             &token,

@@ -158,6 +158,16 @@ impl VoicePeer {
         self.connected_at
     }
 
+    /// Packets received from everyone.
+    pub fn packets_received(&self) -> u64 {
+        self.heard.values().map(|h| h.packets).sum()
+    }
+
+    /// When the first packet from anyone arrived.
+    pub fn first_heard_at(&self) -> Option<Instant> {
+        self.heard.values().filter_map(|h| h.first_at).min()
+    }
+
     /// What this peer received from `user_id`.
     pub fn heard_from(&self, user_id: &str) -> Heard {
         self.heard.get(user_id).copied().unwrap_or_default()
