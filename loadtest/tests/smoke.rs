@@ -414,3 +414,30 @@ fn fanout_through_redis() {
     assert_eq!(f["losses"], 0, "{fanout}");
     assert_eq!(f["duplicates"], 0, "{fanout}");
 }
+
+#[test]
+fn voice_rooms_against_a_real_gateway() {
+    let gw = Gateway::start();
+    let voice = harness(
+        &gw,
+        "voice",
+        &[
+            "voice",
+            "--rooms",
+            "2",
+            "-p",
+            "3",
+            "--duration",
+            "2s",
+            "--rejoins",
+            "1",
+        ],
+    );
+    // 12 joins (6 participants, once and once again), each hearing its room.
+    assert_eq!(voice["joins"], 12, "{voice}");
+    assert_eq!(voice["joins_failed"], 0, "{voice}");
+    // 3 participants a room, each hearing 2 others at 50 packets/s: ~600/s in all.
+    let rate = voice["packets_received_per_s"].as_f64().unwrap();
+    assert!((450.0..=750.0).contains(&rate), "{voice}");
+    assert!(voice["sfu_cpu_s"].as_f64().is_some(), "{voice}");
+}
