@@ -20,6 +20,22 @@ async fn voice_client(gw: &Gateway, user: &str, topics: &[&str]) -> VoiceClient 
     VoiceClient::new(client, user).await
 }
 
+/// Once both sessions are up, both talk until each has heard 25 frames (half a second)
+/// of the other.
+async fn talk_until_heard(a: &VoiceClient, b: &VoiceClient) {
+    for c in [a, b] {
+        c.wait_for(
+            Duration::from_secs(5),
+            "a connected session",
+            VoiceClient::connected,
+        )
+        .await;
+        c.talk(true);
+    }
+    a.wait_heard(&b.user_id, 25, Duration::from_secs(5)).await;
+    b.wait_heard(&a.user_id, 25, Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn two_clients_join_through_the_gateway_and_hear_each_other() {
     let gw = Gateway::start(&[]);
@@ -30,18 +46,8 @@ async fn two_clients_join_through_the_gateway_and_hear_each_other() {
     assert_eq!(state.d["participants"][0]["user_id"], "alice");
     bob.join("lounge");
     alice.wait_op("voice_user_joined", 1).await;
-    for c in [&alice, &bob] {
-        c.wait_for(
-            Duration::from_secs(5),
-            "a connected session",
-            VoiceClient::connected,
-        )
-        .await;
-        c.talk(true);
-    }
     // 25 frames: half a second of audio each way, over the gateway's UDP port.
-    alice.wait_heard("bob", 25, Duration::from_secs(5)).await;
-    bob.wait_heard("alice", 25, Duration::from_secs(5)).await;
+    talk_until_heard(&alice, &bob).await;
     let forwarded = gw.metric("coregate_voice_packets_forwarded_total").await;
     assert!(forwarded >= 50.0, "{forwarded}");
     assert_eq!(gw.metric("coregate_voice_participants").await, 2.0);
@@ -122,17 +128,7 @@ async fn a_room_spans_two_nodes_and_a_dead_owner_is_taken_over() {
     bob.join("lounge");
     let state = bob.wait_op("voice_room_state", 1).await;
     assert_eq!(state.d["participants"].as_array().unwrap().len(), 2);
-    for c in [&alice, &bob] {
-        c.wait_for(
-            Duration::from_secs(5),
-            "a connected session",
-            VoiceClient::connected,
-        )
-        .await;
-        c.talk(true);
-    }
-    alice.wait_heard("bob", 25, Duration::from_secs(5)).await;
-    bob.wait_heard("alice", 25, Duration::from_secs(5)).await;
+    talk_until_heard(&alice, &bob).await;
     assert_eq!(one.metric("coregate_voice_participants").await, 2.0);
     assert_eq!(two.metric("coregate_voice_participants").await, 0.0);
     // Node one dies: its lease runs out, node two takes the room over and Bob joins

@@ -140,19 +140,12 @@ impl BoundVoice {
             room_size: settings.room_size,
         };
         let cluster = settings.cluster;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let thread = std::thread::Builder::new()
             .name("voice".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, "voice: no runtime; voice is off");
-                        return;
-                    }
-                };
                 runtime.block_on(async move {
                     let socket = match tokio::net::UdpSocket::from_std(socket) {
                         Ok(socket) => socket,

@@ -195,6 +195,18 @@ impl Net {
             .map_or(0, |r| r.heard_from(user).packets)
     }
 
+    /// The codes of the `voice_error`s the client got, in order.
+    fn error_codes(&self, client: usize) -> Vec<String> {
+        self.clients[client]
+            .signals
+            .iter()
+            .filter_map(|(m, _)| match m {
+                ServerMessage::VoiceError { code, .. } => Some(code.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn ops(&self, client: usize) -> Vec<&'static str> {
         self.clients[client]
             .signals
@@ -383,15 +395,8 @@ fn a_bad_answer_is_refused_bad_sdp_and_a_fresh_offer_can_still_be_answered() {
                 sdp: garbage.into(),
             },
         );
-        let last = net.clients[alice]
-            .signals
-            .iter()
-            .rev()
-            .find_map(|(m, _)| match m {
-                ServerMessage::VoiceError { code, .. } => Some(code.clone()),
-                _ => None,
-            });
-        assert_eq!(last.as_deref(), Some("bad_sdp"));
+        let codes = net.error_codes(alice);
+        assert_eq!(codes.last().map(String::as_str), Some("bad_sdp"));
     }
     // An answer with no offer waiting is refused too, and the participant stays.
     assert_eq!(net.sfu.room_sizes().collect::<Vec<_>>(), [("room", 1)]);
@@ -420,15 +425,7 @@ fn a_participant_that_never_connects_is_removed_when_its_time_is_up() {
     assert_eq!(net.sfu.room_sizes().collect::<Vec<_>>(), [("room", 2)]);
     net.run(Duration::from_secs(2));
     assert_eq!(net.sfu.room_sizes().collect::<Vec<_>>(), [("room", 1)]);
-    let codes: Vec<String> = net.clients[bob]
-        .signals
-        .iter()
-        .filter_map(|(m, _)| match m {
-            ServerMessage::VoiceError { code, .. } => Some(code.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(codes, ["timeout"]);
+    assert_eq!(net.error_codes(bob), ["timeout"]);
     assert_eq!(
         net.clients[bob].signals.last().unwrap().1.as_deref(),
         Some("room")

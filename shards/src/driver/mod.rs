@@ -118,12 +118,12 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
             ShardMessage::PresenceState { conn, r#ref, users } => shard
                 .hub
                 .borrow_mut()
-                .answer_presence_query(conn, r#ref, users),
+                .answer_presence_query(conn, r#ref, users, now),
             ShardMessage::RpcResult {
                 conn,
                 r#ref,
                 answer,
-            } => shard.hub.borrow_mut().answer_rpc(conn, r#ref, answer),
+            } => shard.hub.borrow_mut().answer_rpc(conn, r#ref, answer, now),
             ShardMessage::History {
                 conn,
                 ticket,

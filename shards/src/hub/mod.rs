@@ -334,13 +334,28 @@ impl LocalHub {
         key: ConnKey,
         r#ref: Option<u64>,
         users: crate::bus::PresenceAnswer,
+        now: Instant,
+    ) {
+        self.answer_session(key, now, |session, ctx| {
+            session.answer_presence_query(r#ref, users, ctx)
+        });
+    }
+
+    /// Hands `key`'s session what the node's side answered it (a connection gone
+    /// meanwhile, or a newer one on the same index, gets nothing), wakes its task to
+    /// write it, and applies what the session asks for in turn.
+    fn answer_session(
+        &mut self,
+        key: ConnKey,
+        now: Instant,
+        answer: impl FnOnce(&mut Session, &mut SessionCtx),
     ) {
         let Some(slot) = slot_mut(&mut self.slots, key) else {
             return;
         };
-        slot.session
-            .answer_presence_query(r#ref, users, &mut self.parts.ctx());
+        answer(&mut slot.session, &mut self.parts.ctx());
         slot.wake();
+        self.apply_events(key, now);
     }
 
     /// Queues a delivery for every local subscriber of its topic.
@@ -486,7 +501,7 @@ impl LocalHub {
                 self.commands.push_back(IngestorCommand::Presence(query));
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
-            SessionEvent::Rpc { r#ref, method, d } => self.send_rpc(key, r#ref, method, d),
+            SessionEvent::Rpc { r#ref, method, d } => self.send_rpc(key, r#ref, method, d, now),
             SessionEvent::Voice { channel, action } => self.send_voice(key, channel, action, now),
             SessionEvent::ReadHistory { ticket, reads } => {
                 let request = crate::history::HistoryRequest {
@@ -509,18 +524,21 @@ impl LocalHub {
         answer: crate::history::HistoryAnswer,
         now: Instant,
     ) {
-        let Some(slot) = slot_mut(&mut self.slots, key) else {
-            return;
-        };
-        slot.session
-            .answer_history(ticket, answer, now, &mut self.parts.ctx());
-        slot.wake();
-        self.apply_events(key, now);
+        self.answer_session(key, now, |session, ctx| {
+            session.answer_history(ticket, answer, now, ctx)
+        });
     }
 
     /// Hands an `rpc` to the node's backend client; one that cannot be sent (no backend
     /// configured, its queue full) is answered `unavailable` at once.
-    fn send_rpc(&mut self, key: ConnKey, r#ref: Option<u64>, method: String, d: serde_json::Value) {
+    fn send_rpc(
+        &mut self,
+        key: ConnKey,
+        r#ref: Option<u64>,
+        method: String,
+        d: serde_json::Value,
+        now: Instant,
+    ) {
         let Some(session) = self.session(key) else {
             return;
         };
@@ -546,7 +564,7 @@ impl LocalHub {
             }
             _ => "rpc is not configured on this gateway",
         };
-        self.answer_rpc(key, r#ref, Err(RpcFailure::unavailable(refused)));
+        self.answer_rpc(key, r#ref, Err(RpcFailure::unavailable(refused)), now);
     }
 
     /// The request a voice op of `key`'s session becomes.
@@ -607,24 +625,23 @@ impl LocalHub {
         left: Option<String>,
         now: Instant,
     ) {
-        let Some(slot) = slot_mut(&mut self.slots, key) else {
-            return;
-        };
-        slot.session
-            .answer_voice(message, left, now, &mut self.parts.ctx());
-        slot.wake();
-        self.apply_events(key, now);
+        self.answer_session(key, now, |session, ctx| {
+            session.answer_voice(message, left, now, ctx)
+        });
     }
 
     /// The backend answered `key`'s `rpc` (a connection gone meanwhile, or a newer one
     /// on the same index, gets nothing).
-    pub fn answer_rpc(&mut self, key: ConnKey, r#ref: Option<u64>, answer: RpcAnswer) {
-        let Some(slot) = slot_mut(&mut self.slots, key) else {
-            return;
-        };
-        slot.session
-            .answer_rpc(r#ref, answer, &mut self.parts.ctx());
-        slot.wake();
+    pub fn answer_rpc(
+        &mut self,
+        key: ConnKey,
+        r#ref: Option<u64>,
+        answer: RpcAnswer,
+        now: Instant,
+    ) {
+        self.answer_session(key, now, |session, ctx| {
+            session.answer_rpc(r#ref, answer, ctx)
+        });
     }
 
     /// Sends a subscribe's membership question; a question that cannot be sent (the

@@ -442,8 +442,12 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         status: coregate_protocol::PresenceStatus::Busy,
         since: 5,
     }];
-    h.hub
-        .answer_presence_query(a, Some(7), PresenceAnswer::Users(users.clone()));
+    h.hub.answer_presence_query(
+        a,
+        Some(7),
+        PresenceAnswer::Users(users.clone()),
+        h.now().instant,
+    );
     let read = h.read(a);
     assert_eq!(read.ops(), ["presence_state"]);
     assert_eq!(read.first("presence_state")["ref"], 7);
@@ -458,7 +462,7 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":8}"#,
     );
     h.hub
-        .answer_presence_query(a, Some(8), PresenceAnswer::NotReady);
+        .answer_presence_query(a, Some(8), PresenceAnswer::NotReady, h.now().instant);
     let read = h.read(a);
     assert_eq!(read.first("error")["d"]["code"], "not_ready");
     assert_eq!(read.first("error")["ref"], 8);
@@ -468,7 +472,7 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
         r#"{"op":"presence_query","d":{"user_ids":["bob"]},"ref":9}"#,
     );
     h.hub
-        .answer_presence_query(a, Some(9), PresenceAnswer::Disabled);
+        .answer_presence_query(a, Some(9), PresenceAnswer::Disabled, h.now().instant);
     let read = h.read(a);
     assert_eq!(read.first("error")["d"]["code"], "unavailable");
     assert_eq!(read.first("error")["ref"], 9);
@@ -477,7 +481,7 @@ fn presence_query_goes_to_the_node_and_its_answer_to_that_connection_only() {
     let b = h.connect_ready("bob", JSON);
     h.read(b);
     h.hub
-        .answer_presence_query(a, Some(7), PresenceAnswer::Users(users));
+        .answer_presence_query(a, Some(7), PresenceAnswer::Users(users), h.now().instant);
     assert!(h.read(b).ops().is_empty());
 }
 
@@ -524,8 +528,12 @@ fn rpc_goes_to_the_backend_and_its_answer_to_that_connection_with_the_ref() {
         h.read(a).ops().is_empty(),
         "nothing until the backend answers"
     );
-    h.hub
-        .answer_rpc(a, Some(5), Ok(serde_json::json!({"id": "m1"})));
+    h.hub.answer_rpc(
+        a,
+        Some(5),
+        Ok(serde_json::json!({"id": "m1"})),
+        h.now().instant,
+    );
     let read = h.read(a);
     assert_eq!(read.ops(), ["rpc_result"]);
     assert_eq!(read.first("rpc_result")["ref"], 5);
@@ -542,7 +550,7 @@ fn rpc_goes_to_the_backend_and_its_answer_to_that_connection_with_the_ref() {
         code: "message_too_long".into(),
         message: "at most 2000 characters".into(),
     };
-    h.hub.answer_rpc(a, Some(6), Err(failure));
+    h.hub.answer_rpc(a, Some(6), Err(failure), h.now().instant);
     let read = h.read(a);
     assert_eq!(read.first("error")["ref"], 6);
     assert_eq!(read.first("error")["d"]["code"], "message_too_long");
@@ -571,7 +579,8 @@ fn rpc_in_flight_is_capped_per_connection_and_an_answer_frees_a_place() {
     let read = h.read(a);
     assert_eq!(read.first("error")["ref"], 3);
     assert_eq!(read.first("error")["d"]["code"], "limit");
-    h.hub.answer_rpc(a, Some(1), Ok(serde_json::json!(1)));
+    h.hub
+        .answer_rpc(a, Some(1), Ok(serde_json::json!(1)), h.now().instant);
     h.send(a, r#"{"op":"rpc","d":{"method":"m"},"ref":4}"#);
     assert_eq!(h.rpc_calls.len(), 3);
     assert_eq!(h.read(a).ops(), ["rpc_result"]);
@@ -592,7 +601,8 @@ fn rpc_answers_that_no_longer_fit_the_replies_room_are_refused_limit_not_closed(
     // Four ~20 KiB answers before the client reads: 64 KiB hold three.
     let big = serde_json::json!({ "text": "x".repeat(20_000) });
     for r in 1..=4 {
-        h.hub.answer_rpc(a, Some(r), Ok(big.clone()));
+        h.hub
+            .answer_rpc(a, Some(r), Ok(big.clone()), h.now().instant);
     }
     assert!(!h.is_closing(a));
     let read = h.read(a);
@@ -644,7 +654,8 @@ fn a_late_rpc_answer_reaches_nobody_once_its_connection_is_gone() {
     h.hub.remove(a);
     let b = h.connect_ready("bob", JSON);
     h.read(b);
-    h.hub.answer_rpc(a, Some(1), Ok(serde_json::json!(1)));
+    h.hub
+        .answer_rpc(a, Some(1), Ok(serde_json::json!(1)), h.now().instant);
     assert!(h.read(b).ops().is_empty());
 }
 
