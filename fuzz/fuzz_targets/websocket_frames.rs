@@ -83,7 +83,10 @@ fn publication(topic: &str, op: &str, size: u8) -> Arc<SharedDelivery> {
     let topic = Topic::parse(topic).expect("a valid topic");
     let text = "x".repeat(usize::from(size) * 8);
     let publication = Publication::new(topic, op, serde_json::json!({ "text": text }), None);
-    Arc::new(SharedDelivery::new(publication, common::now(Duration::ZERO).instant))
+    Arc::new(SharedDelivery::new(
+        publication,
+        common::now(Duration::ZERO).instant,
+    ))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -32,7 +32,8 @@ impl TokenVerifier for FuzzVerifier {
             user_id: user.to_owned(),
             name: Some("Fuzz".to_owned()),
             expires_at: UNIX_START + 3600,
-            topics: TopicPatterns::parse_list(["channel:*"]).map_err(|_| AuthError::Malformed)?,
+            topics: TopicPatterns::parse_list(["channel:*", "voice:*"])
+                .map_err(|_| AuthError::Malformed)?,
             extras: None,
         })
     }
@@ -60,6 +61,8 @@ pub struct Rig {
     pub elapsed: Duration,
     ingestor: flume::Receiver<IngestorCommand>,
     checks: Option<flume::Receiver<MembershipCheck>>,
+    /// Voice ops for the SFU (dropped: the SFU's answers are not fuzzed here).
+    voice: flume::Receiver<coregate_shards::VoiceRequest>,
     /// How the membership store answers the next checks: its bits, one per topic.
     pub verdict_bits: u8,
     /// Bytes the connection wrote, over the whole input.
@@ -71,6 +74,7 @@ impl Rig {
     /// in-band). `membership`: with the `redis` authorizer, answered by [`Rig::settle`].
     pub fn new(config: ShardConfig, encoding: Encoding, identity: bool, membership: bool) -> Rig {
         let (ingestor_tx, ingestor) = flume::bounded(1024);
+        let (voice_tx, voice) = flume::bounded(64);
         let (authorizer, checks) = if membership {
             let (tx, rx) = flume::bounded(64);
             let authorizer =
@@ -90,6 +94,7 @@ impl Rig {
                 ingestor: ingestor_tx,
                 authorizer,
                 backend: None,
+                voice: Some(coregate_shards::SharedVoice::new(voice_tx)),
             },
         );
         let start = if identity {
@@ -114,6 +119,7 @@ impl Rig {
             elapsed,
             ingestor,
             checks,
+            voice,
             verdict_bits: 0xff,
             written: 0,
         }
@@ -154,6 +160,7 @@ impl Rig {
     /// answers every question asked so far.
     pub fn settle(&mut self) {
         self.ingestor.drain().for_each(drop);
+        self.voice.drain().for_each(drop);
         let Some(checks) = &self.checks else {
             return;
         };
@@ -168,10 +175,12 @@ impl Rig {
         }
         let now = self.now().instant;
         for wait in self.hub.take_membership_waits() {
-            let answer = wait
-                .answer
-                .try_recv()
-                .unwrap_or(Err(coregate_shards::MembershipError::TimedOut(wait.timeout)));
+            let answer =
+                wait.answer
+                    .try_recv()
+                    .unwrap_or(Err(coregate_shards::MembershipError::TimedOut(
+                        wait.timeout,
+                    )));
             self.hub.finish_check(wait.check_id, answer, now);
         }
     }
