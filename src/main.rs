@@ -572,11 +572,17 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         redis = redis_configured,
         "coregate listening"
     );
-    // Machine-readable for tests and scripts that start on port 0.
-    println!("listening ws={} admin={}", shards.local_addr, admin_addr);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Before the node says it listens: a SIGTERM sent the moment it does must drain it,
+    // not kill it.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::listen()?
+    };
+    // Machine-readable for tests and scripts that start on port 0.
+    println!("listening ws={} admin={}", shards.local_addr, admin_addr);
     let parts = Parts {
         shards,
         admin,
@@ -585,7 +591,12 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
         proxy,
         voice,
     };
-    let drained = runtime.block_on(drain_on_signal(parts, &draining, config.drain_window));
+    let drained = runtime.block_on(drain_on_signal(
+        parts,
+        signals,
+        &draining,
+        config.drain_window,
+    ));
     // A part that did not end within the margin is not waited for.
     runtime.shutdown_background();
     drained
@@ -734,22 +745,43 @@ fn membership_authorizer(
     Some((authorizer, checks_rx))
 }
 
+/// SIGTERM and SIGINT, caught from the moment they are listened for (until then they
+/// kill the process).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Within a tokio runtime.
+    fn listen() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next of either.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Waits for SIGINT or SIGTERM, then drains: `/ready` turns 503 (`draining`), shards stop
 /// accepting and close their connections (1012) spread over `window`, and the process
 /// returns once every part has ended (mini-redis's structured shutdown), or once the
 /// window and a margin have passed. A second signal exits at once.
 async fn drain_on_signal(
     parts: Parts,
+    mut signals: Signals,
     draining: &AtomicBool,
     window: Duration,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.next().await;
     tracing::info!(?window, "signal received: draining");
     draining.store(true, std::sync::atomic::Ordering::Relaxed);
     for shard in &parts.shards.senders {
@@ -765,8 +797,7 @@ async fn drain_on_signal(
     }
     let joined = tokio::task::spawn_blocking(move || parts.join());
     tokio::select! {
-        _ = term.recv() => std::process::exit(1),
-        _ = int.recv() => std::process::exit(1),
+        _ = signals.next() => std::process::exit(1),
         _ = joined => {}
         _ = tokio::time::sleep(window + SHUTDOWN_MARGIN) => {
             tracing::warn!("drain window passed with parts still running");

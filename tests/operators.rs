@@ -454,3 +454,21 @@ async fn publish_requires_a_json_body_and_the_admin_token_when_one_is_set() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("`admin_token`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_drain_ends_every_part_at_once_whatever_is_configured() {
+    let backend = "http://127.0.0.1:9/backend";
+    for extra in [
+        &["--voice", "true"][..],
+        &["--proxy-rpc-url", backend][..],
+        &["--proxy-connect-url", backend][..],
+        &["--authorizer", "proxy", "--proxy-subscribe-url", backend][..],
+    ] {
+        let mut args = vec!["--drain-window", "100ms"];
+        args.extend_from_slice(extra);
+        let mut gw = Gateway::start(&args);
+        gw.signal_term();
+        // Not after the 5 s shutdown margin that a thread still held by a shard costs.
+        assert_eq!(gw.wait_exit(Duration::from_secs(2)), Some(0), "{extra:?}");
+    }
+}

@@ -90,6 +90,8 @@ async fn a_forbidden_channel_and_a_full_room_are_refused() {
     mallory.join("staff");
     let error = mallory.wait_op("voice_error", 1).await;
     assert_eq!(error.d["code"], "forbidden");
+    assert_eq!(error.d["channel"], "staff");
+    assert!(error.r#ref.is_some(), "the join's ref");
     let clients = [
         voice_client(&gw, "a", &["voice:*"]).await,
         voice_client(&gw, "b", &["voice:*"]).await,
@@ -102,6 +104,8 @@ async fn a_forbidden_channel_and_a_full_room_are_refused() {
     clients[2].join("small");
     let error = clients[2].wait_op("voice_error", 1).await;
     assert_eq!(error.d["code"], "room_full");
+    assert_eq!(error.d["channel"], "small");
+    assert!(error.r#ref.is_some(), "the join's ref, from the SFU");
     // Refused: the connection is in no room.
     clients[2].send(ClientMessage::VoiceMute {
         channel: "small".into(),

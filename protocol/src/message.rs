@@ -487,6 +487,9 @@ pub enum ServerMessage {
         code: String,
         /// Human-readable detail.
         message: String,
+        /// The voice channel it is about, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
     },
     /// Sent right before a server-initiated close the client should retry.
     Reconnect {

@@ -495,6 +495,7 @@ pub(crate) fn server_message<N: Node>(
         "voice_error" => M::VoiceError {
             code: string(d, "code")?,
             message: string(d, "message")?,
+            channel: opt_string(d, "channel")?,
         },
         "reconnect" => M::Reconnect {
             reason: string(d, "reason")?,

@@ -222,7 +222,13 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                     })
                     .collect()
             }),
-        (text(), text()).prop_map(|(code, message)| M::VoiceError { code, message }),
+        (text(), text(), proptest::option::of(text())).prop_map(|(code, message, channel)| {
+            M::VoiceError {
+                code,
+                message,
+                channel,
+            }
+        }),
         (text(), any::<u64>()).prop_map(|(reason, retry_after_ms)| M::Reconnect {
             reason,
             retry_after_ms

@@ -190,6 +190,8 @@ pub enum ShardMessage {
     Voice {
         conn: crate::hub::ConnKey,
         message: coregate_protocol::ServerMessage,
+        /// The `ref` of the op it answers, if it answers one.
+        r#ref: Option<u64>,
         left: Option<String>,
     },
 }

@@ -40,6 +40,8 @@ pub struct VoiceRequest {
     /// The voice channel id (the topic `voice:<channel>`).
     pub channel: String,
     pub action: VoiceAction,
+    /// The op's `ref`: the SFU's refusal of it (`room_full`, `bad_sdp`) echoes it.
+    pub r#ref: Option<u64>,
 }
 
 /// The SFU's queue is full, or the SFU has stopped.

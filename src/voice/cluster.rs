@@ -75,6 +75,8 @@ enum Relay {
         channel: String,
         #[serde(flatten)]
         action: VoiceAction,
+        #[serde(rename = "ref")]
+        r#ref: Option<u64>,
     },
     /// The owner's signal to a connection on the receiving node.
     Signal {
@@ -82,6 +84,8 @@ enum Relay {
         conn: u64,
         op: String,
         d: Value,
+        #[serde(rename = "ref")]
+        r#ref: Option<u64>,
         left: Option<String>,
     },
 }
@@ -244,6 +248,7 @@ impl Cluster {
             name: request.name,
             channel: request.channel,
             action: request.action,
+            r#ref: request.r#ref,
         };
         self.publish(owner, &relay).await;
     }
@@ -258,6 +263,7 @@ impl Cluster {
             conn: signal.to.conn.to_raw(),
             op: signal.message.op().to_owned(),
             d: serde_json::to_value(&signal.message).unwrap_or(Value::Null),
+            r#ref: signal.r#ref,
             left: signal.left,
         };
         self.publish(&node, &relay).await;
@@ -308,6 +314,7 @@ impl Cluster {
                 name,
                 channel,
                 action,
+                r#ref,
             } => {
                 let node = (*from != *self.settings.node_id).then(|| Arc::from(from));
                 let peer = Peer {
@@ -326,6 +333,7 @@ impl Cluster {
                     name,
                     channel,
                     action,
+                    r#ref,
                 };
                 event.requests.push((peer, request));
             }
@@ -334,6 +342,7 @@ impl Cluster {
                 conn,
                 op,
                 d,
+                r#ref,
                 left,
             } => {
                 let Some(message) = voice_message(&op, d) else {
@@ -347,7 +356,12 @@ impl Cluster {
                 if left.is_some() {
                     self.remote.remove(&to);
                 }
-                event.signals.push(Signal { to, message, left });
+                event.signals.push(Signal {
+                    to,
+                    message,
+                    r#ref,
+                    left,
+                });
             }
         }
         event
@@ -394,6 +408,7 @@ impl Cluster {
                     name: member.name,
                     channel: member.channel,
                     action: VoiceAction::Join,
+                    r#ref: None,
                 };
                 let local = Box::pin(self.route_local(peer, rejoin)).await;
                 event.requests.extend(local);
@@ -558,6 +573,8 @@ fn voice_message(op: &str, d: Value) -> Option<ServerMessage> {
     struct Failure {
         code: String,
         message: String,
+        #[serde(default)]
+        channel: Option<String>,
     }
     let message = match op {
         "voice_offer" => {
@@ -600,8 +617,16 @@ fn voice_message(op: &str, d: Value) -> Option<ServerMessage> {
             }
         }
         "voice_error" => {
-            let Failure { code, message } = serde_json::from_value(d).ok()?;
-            ServerMessage::VoiceError { code, message }
+            let Failure {
+                code,
+                message,
+                channel,
+            } = serde_json::from_value(d).ok()?;
+            ServerMessage::VoiceError {
+                code,
+                message,
+                channel,
+            }
         }
         _ => return None,
     };
@@ -656,6 +681,7 @@ mod tests {
             ServerMessage::VoiceError {
                 code: "room_full".into(),
                 message: "full".into(),
+                channel: Some("c".into()),
             },
         ];
         for message in messages {
@@ -664,13 +690,17 @@ mod tests {
                 conn: ConnKey::from_raw(7 << 32 | 9).to_raw(),
                 op: message.op().to_owned(),
                 d: serde_json::to_value(&message).unwrap(),
+                r#ref: Some(4),
                 left: Some("c".into()),
             };
             let text = serde_json::to_string(&relay).unwrap();
-            let Relay::Signal { op, d, conn, .. } = serde_json::from_str(&text).unwrap() else {
+            let Relay::Signal {
+                op, d, conn, r#ref, ..
+            } = serde_json::from_str(&text).unwrap()
+            else {
                 panic!("a signal");
             };
-            assert_eq!(conn, 7 << 32 | 9);
+            assert_eq!((conn, r#ref), (7 << 32 | 9, Some(4)));
             assert_eq!(voice_message(&op, d), Some(message));
         }
         assert_eq!(voice_message("pong", Value::Null), None);
@@ -694,12 +724,18 @@ mod tests {
                 name: None,
                 channel: "open-1".into(),
                 action: action.clone(),
+                r#ref: Some(9),
             };
             let text = serde_json::to_string(&relay).unwrap();
-            let Relay::Request { action: back, .. } = serde_json::from_str(&text).unwrap() else {
+            let Relay::Request {
+                action: back,
+                r#ref,
+                ..
+            } = serde_json::from_str(&text).unwrap()
+            else {
                 panic!("a request");
             };
-            assert_eq!(back, action);
+            assert_eq!((back, r#ref), (action, Some(9)));
         }
     }
 }

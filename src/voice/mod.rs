@@ -242,6 +242,7 @@ fn deliver_local(shards: &[ShardSender], signal: Signal) {
         let _ = shard.answer(ShardMessage::Voice {
             conn: signal.to.conn,
             message: signal.message,
+            r#ref: signal.r#ref,
             left: signal.left,
         });
     }

@@ -51,6 +51,8 @@ pub struct ParticipantId(u64);
 pub struct Signal {
     pub to: Peer,
     pub message: ServerMessage,
+    /// The `ref` of the op this answers (a refusal of it), if it answers one.
+    pub r#ref: Option<u64>,
     /// The SFU no longer has the participant in this room.
     pub left: Option<String>,
 }
@@ -160,10 +162,11 @@ impl Sfu {
             name,
             channel,
             action,
+            r#ref,
             ..
         } = request;
         if action == VoiceAction::Join {
-            return self.join(peer, user_id, name, channel, now);
+            return self.join(peer, user_id, name, channel, r#ref, now);
         }
         let Some(&id) = self.by_peer.get(&peer) else {
             return;
@@ -175,8 +178,8 @@ impl Sfu {
             VoiceAction::Join => {}
             VoiceAction::Leave => self.remove(id, Departure::Left, now),
             VoiceAction::Gone => self.remove(id, Departure::Gone, now),
-            VoiceAction::Answer { sdp } => self.answer(id, &sdp, now),
-            VoiceAction::IceCandidate { candidate } => self.add_candidate(id, &candidate),
+            VoiceAction::Answer { sdp } => self.answer(id, &sdp, r#ref, now),
+            VoiceAction::IceCandidate { candidate } => self.add_candidate(id, &candidate, r#ref),
             VoiceAction::Mute | VoiceAction::Unmute => {
                 let muted = action == VoiceAction::Mute;
                 self.set_muted(id, muted);
@@ -190,6 +193,7 @@ impl Sfu {
         user_id: String,
         name: Option<String>,
         channel: String,
+        r#ref: Option<u64>,
         now: Instant,
     ) {
         if let Some(&previous) = self.by_peer.get(&peer) {
@@ -197,14 +201,17 @@ impl Sfu {
         }
         let size = self.rooms.get(&channel).map_or(0, Vec::len);
         if size >= self.config.room_size {
-            let message = ServerMessage::VoiceError {
-                code: "room_full".into(),
-                message: format!(
-                    "the voice channel `{channel}` holds {} participants at most",
-                    self.config.room_size
-                ),
-            };
-            self.signal(&peer, message, Some(channel));
+            let message = format!(
+                "the voice channel `{channel}` holds {} participants at most",
+                self.config.room_size
+            );
+            let refusal = voice_error("room_full", message, &channel);
+            self.output.signals.push(Signal {
+                to: peer,
+                message: refusal,
+                r#ref,
+                left: Some(channel),
+            });
             return;
         }
         let id = ParticipantId(self.next_id);
@@ -308,7 +315,7 @@ impl Sfu {
         self.poll(id, now);
     }
 
-    fn answer(&mut self, id: ParticipantId, sdp: &str, now: Instant) {
+    fn answer(&mut self, id: ParticipantId, sdp: &str, r#ref: Option<u64>, now: Instant) {
         let participant = self.participants.get_mut(&id).expect("a participant");
         match participant.answer(sdp) {
             Ok(again) => {
@@ -319,18 +326,15 @@ impl Sfu {
             }
             Err(error) => {
                 let peer = participant.peer.clone();
-                let message = ServerMessage::VoiceError {
-                    code: "bad_sdp".into(),
-                    message: error.to_string(),
-                };
-                self.signal(&peer, message, None);
+                let refusal = voice_error("bad_sdp", error.to_string(), &participant.channel);
+                self.refuse(&peer, refusal, r#ref);
                 // A fresh offer to answer, if the spent one changed the room.
                 self.negotiate(id, now);
             }
         }
     }
 
-    fn add_candidate(&mut self, id: ParticipantId, raw: &str) {
+    fn add_candidate(&mut self, id: ParticipantId, raw: &str, r#ref: Option<u64>) {
         let line = raw.trim().trim_start_matches("a=");
         if line.is_empty() {
             return; // the end of the client's candidates
@@ -340,11 +344,9 @@ impl Sfu {
             Ok(candidate) => participant.rtc.add_remote_candidate(candidate),
             Err(error) => {
                 let peer = participant.peer.clone();
-                let message = ServerMessage::VoiceError {
-                    code: "bad_sdp".into(),
-                    message: format!("not an ICE candidate: {error}"),
-                };
-                self.signal(&peer, message, None);
+                let message = format!("not an ICE candidate: {error}");
+                let refusal = voice_error("bad_sdp", message, &participant.channel);
+                self.refuse(&peer, refusal, r#ref);
             }
         }
     }
@@ -398,10 +400,11 @@ impl Sfu {
         match why {
             Departure::Left => self.signal(&participant.peer, left.clone(), Some(channel.clone())),
             Departure::TimedOut => {
-                let message = ServerMessage::VoiceError {
-                    code: "timeout".into(),
-                    message: "the voice connection (ICE, DTLS) failed or did not come up".into(),
-                };
+                let message = voice_error(
+                    "timeout",
+                    "the voice connection (ICE, DTLS) failed or did not come up".into(),
+                    &channel,
+                );
                 self.signal(&participant.peer, message, None);
                 self.signal(&participant.peer, left.clone(), Some(channel.clone()));
             }
@@ -593,7 +596,18 @@ impl Sfu {
         self.output.signals.push(Signal {
             to: to.clone(),
             message,
+            r#ref: None,
             left,
+        });
+    }
+
+    /// A refusal of the op with `ref`: its connection stays in the room.
+    fn refuse(&mut self, to: &Peer, refusal: ServerMessage, r#ref: Option<u64>) {
+        self.output.signals.push(Signal {
+            to: to.clone(),
+            message: refusal,
+            r#ref,
+            left: None,
         });
     }
 
@@ -604,5 +618,14 @@ impl Sfu {
         self.stats
             .rooms
             .store(self.rooms.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A `voice_error` about `channel`.
+fn voice_error(code: &str, message: String, channel: &str) -> ServerMessage {
+    ServerMessage::VoiceError {
+        code: code.to_owned(),
+        message,
+        channel: Some(channel.to_owned()),
     }
 }

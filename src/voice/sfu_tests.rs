@@ -25,6 +25,8 @@ struct Client {
     user_id: String,
     rtc: Option<VoicePeer>,
     signals: Vec<(ServerMessage, Option<String>)>,
+    /// The `ref`s the SFU's signals carried (refusals of an op echo its `ref`).
+    refs: Vec<Option<u64>>,
     /// Answers offers by itself (tests of bad answers turn it off).
     answers: bool,
     talking: bool,
@@ -74,6 +76,7 @@ impl Net {
             user_id: user_id.to_owned(),
             rtc: None,
             signals: Vec::new(),
+            refs: Vec::new(),
             answers: true,
             talking: false,
             next_frame: self.now,
@@ -90,6 +93,7 @@ impl Net {
             name: None,
             channel: channel.to_owned(),
             action,
+            r#ref: Some(client as u64 + 100),
         };
         let peer = c.peer.clone();
         self.sfu.handle_request(peer, request, self.now);
@@ -130,6 +134,7 @@ impl Net {
                 self.clients[at]
                     .signals
                     .push((signal.message.clone(), signal.left.clone()));
+                self.clients[at].refs.push(signal.r#ref);
                 match signal.message {
                     ServerMessage::VoiceOffer { channel, sdp } if self.clients[at].answers => {
                         let rtc = self.clients[at].rtc.as_mut().expect("joined");
@@ -141,6 +146,7 @@ impl Net {
                             name: None,
                             channel,
                             action: VoiceAction::Answer { sdp: answer },
+                            r#ref: None,
                         };
                         self.sfu.handle_request(signal.to, request, self.now);
                     }
@@ -359,8 +365,13 @@ fn a_full_room_refuses_and_other_rooms_are_apart() {
     net.join(clients[1], "room");
     net.join(clients[2], "room");
     let (refusal, left) = net.clients[clients[2]].signals.last().unwrap();
-    assert!(matches!(refusal, ServerMessage::VoiceError { code, .. } if code == "room_full"));
+    assert!(
+        matches!(refusal, ServerMessage::VoiceError { code, channel, .. }
+        if code == "room_full" && channel.as_deref() == Some("room"))
+    );
     assert_eq!(left.as_deref(), Some("room"));
+    // The refusal echoes the join's ref (the harness's refs are the client's index + 100).
+    assert_eq!(net.clients[clients[2]].refs.last(), Some(&Some(102)));
     net.join(clients[3], "other");
     net.run(Duration::from_millis(500));
     net.talk(clients[3], true);
@@ -397,6 +408,7 @@ fn a_bad_answer_is_refused_bad_sdp_and_a_fresh_offer_can_still_be_answered() {
         );
         let codes = net.error_codes(alice);
         assert_eq!(codes.last().map(String::as_str), Some("bad_sdp"));
+        assert_eq!(net.clients[alice].refs.last(), Some(&Some(100)));
     }
     // An answer with no offer waiting is refused too, and the participant stays.
     assert_eq!(net.sfu.room_sizes().collect::<Vec<_>>(), [("room", 1)]);

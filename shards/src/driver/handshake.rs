@@ -103,7 +103,8 @@ async fn admit_upgrade(
                 .map_err(|e| Some(Refusal::Unauthorized(e.to_string())))?,
         ),
     };
-    let start = match &shard.backend {
+    let backend = shard.backend.borrow().clone();
+    let start = match &backend {
         Some(backend) if backend.decides_connects() => {
             let user_id = token.as_ref().map(|t| t.user_id.clone());
             let forwarded = request.token.clone().filter(|_| backend.forwards_token());

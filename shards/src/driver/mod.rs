@@ -73,8 +73,9 @@ pub(crate) struct LocalShard {
     pub(crate) stats: Arc<ShardStats>,
     /// The node-wide connection limits, shared by every shard.
     pub(crate) admission: Arc<Admission>,
-    /// The node's backend client, for the connect call made at the upgrade.
-    pub(crate) backend: Option<SharedBackend>,
+    /// The node's backend client, for the connect call made at the upgrade; let go of
+    /// when the shard ends, like the hub's handles on the node's threads.
+    pub(crate) backend: RefCell<Option<SharedBackend>>,
     /// The connections and routing; borrowed for one synchronous step at a time,
     /// never across an `await`.
     pub(crate) hub: RefCell<LocalHub>,
@@ -135,11 +136,12 @@ async fn run_router(shard: Rc<LocalShard>, inbox: LocalInbox) {
             ShardMessage::Voice {
                 conn,
                 message,
+                r#ref,
                 left,
             } => shard
                 .hub
                 .borrow_mut()
-                .answer_voice(conn, message, left, now),
+                .answer_voice(conn, message, r#ref, left, now),
         }
         ControlFlow::Continue(())
     })
@@ -335,7 +337,7 @@ pub fn start_shards(
                         verifier,
                         stats,
                         admission,
-                        backend,
+                        backend: RefCell::new(backend),
                         hub: RefCell::new(hub),
                         read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
                         drain_window: Cell::new(None),
@@ -414,5 +416,6 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
     drop(listener);
     drain(&shard, window).await;
     shard.hub.borrow_mut().shut_down();
+    shard.backend.borrow_mut().take();
     tracing::info!(shard = shard.shard_id, "drained");
 }

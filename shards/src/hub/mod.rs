@@ -287,12 +287,15 @@ impl LocalHub {
     }
 
     /// The shard has ended: its handles on the node's other threads (the ingestor's
-    /// queue, the membership checker) are let go of now, so that the ingestor sees its
-    /// last sender go and ends, whatever the executor does with the tasks it leaves.
+    /// queue, the membership checker, the backend client, the SFU) are let go of now, so
+    /// that each sees its last sender go and ends, whatever the executor does with the
+    /// tasks it leaves.
     pub fn shut_down(&mut self) {
         self.flush_commands();
         self.ingestor = None;
         self.parts.membership = None;
+        self.backend = None;
+        self.voice = None;
         self.checks.clear();
         self.waits.clear();
     }
@@ -311,8 +314,8 @@ impl LocalHub {
             self.commands.push_back(IngestorCommand::Presence(leave));
         }
         if let Some(channel) = slot.session.voice_channel() {
-            let gone =
-                self.voice_request(key, &slot.session, channel.to_owned(), VoiceAction::Gone);
+            let channel = channel.to_owned();
+            let gone = self.voice_request(key, &slot.session, channel, VoiceAction::Gone, None);
             if let (Some(voice), Some(gone)) = (&self.voice, gone) {
                 // A full queue loses it: the SFU's own ICE timeout removes the participant.
                 let _ = voice.send(gone);
@@ -502,7 +505,11 @@ impl LocalHub {
             }
             SessionEvent::CheckMembership(request) => self.send_check(key, request, now),
             SessionEvent::Rpc { r#ref, method, d } => self.send_rpc(key, r#ref, method, d, now),
-            SessionEvent::Voice { channel, action } => self.send_voice(key, channel, action, now),
+            SessionEvent::Voice {
+                channel,
+                action,
+                r#ref,
+            } => self.send_voice(key, channel, action, r#ref, now),
             SessionEvent::ReadHistory { ticket, reads } => {
                 let request = crate::history::HistoryRequest {
                     shard_id: self.shard_id,
@@ -574,6 +581,7 @@ impl LocalHub {
         session: &Session,
         channel: String,
         action: VoiceAction,
+        r#ref: Option<u64>,
     ) -> Option<VoiceRequest> {
         let identity = session.identity()?;
         Some(VoiceRequest {
@@ -583,18 +591,26 @@ impl LocalHub {
             name: identity.name.clone(),
             channel,
             action,
+            r#ref,
         })
     }
 
     /// Hands a voice op to the node's SFU; one that cannot be sent (voice off, the
     /// SFU's queue full) is answered `voice_error {code: unavailable}` at once, and a
     /// join that could not be sent leaves the connection out of the room.
-    fn send_voice(&mut self, key: ConnKey, channel: String, action: VoiceAction, now: Instant) {
+    fn send_voice(
+        &mut self,
+        key: ConnKey,
+        channel: String,
+        action: VoiceAction,
+        r#ref: Option<u64>,
+        now: Instant,
+    ) {
         let Some(session) = self.session(key) else {
             return;
         };
         let joining = action == VoiceAction::Join;
-        let Some(request) = self.voice_request(key, session, channel.clone(), action) else {
+        let Some(request) = self.voice_request(key, session, channel.clone(), action, r#ref) else {
             return;
         };
         let refusal = match &self.voice {
@@ -612,9 +628,10 @@ impl LocalHub {
                 .as_str()
                 .to_owned(),
             message: refusal.to_owned(),
+            channel: Some(channel.clone()),
         };
         let left = joining.then_some(channel);
-        self.answer_voice(key, message, left, now);
+        self.answer_voice(key, message, r#ref, left, now);
     }
 
     /// The SFU's signal to `key` (a connection gone meanwhile gets nothing).
@@ -622,11 +639,12 @@ impl LocalHub {
         &mut self,
         key: ConnKey,
         message: coregate_protocol::ServerMessage,
+        r#ref: Option<u64>,
         left: Option<String>,
         now: Instant,
     ) {
         self.answer_session(key, now, |session, ctx| {
-            session.answer_voice(message, left, now, ctx)
+            session.answer_voice(message, r#ref, left, now, ctx)
         });
     }
 

@@ -157,7 +157,7 @@ fn the_sfu_speaks_on_the_priority_lane_and_can_take_the_connection_out_of_the_ro
         channel: "open-1".into(),
         sdp: "v=0 offer".into(),
     };
-    h.hub.answer_voice(alice, offer, None, now);
+    h.hub.answer_voice(alice, offer, None, None, now);
     let read = h.read(alice);
     assert_eq!(read.ops()[0], "voice_offer");
     assert_eq!(
@@ -171,7 +171,8 @@ fn the_sfu_speaks_on_the_priority_lane_and_can_take_the_connection_out_of_the_ro
         user_id: "alice".into(),
         name: None,
     };
-    h.hub.answer_voice(alice, left, Some("open-1".into()), now);
+    h.hub
+        .answer_voice(alice, left, None, Some("open-1".into()), now);
     assert_eq!(h.read(alice).ops(), ["voice_user_left"]);
     assert_eq!(subscriptions(&h, alice), ["global", "user:alice"]);
     h.send(alice, r#"{"op":"voice_mute","d":{"channel":"open-1"}}"#);

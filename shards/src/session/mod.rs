@@ -154,6 +154,7 @@ pub enum SessionEvent {
     Voice {
         channel: String,
         action: crate::voice::VoiceAction,
+        r#ref: Option<u64>,
     },
 }
 

@@ -404,11 +404,14 @@ impl Session {
     }
 
     /// A replay goes out whole or not at all, and only while what the connection has
-    /// queued stays within its outbound budget: a replay larger than that would close
-    /// the connection 4010 in the middle of it, and the client, resubscribing with the
-    /// same `since`, would be closed again, for ever. So the topics whose replay no
-    /// longer fits (in request order) are answered `recovered: false` with the current
-    /// position: the client reloads from its backend once and continues from there.
+    /// queued stays within twice its outbound budget (the point where a slow consumer is
+    /// closed at once; over the budget itself the client has `--slow-client-grace` to
+    /// read it down, as for any burst): a larger replay would close the connection 4010
+    /// in the middle of it, and the client, resubscribing with the same `since`, would be
+    /// closed again, for ever. So the topics whose replay no longer fits (in request
+    /// order) are answered `recovered: false` with the current position: the client
+    /// reloads from its backend once and continues from there. What a 4010 dropped (more
+    /// than the budget) is still recovered, up to twice the budget.
     fn keep_replays_within_budget(
         &self,
         read: &mut [TopicHistory],
@@ -419,6 +422,7 @@ impl Session {
         let mut room = ctx
             .config
             .outbound_budget
+            .saturating_mul(2)
             .saturating_sub(self.outbox.queued_bytes());
         for result in read.iter_mut() {
             let replayed = pending

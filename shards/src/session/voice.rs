@@ -37,17 +37,22 @@ impl Session {
         if action != VoiceAction::Join {
             if !joined {
                 let message = format!("not in the voice channel `{channel}`");
-                return self.reply_voice_error(NOT_IN_ROOM, &message, r#ref, ctx);
+                return self.reply_voice_error(NOT_IN_ROOM, &message, &channel, r#ref, ctx);
             }
             if action == VoiceAction::Leave {
                 self.forget_voice(ctx);
             }
-            ctx.events.push(SessionEvent::Voice { channel, action });
+            ctx.events.push(SessionEvent::Voice {
+                channel,
+                action,
+                r#ref,
+            });
             return;
         }
         let Ok(topic) = Topic::parse(&format!("voice:{channel}")) else {
             let message = "not a valid voice channel id";
-            return self.reply_voice_error(ErrorCode::BadRequest.as_str(), message, r#ref, ctx);
+            let code = ErrorCode::BadRequest.as_str();
+            return self.reply_voice_error(code, message, &channel, r#ref, ctx);
         };
         let allowed = self
             .identity
@@ -55,7 +60,8 @@ impl Session {
             .is_some_and(|identity| identity.topics.allows(&topic));
         if !allowed {
             let message = format!("not allowed in the voice channel `{channel}`");
-            return self.reply_voice_error(ErrorCode::Forbidden.as_str(), &message, r#ref, ctx);
+            let code = ErrorCode::Forbidden.as_str();
+            return self.reply_voice_error(code, &message, &channel, r#ref, ctx);
         }
         if !joined {
             if let Some(current) = self.voice_channel().map(str::to_owned) {
@@ -63,23 +69,31 @@ impl Session {
                 ctx.events.push(SessionEvent::Voice {
                     channel: current,
                     action: VoiceAction::Leave,
+                    r#ref: None,
                 });
             }
             if self.subscriptions.len() >= ctx.config.max_subscriptions {
                 let message = "subscription limit reached: the room's topic does not fit";
-                return self.reply_voice_error(ErrorCode::Limit.as_str(), message, r#ref, ctx);
+                let code = ErrorCode::Limit.as_str();
+                return self.reply_voice_error(code, message, &channel, r#ref, ctx);
             }
             self.hold(topic, ctx);
             self.occasional().voice = Some(channel.clone());
         }
-        ctx.events.push(SessionEvent::Voice { channel, action });
+        ctx.events.push(SessionEvent::Voice {
+            channel,
+            action,
+            r#ref,
+        });
     }
 
-    /// What the SFU says to this connection. `left`: the SFU no longer has it in that
-    /// room (it left, timed out, or its join was refused).
+    /// What the SFU says to this connection, with the `ref` of the op it answers if it
+    /// answers one. `left`: the SFU no longer has it in that room (it left, timed out,
+    /// or its join was refused).
     pub fn answer_voice(
         &mut self,
         message: ServerMessage,
+        r#ref: Option<u64>,
         left: Option<String>,
         now: Instant,
         ctx: &mut SessionCtx,
@@ -90,7 +104,7 @@ impl Session {
         if left.is_some() && left.as_deref() == self.voice_channel() {
             self.forget_voice(ctx);
         }
-        self.reply(&message, None, ctx);
+        self.reply(&message, r#ref, ctx);
         // Signals are not answers to one request each: one the client does not read
         // counts against its control budget like any reply.
         self.enforce_control_budget(now, ctx);
@@ -115,12 +129,14 @@ impl Session {
         &mut self,
         code: &str,
         message: &str,
+        channel: &str,
         r#ref: Option<u64>,
         ctx: &mut SessionCtx,
     ) {
         let error = ServerMessage::VoiceError {
             code: code.to_owned(),
             message: message.to_owned(),
+            channel: Some(channel.to_owned()),
         };
         self.reply(&error, r#ref, ctx);
     }
