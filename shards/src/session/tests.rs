@@ -722,3 +722,54 @@ fn a_client_that_only_pings_is_never_closed_for_its_input_bytes() {
     assert_eq!(read.close, None);
     assert_eq!((read.count("pong"), read.pongs), (200, 200));
 }
+
+#[test]
+fn one_subscribe_is_answered_forbidden_invalid_topic_and_limit_at_once() {
+    // Room for one topic besides the automatic two (`user:alice`, `global`).
+    let config = ShardConfig {
+        max_subscriptions: 3,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    let topics = r#"["channel:1","server:9","not a topic","channel:2","user:bob","channel:3"]"#;
+    h.send(
+        c,
+        &format!(r#"{{"op":"subscribe","d":{{"topics":{topics}}},"ref":5}}"#),
+    );
+    let read = h.read(c);
+    assert_eq!(
+        read.ops(),
+        ["subscribed", "error", "error", "error"],
+        "one reply per outcome"
+    );
+    let reply = |i: usize| &read.messages[i].1;
+    assert_eq!(reply(0)["d"]["topics"], serde_json::json!(["channel:1"]));
+    let refusals: Vec<_> = (1..4)
+        .map(|i| {
+            (
+                reply(i)["d"]["code"].clone(),
+                reply(i)["d"]["topics"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            (
+                "forbidden".into(),
+                serde_json::json!(["server:9", "user:bob"])
+            ),
+            ("invalid_topic".into(), serde_json::json!(["not a topic"])),
+            (
+                "limit".into(),
+                serde_json::json!(["channel:2", "channel:3"])
+            ),
+        ]
+    );
+    assert!(
+        read.messages.iter().all(|(_, m)| m["ref"] == 5),
+        "every reply carries the request's ref"
+    );
+}
