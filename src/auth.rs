@@ -61,8 +61,12 @@ impl JwtVerifier {
         required.extend(config.jwt_issuer.as_ref().map(|_| "iss"));
         required.extend(config.jwt_audience.as_ref().map(|_| "aud"));
         validation.set_required_spec_claims(&required);
-        validation.validate_nbf = true;
-        // The sweeper closes at `exp` exactly; accepting later would contradict it.
+        // `exp` and `nbf` are checked by `check_times`, not by jsonwebtoken: it rounds a
+        // fractional NumericDate to the nearest second where the gateway drops the
+        // fraction (docs/protocol.md §1), so the two disagreed (an `nbf` 0.5–1 s ahead
+        // was refused by one and accepted by the other), and it reads its own clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.leeway = 0;
         validation.validate_aud = config.jwt_audience.is_some();
         // With an audience configured, a token's `aud` (a string or an array, RFC 7519
@@ -81,8 +85,8 @@ impl JwtVerifier {
         }
     }
 
-    /// [`TokenVerifier::verify`] at `now` (Unix seconds) for the checks made here;
-    /// jsonwebtoken checks `exp` and `nbf` against its own clock as well.
+    /// [`TokenVerifier::verify`] at `now` (Unix seconds): the signature and the claims'
+    /// shape by jsonwebtoken, every time claim here ([`check_times`]), at `now` alone.
     pub fn verify_at(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<TokenClaims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -140,10 +144,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The claims' times at `now`: expired at `exp` itself (RFC 7519 §4.1.4: "on or after"),
-/// which is when the shard's sweeper closes the connection too; not valid before `nbf`;
-/// and not issued in the future, beyond `iat_leeway` seconds (PROTOCOL.md §1: `iat` is
-/// validated if present). Fractions of seconds were dropped when the claims were read.
 /// What the gateway reads of a token: PROTOCOL.md §1's claims, and the optional
 /// `presence` claim (topics where the user's presence transitions are announced, besides
 /// `presence:<sub>`; a malformed topic makes the token invalid, as in `topics`).
@@ -155,6 +155,11 @@ struct TokenClaims {
     presence: Vec<String>,
 }
 
+/// The claims' times at `now`: expired at `exp` itself (RFC 7519 §4.1.4: "on or after"),
+/// which is when the shard's sweeper closes the connection too; not valid before `nbf`;
+/// and not issued in the future, beyond `iat_leeway` seconds (PROTOCOL.md §1: `iat` is
+/// validated if present). Fractions of seconds were dropped when the claims were read.
+/// The one place these are decided: jsonwebtoken is told not to.
 fn check_times(claims: &Claims, now: u64, iat_leeway: u64) -> Result<(), AuthError> {
     if claims.exp <= now {
         return Err(AuthError::Expired);
@@ -328,6 +333,56 @@ mod tests {
         let expired = sign(serde_json::json!({"sub": "ann", "exp": now - 5.5}));
         assert_eq!(
             verifier.verify(&expired).expect_err("expired"),
+            AuthError::Expired
+        );
+    }
+
+    /// jsonwebtoken rounded a fractional `nbf` or `exp` to the nearest second, the
+    /// gateway drops the fraction: an `nbf` 0.5–1 s ahead was refused by the one and
+    /// accepted by the other. Now only the gateway's reading counts, at the `now` given.
+    #[test]
+    fn fractional_nbf_and_exp_are_read_as_their_whole_second_by_every_check() {
+        let verifier = JwtVerifier::hs256(SECRET, &Config::default());
+        let now = unix_now();
+        let at = |nbf: f64, exp: f64| {
+            sign(
+                serde_json::json!({"sub": "ann", "nbf": now as f64 + nbf, "exp": now as f64 + exp}),
+            )
+        };
+        verifier
+            .verify_at(&at(0.6, 600.0), now)
+            .expect("`nbf` in the current second: valid");
+        assert_eq!(
+            verifier
+                .verify_at(&at(1.2, 600.0), now)
+                .expect_err("next second"),
+            AuthError::NotYetValid
+        );
+        let short = at(-10.0, 1.6);
+        verifier
+            .verify_at(&short, now)
+            .expect("`exp` is next second");
+        assert_eq!(
+            verifier
+                .verify_at(&short, now + 1)
+                .expect_err("its second came"),
+            AuthError::Expired
+        );
+        assert_eq!(
+            verifier
+                .verify_at(&at(-10.0, 0.4), now)
+                .expect_err("`exp` this second"),
+            AuthError::Expired
+        );
+        // Decided at the `now` given, not at another clock's: a driven clock works.
+        let later = now + 86_400;
+        verifier
+            .verify_at(&at(86_400.3, 90_000.0), later)
+            .expect("valid at the driven clock's time");
+        assert_eq!(
+            verifier
+                .verify_at(&at(-10.0, 600.0), later)
+                .expect_err("long expired then"),
             AuthError::Expired
         );
     }

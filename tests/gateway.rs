@@ -349,6 +349,48 @@ async fn subscribe_allowed_forbidden_mixed_and_over_limit() {
 }
 
 #[tokio::test]
+async fn one_subscribe_gets_forbidden_invalid_topic_and_limit_at_once() {
+    // Room for one topic besides `user:<sub>` and `global`.
+    let gw = Gateway::start(&["--max-subscriptions", "3"]);
+    for encoding in BOTH {
+        let mut client = Client::ready(&gw, &token("erin", &["channel:*"]), encoding).await;
+        let requested = [
+            "channel:1",
+            "server:9",
+            "no spaces",
+            "channel:2",
+            "channel:3",
+        ];
+        let r = client
+            .send(ClientMessage::Subscribe {
+                topics: requested.iter().map(|t| t.to_string()).collect(),
+                since: None,
+            })
+            .await;
+        let subscribed = client.expect_op("subscribed").await;
+        assert_eq!(subscribed.r#ref, Some(r));
+        assert_eq!(topics_of(&subscribed), vec!["channel:1"]);
+        let mut refusals = Vec::new();
+        for _ in 0..3 {
+            let error = client.expect_op("error").await;
+            assert_eq!(error.r#ref, Some(r));
+            refusals.push((error.d["code"].clone(), topics_of(&error)));
+        }
+        assert_eq!(
+            refusals,
+            [
+                (json!("forbidden"), vec!["server:9".to_owned()]),
+                (json!("invalid_topic"), vec!["no spaces".to_owned()]),
+                (
+                    json!("limit"),
+                    vec!["channel:2".to_owned(), "channel:3".to_owned()]
+                ),
+            ]
+        );
+    }
+}
+
+#[tokio::test]
 async fn publish_reaches_exactly_the_subscribers_on_every_shard_and_skips_exclude_user() {
     let gw = Gateway::start(&[]);
     let mut subscribers = Vec::new();

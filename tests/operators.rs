@@ -367,19 +367,71 @@ async fn no_token_reaches_the_log_even_at_trace_level() {
     by_query.expect_op("message_new").await;
 
     let (_, log) = gw.stop(EXIT);
+    assert_not_logged(
+        &log,
+        &[
+            ("query token", in_query.as_str()),
+            ("header token", in_header.as_str()),
+            ("identify token", identified.as_str()),
+            ("refresh token", refreshed.as_str()),
+            ("refused refresh token", bad_refresh.as_str()),
+            ("admin token", admin_token),
+        ],
+    );
+
+    // With `--proxy-forward-token` the token travels on, in the backend's connect call
+    // (an HTTP request of the node's own client): not into the log either.
+    let (connect_url, forwarded) = connect_backend().await;
+    let mut gw = Launch::new(&[
+        "--proxy-connect-url",
+        &connect_url,
+        "--proxy-forward-token",
+        "true",
+        "--drain-window",
+        "100ms",
+    ])
+    .env("RUST_LOG", "trace")
+    .capture_stderr()
+    .start();
+    let proxied_query = token("proxied-query-user", &[]);
+    let proxied_header = token("proxied-header-user", &[]);
+    let mut by_query = Client::connect(&gw, &proxied_query, Encoding::Json).await;
+    by_query.expect_op("hello").await;
+    by_query.expect_op("ready").await;
+    let mut by_header = Client::try_connect(
+        &gw,
+        Some(&proxied_header),
+        TokenIn::Header,
+        Encoding::MsgPack,
+    )
+    .await
+    .unwrap();
+    by_header.expect_op("hello").await;
+    by_header.expect_op("ready").await;
+    let mut seen = forwarded.lock().unwrap().clone();
+    seen.sort();
+    let mut sent = vec![proxied_header.clone(), proxied_query.clone()];
+    sent.sort();
+    assert_eq!(seen, sent, "the connect calls carried the tokens");
+    let (_, log) = gw.stop(EXIT);
+    assert_not_logged(
+        &log,
+        &[
+            ("forwarded query token", proxied_query.as_str()),
+            ("forwarded header token", proxied_header.as_str()),
+        ],
+    );
+}
+
+/// Fails if any of `secrets` (whole, its last `.`-separated part, or either in hex) is in
+/// `log`, which must be a trace-level one.
+fn assert_not_logged(log: &str, secrets: &[(&str, &str)]) {
     assert!(log.contains("TRACE"), "the run logged at trace level");
-    for (what, secret) in [
-        ("query token", in_query.as_str()),
-        ("header token", in_header.as_str()),
-        ("identify token", identified.as_str()),
-        ("refresh token", refreshed.as_str()),
-        ("refused refresh token", bad_refresh.as_str()),
-        ("admin token", admin_token),
-    ] {
+    for (what, secret) in secrets {
         // Any part of a JWT is enough to matter (its payload, its signature).
         let signature = secret.rsplit('.').next().unwrap();
         for form in [
-            secret.to_owned(),
+            secret.to_string(),
             signature.to_owned(),
             hex(secret),
             hex(signature),
@@ -387,6 +439,29 @@ async fn no_token_reaches_the_log_even_at_trace_level() {
             assert!(!log.contains(&form), "the {what} is in the log");
         }
     }
+}
+
+/// A backend whose connect call accepts every token's user as they are; its URL, and
+/// the tokens its calls carried.
+async fn connect_backend() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let forwarded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = forwarded.clone();
+    let app = axum::Router::new().route(
+        "/connect",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                if let Some(token) = body["token"].as_str() {
+                    seen.lock().unwrap().push(token.to_owned());
+                }
+                axum::Json(json!({ "user_id": body["user_id"] }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/connect"), forwarded)
 }
 
 #[tokio::test]

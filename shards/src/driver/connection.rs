@@ -27,13 +27,20 @@ use crate::stats::ShardStats;
 pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// The most bytes read (and dropped) while lingering for the client's close.
 const LINGER_MAX_BYTES: usize = 64 * 1024;
+/// Reads a connection makes in one wake-up before it steps aside for a turn of the
+/// reactor ([`super::yield_to_reactor`]): a client that keeps its socket full (the
+/// shard's read buffer is 64 KiB) would otherwise be read for as long as it writes,
+/// and no other connection of the shard would be served meanwhile.
+const READS_PER_TURN: usize = 4;
 
 /// Why the connection's loop stopped.
-enum End {
+enum Step {
     /// Closing, and everything queued has been written.
     Flushed,
     /// The peer went away, the socket failed, or the close took too long.
     Gone,
+    /// [`READS_PER_TURN`] reads made: let the others run, then go on.
+    Yield,
 }
 
 /// A transmit being written, and how much of it is.
@@ -85,28 +92,40 @@ pub(super) fn session_task(
 impl Connection {
     /// Runs the connection until it ends, then removes it from the hub.
     async fn run(mut self) {
-        if let End::Flushed = poll_fn(|cx| self.poll(cx)).await {
-            // Boxed: the linger's timer and buffer are needed only while closing.
-            Box::pin(self.finish_close()).await;
+        loop {
+            match poll_fn(|cx| self.poll(cx)).await {
+                // Boxed, as the linger: an idle connection's task keeps no timer.
+                Step::Yield => Box::pin(super::yield_to_reactor()).await,
+                Step::Flushed => {
+                    // Boxed: the linger's timer and buffer are needed only while closing.
+                    Box::pin(self.finish_close()).await;
+                    break;
+                }
+                Step::Gone => break,
+            }
         }
         self.shard.hub.borrow_mut().remove(self.key);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        let mut reads = 0;
         loop {
             if let Poll::Ready(end) = self.poll_write(cx) {
                 return Poll::Ready(end);
             }
             let (aborted, closing, peer_closed) = match self.shard.hub.borrow().session(self.key) {
                 Some(s) => (s.is_aborted(), s.is_closing(), s.peer_closed()),
-                None => return Poll::Ready(End::Gone),
+                None => return Poll::Ready(Step::Gone),
             };
             if aborted {
-                return Poll::Ready(End::Gone);
+                return Poll::Ready(Step::Gone);
             }
             // The session handed out nothing more: closing, that means flushed.
             if closing && self.writing.is_none() {
-                return Poll::Ready(End::Flushed);
+                return Poll::Ready(Step::Flushed);
+            }
+            if reads == READS_PER_TURN {
+                return Poll::Ready(Step::Yield);
             }
             if self.eof || peer_closed {
                 // Nothing more to read; wait for the socket to take what is queued.
@@ -121,11 +140,12 @@ impl Connection {
             match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     if !closing {
-                        return Poll::Ready(End::Gone);
+                        return Poll::Ready(Step::Gone);
                     }
                     self.eof = true;
                 }
                 Poll::Ready(Ok(n)) => {
+                    reads += 1;
                     let waits = {
                         let mut hub = shard.hub.borrow_mut();
                         hub.handle_input(self.key, &buf[..n], Now::system());
@@ -147,7 +167,7 @@ impl Connection {
 
     /// Writes what the session hands out until the socket would block. `Ready` only
     /// when the socket failed.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         let shard = &self.shard;
         loop {
             if self.writing.is_none() {
@@ -164,11 +184,11 @@ impl Connection {
                 return Poll::Pending;
             };
             let Some(encoding) = shard.hub.borrow().session(self.key).map(|s| s.encoding()) else {
-                return Poll::Ready(End::Gone);
+                return Poll::Ready(Step::Gone);
             };
             let bytes = &writing.transmit.bytes(encoding)[writing.written..];
             match Pin::new(&mut self.stream).poll_write(cx, bytes) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Step::Gone),
                 Poll::Ready(Ok(n)) => {
                     ShardStats::add(&shard.stats.bytes_out, n as u64);
                     writing.written += n;

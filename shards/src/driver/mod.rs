@@ -64,6 +64,28 @@ const IO_MEMORY: usize = 128 * 1024;
 const LISTEN_BACKLOG: i32 = 65_535;
 /// How often the drain closes its next batch of connections.
 const DRAIN_STEP: Duration = Duration::from_millis(100);
+/// The accept loop steps aside for a turn of the reactor ([`yield_to_reactor`]) after
+/// every this many connections. glommio accepts without waiting while the backlog
+/// holds connections, and runs each one's upgrade inline (`spawn_local` polls the new
+/// task at once), so under a connect flood one poll of the loop would otherwise go on
+/// upgrading (~50–100 µs each, more with RS256/ES256 tokens) while the shard's
+/// established connections wait for their I/O to be reaped: this bounds it to ~1–2 ms.
+/// A reconnect storm is accepted no slower (BENCHMARKS.md, issue 18).
+const ACCEPTS_PER_TURN: usize = 16;
+/// How long [`yield_to_reactor`] waits: only so long that the timer is still pending
+/// when first polled, so that it fires at the reactor's next poll and not before.
+const REACTOR_YIELD: Duration = Duration::from_micros(50);
+
+/// Steps out of the executor's current turn until the reactor has been polled again.
+///
+/// glommio runs its task queues until they are empty (or its preemption timer fires,
+/// 100 ms with [`ROUTER_QUEUE_LATENCY`]'s `NotImportant` queues) before it reaps I/O
+/// completions and fires timers: a task that wakes itself (`yield_now`) keeps the turn
+/// going, and the sockets of every other connection wait meanwhile. A timer is only
+/// fired by the reactor, so a task waiting on one lets the turn end.
+pub(crate) async fn yield_to_reactor() {
+    glommio::timer::sleep(REACTOR_YIELD).await;
+}
 
 /// A shard's driver state, shared by its tasks (all on one thread).
 pub(crate) struct LocalShard {
@@ -394,6 +416,7 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
     if !shard.config.batch_delay.is_zero() {
         glommio::spawn_local(run_batch_ticker(shard.clone())).detach();
     }
+    let mut accepted_in_a_row = 0;
     let window = loop {
         let accepted = futures_lite::future::or(async { Ok(listener.accept().await) }, async {
             Err(shard.drain_started().await)
@@ -401,7 +424,14 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
         .await;
         match accepted {
             Ok(Ok(stream)) => {
+                // glommio runs a new task at once, inside this one: the upgrade, and the
+                // connection's first writes and reads, before the next accept.
                 glommio::spawn_local(handshake::serve_connection(shard.clone(), stream)).detach();
+                accepted_in_a_row += 1;
+                if accepted_in_a_row == ACCEPTS_PER_TURN {
+                    accepted_in_a_row = 0;
+                    yield_to_reactor().await;
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(shard = shard.shard_id, error = %e, "accept failed");

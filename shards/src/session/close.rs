@@ -31,6 +31,12 @@ pub enum CloseReason {
     TooManyConnections,
     /// Refused events (or pings) in a row past `flood_close_after`.
     Flood,
+    /// More than `PRE_READY_INPUT_BYTES` sent before `ready`.
+    InputBeforeReady,
+    /// A message whose frames took more than `MAX_WIRE_BYTES_PER_MESSAGE_FACTOR` times
+    /// `max_message_size` on the wire (a stream of empty continuation frames, which
+    /// never complete a message to charge).
+    PaddedMessage,
     /// Replies queued past the control budget: the client does not read them.
     ControlOverflow,
     /// The outbound queue stayed over its budget for `slow_client_grace`.
@@ -61,11 +67,13 @@ impl CloseReason {
             CloseReason::AlreadyAuthenticated => CloseCode::AlreadyAuthenticated,
             CloseReason::TokenExpired => CloseCode::TokenExpired,
             CloseReason::TooManyConnections => CloseCode::TooManyConnections,
-            CloseReason::Flood | CloseReason::ControlOverflow => CloseCode::RateLimited,
+            CloseReason::Flood | CloseReason::InputBeforeReady | CloseReason::ControlOverflow => {
+                CloseCode::RateLimited
+            }
             CloseReason::SlowConsumer | CloseReason::SlowConsumerOverflow => {
                 CloseCode::SlowConsumer
             }
-            CloseReason::MessageTooBig => CloseCode::MessageTooBig,
+            CloseReason::MessageTooBig | CloseReason::PaddedMessage => CloseCode::MessageTooBig,
             CloseReason::InvalidUtf8 => CloseCode::InvalidPayload,
             CloseReason::ProtocolViolation => CloseCode::ProtocolError,
             CloseReason::Drain => CloseCode::ServiceRestart,
@@ -135,6 +143,8 @@ mod tests {
             CloseReason::TokenExpired,
             CloseReason::TooManyConnections,
             CloseReason::Flood,
+            CloseReason::InputBeforeReady,
+            CloseReason::PaddedMessage,
             CloseReason::ControlOverflow,
             CloseReason::SlowConsumer,
             CloseReason::SlowConsumerOverflow,

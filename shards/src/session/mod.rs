@@ -73,6 +73,18 @@ pub const PRE_READY_MAX_MESSAGE_SIZE: usize = 16 * 1024;
 pub const PRE_READY_CONTROL_BUDGET: usize = 8 * 1024;
 /// Pings a connection may send at once before `ready`, and per second after them.
 pub const PRE_READY_PING_BURST: u32 = 5;
+/// Bytes a connection may send in all before `ready`: an `identify` with the largest
+/// token ([`PRE_READY_MAX_MESSAGE_SIZE`]) and a few pings fit twice over. Past it the
+/// connection is closed 4008, whatever the bytes were (frames no allowance charges,
+/// such as empty continuation frames, included): a socket that has not said who it is
+/// gets a few reads of the shard's time, not an unbounded stream of them.
+pub const PRE_READY_INPUT_BYTES: usize = 32 * 1024;
+/// After `ready`, how many times the message size limit one message may take on the
+/// wire, its frames' headers and the control frames among them included; more closes
+/// the connection 1009. A message is charged to an allowance once it is complete, so
+/// this bounds what a client can send uncharged (a stream of empty continuation
+/// frames, which never complete one) to twice `max_message_size` per charge.
+pub const MAX_WIRE_BYTES_PER_MESSAGE_FACTOR: usize = 2;
 
 /// The time as a session sees it: a monotonic instant for every deadline, and the wall
 /// clock's unix seconds, needed only where a token's `exp` (wall-clock time) becomes a
@@ -269,6 +281,10 @@ pub struct Session {
     parser_failed: bool,
     /// Since when the queued output has been over the byte budget.
     over_budget_since: Option<Instant>,
+    /// Input bytes taken by the parser: before `ready` all of them (bounded by
+    /// [`PRE_READY_INPUT_BYTES`]), after it those since the last complete message
+    /// (bounded by [`MAX_WIRE_BYTES_PER_MESSAGE_FACTOR`]); see [`Session::count_input`].
+    input_bytes: u32,
     events_allowance: Allowance,
     pings_allowance: Allowance,
     occasional: Option<Box<Occasional>>,
@@ -297,6 +313,7 @@ impl Session {
             peer_closed: false,
             parser_failed: false,
             over_budget_since: None,
+            input_bytes: 0,
             events_allowance: Allowance::new(&rates.events, now),
             pings_allowance: Allowance::new(&rates.pings_before_ready, now),
             occasional: None,
@@ -533,17 +550,25 @@ impl Session {
         };
         let mut close = None;
         while close.is_none() {
-            match self.ws.read(&mut io) {
+            let unread = io.input.len();
+            let read = self.ws.read(&mut io);
+            close = self.count_input(unread - io.input.len(), read.is_ok(), ctx.config);
+            if close.is_some() {
+                break;
+            }
+            match read {
                 Ok(Message::Text(text)) => close = self.handle_data(text.as_bytes(), now, ctx),
                 Ok(Message::Binary(data)) => close = self.handle_data(&data, now, ctx),
                 Ok(Message::Close(_)) => self.peer_closed = true,
-                // Answered by tungstenite already; charged like the protocol's pings.
-                Ok(Message::Ping(_)) => {
+                // Pings are answered by tungstenite already; both are charged like the
+                // protocol's pings, so that no frame is free to send.
+                Ok(Message::Ping(_) | Message::Pong(_)) => {
                     if self.charge(true, now.instant, ctx) == Charge::Flood {
                         close = Some(CloseReason::Flood);
                     }
                 }
-                Ok(_) => {} // pong, raw frames
+                // tungstenite's `read` hands out whole messages only.
+                Ok(Message::Frame(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     break
                 }
@@ -580,6 +605,32 @@ impl Session {
         self.enforce_control_budget(now.instant, ctx);
     }
 
+    /// Counts `consumed` bytes taken by the parser (`completed`: they ended a message)
+    /// against the input bounds, which charge what the allowances cannot see: before
+    /// `ready`, [`PRE_READY_INPUT_BYTES`] in all (4008 past it); after, twice the
+    /// message size limit per message (1009 past it), so that frames that never make
+    /// a message are not free. The count is of what tungstenite read, which runs at
+    /// most its 128-byte read chunk ahead of the frame it parses.
+    fn count_input(
+        &mut self,
+        consumed: usize,
+        completed: bool,
+        config: &ShardConfig,
+    ) -> Option<CloseReason> {
+        let total = (self.input_bytes as usize).saturating_add(consumed);
+        self.input_bytes = u32::try_from(total).unwrap_or(u32::MAX);
+        if !self.is_ready() {
+            return (total > PRE_READY_INPUT_BYTES).then_some(CloseReason::InputBeforeReady);
+        }
+        if total > config.max_message_size * MAX_WIRE_BYTES_PER_MESSAGE_FACTOR {
+            return Some(CloseReason::PaddedMessage);
+        }
+        if completed {
+            self.input_bytes = 0;
+        }
+        None
+    }
+
     /// The bound on queued replies: before `ready` a small fixed one, then the
     /// configured `control_budget`.
     fn control_budget(&self, config: &ShardConfig) -> usize {
@@ -606,9 +657,11 @@ impl Session {
         }
     }
 
-    /// What `ready` lifts: the pre-`ready` limit on message size (pings follow the
-    /// readiness in [`Session::charge`]).
+    /// What `ready` lifts: the pre-`ready` limits on message size and on input in all,
+    /// whose count starts afresh as the per-message one (pings follow the readiness in
+    /// [`Session::charge`]).
     fn lift_pre_ready_limits(&mut self, config: &ShardConfig) {
+        self.input_bytes = 0;
         let max = config.max_message_size;
         self.ws.set_config(|c| {
             c.max_message_size = Some(max);
@@ -643,7 +696,9 @@ impl Session {
         buf.extend_from_slice(data);
         let max = ctx.config.max_message_size;
         let mut close = None;
+        let mut messages = 0;
         for decoded in decode_client_frame(self.encoding, &mut buf[..], max) {
+            messages += 1;
             let (is_ping, r#ref) = match &decoded {
                 Ok(envelope) => (
                     matches!(envelope.message, ClientMessage::Ping),
@@ -654,16 +709,7 @@ impl Session {
             match self.charge(is_ping, now.instant, ctx) {
                 Charge::Allowed => {}
                 Charge::Refused { retry_after } => {
-                    self.reply(
-                        &ServerMessage::Error {
-                            code: ErrorCode::RateLimited,
-                            message: "too many events; slow down".to_owned(),
-                            topics: None,
-                            retry_after_ms: Some((retry_after.as_millis() as u64).max(1)),
-                        },
-                        r#ref,
-                        ctx,
-                    );
+                    self.reply_rate_limited(retry_after, r#ref, ctx);
                     continue;
                 }
                 Charge::Flood => {
@@ -692,7 +738,38 @@ impl Session {
             }
         }
         ctx.scratch.decode = buf;
+        if messages == 0 {
+            // An empty frame (or blank lines only) carries no message, and costs one
+            // event all the same: otherwise a stream of them would be free.
+            close = match self.charge(false, now.instant, ctx) {
+                Charge::Allowed => None,
+                Charge::Refused { retry_after } => {
+                    self.reply_rate_limited(retry_after, None, ctx);
+                    None
+                }
+                Charge::Flood => Some(CloseReason::Flood),
+            };
+        }
         close
+    }
+
+    /// Refuses a message over its allowance: `error {code: rate_limited}`, not handled.
+    fn reply_rate_limited(
+        &mut self,
+        retry_after: Duration,
+        r#ref: Option<u64>,
+        ctx: &mut SessionCtx,
+    ) {
+        self.reply(
+            &ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                message: "too many events; slow down".to_owned(),
+                topics: None,
+                retry_after_ms: Some((retry_after.as_millis() as u64).max(1)),
+            },
+            r#ref,
+            ctx,
+        );
     }
 
     /// Closes the connection for `reason`: `reconnect` first where the client should

@@ -542,3 +542,234 @@ fn a_token_expiring_in_the_far_future_holds_a_year_at_most() {
     h.advance(secs(2.0));
     assert_eq!(h.read(c).close, Some(4006));
 }
+
+/// A masked client frame with its FIN bit as given (`client_frame` always sets it).
+fn fragment(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = client_frame(opcode, payload);
+    if !fin {
+        frame[0] &= 0x7f;
+    }
+    frame
+}
+
+/// `n` copies of `frame`, back to back, as one read.
+fn repeated(frame: &[u8], n: usize) -> Vec<u8> {
+    frame.repeat(n)
+}
+
+#[test]
+fn websocket_pongs_are_charged_like_pings_and_a_pong_flood_is_closed_4008() {
+    let config = ShardConfig::default();
+    let flood_after = config.flood_close_after as usize;
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // The ready allowance, full (it fills at its rate from the pre-ready one's burst).
+    h.advance(secs(10.0));
+    let pong = client_frame(0xA, b"unsolicited");
+    h.input(c, &repeated(&pong, PING_BURST as usize));
+    assert!(!h.is_closing(c), "within the ping allowance");
+    h.input(c, &repeated(&pong, flood_after));
+    assert!(!h.is_closing(c), "refused, not yet a flood");
+    h.input(c, &pong);
+    let read = h.read(c);
+    assert_eq!(read.close, Some(4008));
+    assert!(
+        read.messages.is_empty(),
+        "a pong is not answered, even refused"
+    );
+    assert_eq!(h.stats.snapshot().closes_rate_limited, 1);
+
+    // Before `ready` the smaller ping allowance applies to pongs too.
+    let c = h.connect(JSON);
+    h.read(c);
+    h.input(
+        c,
+        &repeated(&pong, super::PRE_READY_PING_BURST as usize + flood_after),
+    );
+    assert!(!h.is_closing(c));
+    h.input(c, &pong);
+    assert_eq!(h.read(c).close, Some(4008));
+}
+
+#[test]
+fn empty_data_frames_are_charged_as_events_and_a_stream_of_them_is_closed_4008() {
+    let config = ShardConfig::default();
+    let (burst, flood_after) = (config.rate_limit_burst, config.flood_close_after);
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // Empty text and binary frames, and a frame of blank lines: no message in any.
+    let empties = [
+        client_frame(0x1, b""),
+        client_frame(0x2, b""),
+        client_frame(0x1, b"\n\n"),
+    ];
+    for i in 0..burst as usize {
+        h.input(c, &empties[i % empties.len()]);
+    }
+    assert!(
+        h.read(c).messages.is_empty(),
+        "within the event allowance: no reply"
+    );
+    h.send(
+        c,
+        r#"{"op":"unsubscribe","d":{"topics":["channel:9"]},"ref":1}"#,
+    );
+    assert_eq!(
+        h.read(c).first("error")["d"]["code"],
+        "rate_limited",
+        "the empty frames took the event allowance"
+    );
+    for i in 0..flood_after as usize - 1 {
+        h.input(c, &empties[i % empties.len()]);
+    }
+    let refused = h.read(c);
+    assert_eq!(refused.count("error"), flood_after as usize - 1);
+    assert_eq!(refused.close, None);
+    h.input(c, &empties[0]);
+    assert_eq!(h.read(c).close, Some(4008));
+}
+
+#[test]
+fn before_ready_a_connection_may_send_32_kib_in_all_then_4008() {
+    let mut h = Harness::new(ShardConfig::default());
+    // Pings of 12 KiB each: within the pre-ready message size and ping allowance.
+    let ping = format!(r#"{{"op":"ping","d":"{}"}}"#, "x".repeat(12 * 1024));
+    let c = h.connect(JSON);
+    h.read(c);
+    h.send(c, &ping);
+    h.send(c, &ping);
+    assert_eq!(h.read(c).count("pong"), 2, "24 KiB in");
+    h.send(c, &ping);
+    let read = h.read(c);
+    assert_eq!(read.close, Some(4008), "36 KiB in, not ready");
+    assert_eq!(read.count("pong"), 0);
+    assert_eq!(h.stats.snapshot().closes_rate_limited, 1);
+
+    // Frames that never complete a message are counted too: a text frame begun and
+    // continued with empty fragments, which no allowance sees.
+    let c = h.connect(JSON);
+    h.read(c);
+    let mut padded = fragment(false, 0x1, b"{");
+    let empty = fragment(false, 0x0, b"");
+    let fits = (super::PRE_READY_INPUT_BYTES - padded.len()) / empty.len();
+    padded.extend(repeated(&empty, fits));
+    h.input(c, &padded);
+    assert!(!h.is_closing(c), "just under 32 KiB");
+    h.input(c, &repeated(&empty, 2));
+    assert_eq!(h.read(c).close, Some(4008));
+
+    // `ready` starts the count afresh: the pre-ready bound is not a lifetime one.
+    let c = h.connect(JSON);
+    h.send(c, &ping);
+    h.send(c, r#"{"op":"identify","d":{"token":"alice"}}"#);
+    for _ in 0..4 {
+        h.send(c, &ping);
+    }
+    let read = h.read(c);
+    assert_eq!(read.close, None);
+    assert_eq!(read.count("pong"), 5);
+}
+
+#[test]
+fn a_message_padded_with_empty_continuation_frames_is_closed_1009() {
+    let config = ShardConfig {
+        max_message_size: 1024,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // A ping in four fragments, with a WebSocket ping between two: served.
+    h.input(c, &fragment(false, 0x1, br#"{"op":"#));
+    h.input(c, &fragment(false, 0x0, br#""ping""#));
+    h.input(c, &client_frame(0x9, b"between"));
+    h.input(c, &fragment(false, 0x0, b""));
+    h.input(c, &fragment(true, 0x0, br#","ref":1}"#));
+    let read = h.read(c);
+    assert_eq!((read.count("pong"), read.pongs), (1, 1));
+    // Begun, then padded with empty fragments for ever: two message sizes' worth is
+    // the most it may take on the wire (6 bytes a fragment).
+    h.input(c, &fragment(false, 0x1, b"{"));
+    h.input(c, &repeated(&fragment(false, 0x0, b""), 2 * 1024 / 6 - 1));
+    assert!(!h.is_closing(c));
+    h.input(c, &repeated(&fragment(false, 0x0, b""), 2));
+    assert_eq!(h.read(c).close, Some(1009));
+    assert_eq!(h.stats.snapshot().closes_message_too_big, 1);
+}
+
+#[test]
+fn a_client_that_only_pings_is_never_closed_for_its_input_bytes() {
+    let config = ShardConfig {
+        max_message_size: 1024,
+        heartbeat_interval: Duration::from_secs(3600),
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    // Far more than twice the message size in all, spread over time.
+    for i in 0..400 {
+        h.advance(Duration::from_secs(1) / PING_RATE_PER_SEC);
+        if i % 2 == 0 {
+            h.send(c, r#"{"op":"ping"}"#);
+        } else {
+            h.input(c, &client_frame(0x9, b"probe"));
+        }
+    }
+    let read = h.read(c);
+    assert_eq!(read.close, None);
+    assert_eq!((read.count("pong"), read.pongs), (200, 200));
+}
+
+#[test]
+fn one_subscribe_is_answered_forbidden_invalid_topic_and_limit_at_once() {
+    // Room for one topic besides the automatic two (`user:alice`, `global`).
+    let config = ShardConfig {
+        max_subscriptions: 3,
+        ..ShardConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let c = h.connect_ready("alice", JSON);
+    h.read(c);
+    let topics = r#"["channel:1","server:9","not a topic","channel:2","user:bob","channel:3"]"#;
+    h.send(
+        c,
+        &format!(r#"{{"op":"subscribe","d":{{"topics":{topics}}},"ref":5}}"#),
+    );
+    let read = h.read(c);
+    assert_eq!(
+        read.ops(),
+        ["subscribed", "error", "error", "error"],
+        "one reply per outcome"
+    );
+    let reply = |i: usize| &read.messages[i].1;
+    assert_eq!(reply(0)["d"]["topics"], serde_json::json!(["channel:1"]));
+    let refusals: Vec<_> = (1..4)
+        .map(|i| {
+            (
+                reply(i)["d"]["code"].clone(),
+                reply(i)["d"]["topics"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            (
+                "forbidden".into(),
+                serde_json::json!(["server:9", "user:bob"])
+            ),
+            ("invalid_topic".into(), serde_json::json!(["not a topic"])),
+            (
+                "limit".into(),
+                serde_json::json!(["channel:2", "channel:3"])
+            ),
+        ]
+    );
+    assert!(
+        read.messages.iter().all(|(_, m)| m["ref"] == 5),
+        "every reply carries the request's ref"
+    );
+}
