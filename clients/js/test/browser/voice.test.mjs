@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { launchChromium, startStaticServer } from '../support/browser.mjs';
 import { token } from '../support/jwt.mjs';
 import { cleanups, GatewayProcess } from '../support/processes.mjs';
-import { pause } from '../support/wait.mjs';
+import { pause, poll } from '../support/wait.mjs';
 
 const MEDIA_FLAGS = [
   // A microphone without a device or a permission prompt (a beep, encoded as Opus).
@@ -46,17 +46,8 @@ test('Chromium ↔ SFU ↔ Chromium: each page receives the other; mute stops it
   const { alice, bob } = pages;
   const inbound = (listener, speaker) => pages[listener].page.evaluate((id) => window.inbound(id), speaker);
   /** Waits until `listener` has received `packets` from `speaker`; the count then. */
-  const receives = async (listener, speaker, packets, timeout = 10_000) => {
-    const handle = await pages[listener].page.waitForFunction(
-      async ([id, n]) => {
-        const got = await window.inbound(id);
-        return got >= n ? got : false;
-      },
-      [speaker, packets],
-      { timeout, polling: 100 },
-    );
-    return handle.jsonValue();
-  };
+  const receives = (listener, speaker, packets, ms = 10_000) =>
+    poll(() => inbound(listener, speaker), (got) => got >= packets, ms, `${packets} packets from ${speaker} at ${listener}`);
 
   // Both hear each other: real Opus from the fake microphones, through the SFU.
   await receives('alice', 'bob', PACKETS);
