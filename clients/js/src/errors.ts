@@ -1,5 +1,7 @@
 /** Why a request (`rpc`, `history`, `presence.query`, …) failed. */
 
+import type { VoiceErrorCode } from './protocol.js';
+
 /** Codes the client itself gives, besides the server's (PROTOCOL.md §7). */
 export type LocalErrorCode =
   /** No answer within the request's timeout. */
@@ -26,5 +28,21 @@ export class GatewayError extends Error {
     this.code = code;
     if (extra.topics !== undefined) this.topics = extra.topics;
     if (extra.retryAfterMs !== undefined) this.retryAfterMs = extra.retryAfterMs;
+  }
+}
+
+/**
+ * The gateway's `voice_error`. A class of its own because its `timeout` (the WebRTC session
+ * failed) is not the request `timeout` of a {@link GatewayError} (no reply in time).
+ */
+export class VoiceError extends GatewayError {
+  declare readonly code: VoiceErrorCode;
+  /** The channel the error is about, when the client knows it (the server does not say). */
+  readonly channel?: string;
+
+  constructor(code: VoiceErrorCode, message: string, channel?: string) {
+    super(code, message);
+    this.name = 'VoiceError';
+    if (channel !== undefined) this.channel = channel;
   }
 }

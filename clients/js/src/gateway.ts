@@ -13,7 +13,7 @@ import { Timer } from './clock.js';
 import { LocalClose, planReconnect, type CloseInfo, type PlanOptions } from './close-codes.js';
 import { resolveCodec, type Codec } from './codec.js';
 import { Emitter } from './emitter.js';
-import { GatewayError } from './errors.js';
+import { GatewayError, VoiceError } from './errors.js';
 import { Heartbeat } from './heartbeat.js';
 import type { GatewayLink, RequestOptions } from './link.js';
 import { resolveOptions, type GatewayOptions, type ResolvedOptions } from './options.js';
@@ -105,7 +105,7 @@ interface Connection {
 export class Gateway extends Emitter<GatewayEvents> implements GatewayLink, SubscriptionOwner {
   /** Presence: `set`, `query`, `watch`. */
   readonly presence: Presence;
-  /** Voice signaling messages (the WebRTC part is the app's). */
+  /** Voice channels: `join`, `leave`, `mute`, `answer`, …, and the room's sessions (the WebRTC part is the app's). */
   readonly voice: Voice;
 
   private readonly options: ResolvedOptions;
@@ -519,6 +519,10 @@ export class Gateway extends Emitter<GatewayEvents> implements GatewayLink, Subs
         break;
       case 'error':
         this.error(connection, known);
+        break;
+      case 'voice_error':
+        // Refuses the request whose ref it carries; without one it is the SFU's (voice.ts).
+        if (known.ref !== undefined) this.settle(known.ref, new VoiceError(known.d.code, known.d.message));
         break;
       case 'typing_start':
       case 'typing_stop':

@@ -4,7 +4,7 @@
  * own rather than more of the gateway.
  */
 import type { GatewayError } from './errors.js';
-import type { GatewayEvents } from './gateway.js';
+import type { ConnectionState, GatewayEvents } from './gateway.js';
 import type { ClientOp, ClientOps, ServerMessage } from './protocol.js';
 import type { SubscribeOptions, Subscription } from './subscription.js';
 
@@ -14,6 +14,9 @@ export interface RequestOptions {
 }
 
 export interface GatewayLink {
+  readonly state: ConnectionState;
+  /** The user of the current connection (`ready.d.user_id`). */
+  readonly userId: string | undefined;
   /** Sends `op` now if connected; false (and nothing sent) otherwise. */
   send<Op extends ClientOp>(op: Op, d: ClientOps[Op]): boolean;
   /**

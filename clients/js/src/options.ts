@@ -38,7 +38,7 @@ export interface GatewayOptions {
    * the server gone (3001) and reconnects. Default 10 000 ms.
    */
   pongTimeoutMs?: number;
-  /** Default timeout of `rpc`, `history`, `presence.query`, `voice.join`. Default 10 000 ms. */
+  /** Default timeout of `rpc`, `history`, `presence.query`, `voice.join` (and `leave`, `mute`, `unmute`), `request`. Default 10 000 ms. */
   requestTimeoutMs?: number;
   /** At most one `typing_start` per topic per this many ms. Default 1 000 ms (the server's own per-user rate). */
   typingThrottleMs?: number;

@@ -34,6 +34,25 @@ export interface HistoryPublication {
   offset: number;
 }
 
+/** `voice_error.d.code` (PROTOCOL.md §7). */
+export type VoiceErrorCode =
+  /** The token's `topics` do not allow `voice:<channel>`. */
+  | 'forbidden'
+  /** A channel id that makes no topic. */
+  | 'bad_request'
+  /** The room holds `--voice-room-size` participants already. */
+  | 'room_full'
+  /** An answer or candidate the SFU cannot use (the session stays). */
+  | 'bad_sdp'
+  /** A voice op for a room this connection is not in. */
+  | 'not_in_room'
+  /** The WebRTC session did not come up within 20 s of the join, or failed later (ICE, DTLS). */
+  | 'timeout'
+  /** Voice is off on the gateway, or its SFU is overloaded. */
+  | 'unavailable'
+  /** The room's topic does not fit the connection's `--max-subscriptions`. */
+  | 'limit';
+
 /** A voice room participant (§5 `voice_room_state`). */
 export interface VoiceParticipant {
   user_id: string;
@@ -59,7 +78,8 @@ export interface ClientOps {
   voice_join: { channel: string };
   voice_leave: { channel: string };
   voice_answer: { channel: string; sdp: string };
-  voice_ice_candidate: { channel: string; candidate: unknown };
+  /** One of the client's candidates, an SDP `candidate:` line (`RTCIceCandidate.candidate`). */
+  voice_ice_candidate: { channel: string; candidate: string };
   voice_mute: { channel: string };
   voice_unmute: { channel: string };
 }
@@ -96,13 +116,14 @@ export interface ServerOps {
   rpc_result: { d: unknown };
   reconnect: { reason: string; retry_after_ms: number };
   voice_offer: { channel: string; sdp: string };
-  voice_ice_candidate: { channel: string; candidate: unknown };
+  /** The SFU's host candidate, an SDP `candidate:` line, for the offer's first m-line (bundled). */
+  voice_ice_candidate: { channel: string; candidate: string };
   voice_user_joined: { channel: string; user_id: string; name?: string };
   voice_user_left: { channel: string; user_id: string; name?: string };
   voice_user_muted: { channel: string; user_id: string };
   voice_user_unmuted: { channel: string; user_id: string };
   voice_room_state: { channel: string; participants: VoiceParticipant[] };
-  voice_error: { code: string; message: string };
+  voice_error: { code: VoiceErrorCode; message: string };
 }
 
 export type ServerOp = keyof ServerOps;

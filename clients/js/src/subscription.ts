@@ -60,15 +60,17 @@ export type SubscriptionEvents = {
   presence_update: [message: ServerMessageOf<'presence_update'>];
 };
 
-/** What a subscription asks of its gateway. */
 /**
  * Replays cut short by a lost connection, in a row, after which the subscription stops asking
- * to recover and reports a gap instead. A server that closes every connection in the middle
- * of the same replay (one larger than its outbound budget) would otherwise be asked for it
- * forever, and the app would never catch up.
+ * to recover and reports a gap instead: a connection that keeps dropping in the middle of the
+ * same large replay would otherwise ask for it forever, and the app would never catch up.
+ * Today's gateway makes no replay larger than the connection's outbound budget (it answers
+ * `recovered: false` with the position instead); earlier ones closed 4010 in the middle of
+ * it, every time. A defence, then, for flaky links and older gateways.
  */
 const MAX_FAILED_REPLAYS = 2;
 
+/** What a subscription asks of its gateway. */
 export interface SubscriptionOwner {
   /** Forgets `subscription`; `serverHasIt`: it was subscribed, or asked for, on the connection. */
   removeSubscription(subscription: Subscription, serverHasIt: boolean): void;

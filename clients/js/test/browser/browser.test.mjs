@@ -52,7 +52,7 @@ test('Chromium: both encodings connect, receive, survive a gateway restart and r
   await gateway.kill();
   await waitAll((l) => l.states.some(([s]) => s === 'disconnected'));
   await publisher.publish('channel:browser', 'message_new', { text: 'two (while down)' });
-  gateway = await GatewayProcess.start([...flags, '--reuse-port-with-running'], { listen: `127.0.0.1:${port}` });
+  gateway = await GatewayProcess.start(flags, { listen: `127.0.0.1:${port}` });
   await waitAll((l) => l.subscribed.length === 2, undefined, 15_000);
   await publisher.publish('channel:browser', 'message_new', { text: 'three' });
   await waitAll((l) => l.publications.length === 3);

@@ -1,10 +1,11 @@
-// What a chat client does, against a real gateway: typing, presence, rpc to a real backend.
+// What a chat client does, against a real gateway: typing, presence, rpc to a real backend
+// (voice: voice.test.mjs).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { startBackend } from '../support/backend.mjs';
 import { connect } from '../support/clients.mjs';
 import { GatewayProcess } from '../support/processes.mjs';
-import { next, state, until } from '../support/wait.mjs';
+import { state, until } from '../support/wait.mjs';
 
 test("typing: the throttle sends one start for a burst of keys; the server's TTL stops it", async (t) => {
   const gateway = await GatewayProcess.start(['--typing-ttl', '1s']);
@@ -73,14 +74,4 @@ test('rpc: resolves with the backend answer, rejects with its error code, and ti
   }
   assert.equal(backend.calls.filter((c) => c.body.method === 'send_message').length, 2);
   assert.equal(backend.calls[0].body.session_id.length > 0, true);
-});
-
-test('voice: today the gateway refuses voice_join; the SDK rejects the join with its error', async (t) => {
-  const gateway = await GatewayProcess.start();
-  t.after(() => gateway.kill());
-  const gw = await connect(t, gateway.url, 'alice');
-  await assert.rejects(gw.voice.join('voice:1'), (error) => error.code === 'bad_request' && /not available/.test(error.message));
-  // The connection stays open.
-  const [pong] = await Promise.all([next(gw, 'pong'), gw.send('ping', undefined)]);
-  assert.equal(pong[0].op, 'pong');
 });

@@ -22,11 +22,9 @@ test('the gateway is killed and started again: the client comes back and resubsc
   await gateway.kill();
   await state(gw, 'disconnected');
   assert.deepEqual(transitions[0], ['disconnected', 1006]);
-  // --reuse-port-with-running: the killed process's connections linger in TIME_WAIT on the
-  // port, and without it the gateway's start-up probe takes them for a running node.
-  gateway = await GatewayProcess.start(['--history', 'channel:=100/1h', '--reuse-port-with-running'], {
-    listen: `127.0.0.1:${port}`,
-  });
+  // On the same port at once: the killed process's connections linger in TIME_WAIT there,
+  // which the gateway's listeners (SO_REUSEADDR) start through.
+  gateway = await GatewayProcess.start(['--history', 'channel:=100/1h'], { listen: `127.0.0.1:${port}` });
   await state(gw, 'connected', 10_000);
   await until(sub, 'subscribed', () => log.subscribed.length === 2);
   // The new process keeps its streams in memory: another epoch, so nothing to recover from.

@@ -16,12 +16,13 @@ const routes = [
 ];
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.map': 'application/json' };
 
-/** Serves the page at `/`, and the files under the routes above. */
+/** Serves the test page at `/`, the other pages of test/browser by name, and the files under the routes above. */
 export async function startStaticServer() {
   const server = http.createServer(async (request, response) => {
     const url = new URL(request.url, 'http://x');
     let file;
     if (url.pathname === '/') file = path.join(root, 'test/browser/page.html');
+    if (/^\/[a-z-]+\.html$/.test(url.pathname)) file = path.join(root, 'test/browser', url.pathname);
     for (const [prefix, dir] of routes) {
       if (url.pathname.startsWith(prefix)) file = path.join(dir, url.pathname.slice(prefix.length));
     }
@@ -49,8 +50,8 @@ export async function startStaticServer() {
   };
 }
 
-/** Headless Chromium, with a fresh profile (playwright makes one per launch). */
-export function launchChromium() {
+/** Headless Chromium, with a fresh profile (playwright makes one per launch), and `extraArgs`. */
+export function launchChromium(extraArgs = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -63,6 +64,7 @@ export function launchChromium() {
       '--no-first-run',
       '--disable-component-update',
       '--disable-sync',
+      ...extraArgs,
     ],
     timeout: 30_000,
   });

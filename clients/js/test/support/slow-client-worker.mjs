@@ -4,15 +4,19 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Gateway } from '../../dist/index.js';
 
-const { url, token, topic, stall } = workerData;
+const { url, token, topic, noise, stall } = workerData;
 const flag = new Int32Array(stall);
 const gw = new Gateway(url, { token, signals: null, minReconnectDelayMs: 100, maxReconnectDelayMs: 1000 });
 const post = (message) => parentPort.postMessage(message);
 gw.on('state', (state, info) => post({ type: 'state', state, info, at: Date.now() }));
 const sub = gw.subscribe(topic, { recover: true });
 sub.on('subscribed', (info) => post({ type: 'subscribed', info }));
+// The gateway's own answer too: whether it was asked to recover, and what it said.
+gw.on('subscribed', (message) => post({ type: 'answer', d: message.d }));
 sub.on('gap', (info) => post({ type: 'gap', info }));
 sub.on('publication', (p) => post({ type: 'publication', offset: p.offset, seq: p.d.seq }));
+// A busy topic without history beside it, if the test asks: it fills the queue, and has nothing to replay.
+if (noise) gw.subscribe(noise).on('publication', () => post({ type: 'noise' }));
 parentPort.on('message', (message) => {
   if (message === 'stall') {
     post({ type: 'stalled' });

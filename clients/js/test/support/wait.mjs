@@ -31,3 +31,17 @@ export function until(emitter, event, condition, ms = 5000) {
 
 /** Resolves after `ms` of real time (only for pacing a load, never to wait for an outcome). */
 export const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Resolves with `probe()`'s first value that `accept`s, asking every 100 ms, or rejects after
+ * `ms` (for what no event announces, e.g. a browser's WebRTC stats).
+ */
+export async function poll(probe, accept, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (accept(value)) return value;
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${ms} ms (last: ${JSON.stringify(value)})`);
+    await pause(100);
+  }
+}

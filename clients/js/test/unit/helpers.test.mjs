@@ -1,4 +1,4 @@
-// typing, presence and voice helpers, on the fake socket.
+// typing and presence helpers, on the fake socket (voice: voice.test.mjs).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { harness } from '../support/harness.mjs';
@@ -111,47 +111,4 @@ test("presence.watch leaves the app's own subscription alone", async () => {
   await settle();
   assert.equal(own.state, 'subscribing');
   assert.deepEqual(sockets[0].sentOps('unsubscribe'), []);
-});
-
-test('voice: join resolves with the room state; the signaling messages are typed', async () => {
-  const { gw, sockets } = harness();
-  sockets[0].handshake();
-  const offers = [];
-  gw.on('voice_offer', (m) => offers.push(m.d.sdp));
-  const joined = gw.voice.join('voice:1');
-  const [join] = sockets[0].sentOps('voice_join');
-  assert.deepEqual(join.d, { channel: 'voice:1' });
-  sockets[0].deliver(
-    { op: 'voice_room_state', d: { channel: 'voice:1', participants: [{ user_id: 'bob', muted: false }] } },
-    { op: 'voice_offer', d: { channel: 'voice:1', sdp: 'v=0...' } },
-  );
-  assert.deepEqual((await joined).participants, [{ user_id: 'bob', muted: false }]);
-  assert.deepEqual(offers, ['v=0...']);
-  gw.voice.answer('voice:1', 'answer-sdp');
-  gw.voice.iceCandidate('voice:1', { candidate: 'c', sdpMid: '0' });
-  gw.voice.mute('voice:1');
-  gw.voice.unmute('voice:1');
-  gw.voice.leave('voice:1');
-  assert.deepEqual(
-    sockets[0].messages.slice(-5).map((m) => [m.op, m.d]),
-    [
-      ['voice_answer', { channel: 'voice:1', sdp: 'answer-sdp' }],
-      ['voice_ice_candidate', { channel: 'voice:1', candidate: { candidate: 'c', sdpMid: '0' } }],
-      ['voice_mute', { channel: 'voice:1' }],
-      ['voice_unmute', { channel: 'voice:1' }],
-      ['voice_leave', { channel: 'voice:1' }],
-    ],
-  );
-});
-
-test("voice: join rejects with the server's error (today's gateway: not available yet) or voice_error", async () => {
-  const { gw, sockets } = harness();
-  sockets[0].handshake();
-  const refused = gw.voice.join('voice:1');
-  const [join] = sockets[0].sentOps('voice_join');
-  sockets[0].deliver({ op: 'error', d: { code: 'bad_request', message: '`voice_join` is not available on this gateway yet' }, ref: join.ref });
-  await assert.rejects(refused, { code: 'bad_request' });
-  const failed = gw.voice.join('voice:2');
-  sockets[0].deliver({ op: 'voice_error', d: { code: 'room_full', message: 'full' } });
-  await assert.rejects(failed, { code: 'room_full' });
 });
