@@ -230,3 +230,37 @@ fn a_full_sfu_queue_refuses_the_join_unavailable_and_leaves_no_room_behind() {
     assert_eq!(h.stats.snapshot().voice_requests_refused, 1);
     assert_eq!(requests(&h).len(), VOICE_QUEUE);
 }
+
+#[test]
+fn answers_to_the_sfus_offers_are_free_and_unsolicited_ones_are_charged() {
+    let mut h = Harness::new(ShardConfig::default());
+    let alice = h.connect_ready("alice", Encoding::Json);
+    h.read(alice);
+    join(&mut h, alice, "open-1");
+    let answer = r#"{"op":"voice_answer","d":{"channel":"open-1","sdp":"v=0"}}"#;
+    let mut sent = requests(&h).len();
+    // A churning room: 60 offers, each answered, far past the event burst (20).
+    for _ in 0..60 {
+        let now = h.now().instant;
+        let offer = ServerMessage::VoiceOffer {
+            channel: "open-1".into(),
+            sdp: "v=0 offer".into(),
+        };
+        h.hub.answer_voice(alice, offer, None, None, now);
+        h.send(alice, answer);
+        sent += requests(&h).len();
+    }
+    assert_eq!(
+        h.read(alice).count("error"),
+        0,
+        "no answer owed was refused"
+    );
+    assert_eq!(sent, 61, "the join and the 60 answers");
+    // Answers nobody asked for are charged like any message: past the burst, refused.
+    for _ in 0..30 {
+        h.send(alice, answer);
+    }
+    let read = h.read(alice);
+    assert!(read.count("error") > 0, "{:?}", read.ops());
+    assert_eq!(read.first("error")["d"]["code"], "rate_limited");
+}

@@ -229,6 +229,10 @@ struct Occasional {
     next_ticket: u64,
     /// The voice channel this connection is in (one at a time).
     voice: Option<String>,
+    /// The SFU's offers not answered yet: the answers owed them are not charged to the
+    /// event rate (the SFU asked for them; a room's churn must not rate-limit its
+    /// members), other `voice_answer`s are.
+    voice_answers_owed: u32,
 }
 
 impl Occasional {
@@ -706,7 +710,14 @@ impl Session {
                 ),
                 Err(bad) => (false, bad.r#ref),
             };
-            match self.charge(is_ping, now.instant, ctx) {
+            let owed = matches!(&decoded, Ok(e) if matches!(e.message, ClientMessage::VoiceAnswer { .. }))
+                && self.take_owed_voice_answer();
+            let charge = if owed {
+                Charge::Allowed
+            } else {
+                self.charge(is_ping, now.instant, ctx)
+            };
+            match charge {
                 Charge::Allowed => {}
                 Charge::Refused { retry_after } => {
                     self.reply_rate_limited(retry_after, r#ref, ctx);

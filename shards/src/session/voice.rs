@@ -14,6 +14,9 @@ use crate::voice::VoiceAction;
 /// `voice_error` codes the session itself answers (PROTOCOL.md §5); the SFU adds
 /// `room_full` and `bad_sdp`.
 const NOT_IN_ROOM: &str = "not_in_room";
+/// The most unanswered offers a connection is owed free answers for: the SFU has one
+/// outstanding per session at a time, and a few may cross a rejoin.
+const MAX_OWED_ANSWERS: u32 = 4;
 
 impl Session {
     /// The voice channel this connection is in, if any.
@@ -104,17 +107,37 @@ impl Session {
         if left.is_some() && left.as_deref() == self.voice_channel() {
             self.forget_voice(ctx);
         }
+        if matches!(message, ServerMessage::VoiceOffer { .. }) {
+            if let Some(occasional) = self.occasional.as_mut() {
+                occasional.voice_answers_owed =
+                    (occasional.voice_answers_owed + 1).min(MAX_OWED_ANSWERS);
+            }
+        }
         self.reply(&message, r#ref, ctx);
         // Signals are not answers to one request each: one the client does not read
         // counts against its control budget like any reply.
         self.enforce_control_budget(now, ctx);
     }
 
-    /// Out of the room: its topic is let go of.
+    /// Whether an answer is owed to an offer of the SFU's (and if so, it is now paid).
+    pub(super) fn take_owed_voice_answer(&mut self) -> bool {
+        match self.occasional.as_mut() {
+            Some(occasional) if occasional.voice_answers_owed > 0 => {
+                occasional.voice_answers_owed -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Out of the room: its topic is let go of, and no answer is owed any more.
     fn forget_voice(&mut self, ctx: &mut SessionCtx) {
         let Some(channel) = self.occasional.as_mut().and_then(|o| o.voice.take()) else {
             return;
         };
+        if let Some(occasional) = self.occasional.as_mut() {
+            occasional.voice_answers_owed = 0;
+        }
         self.release_occasional_if_unused();
         let Ok(topic) = Topic::parse(&format!("voice:{channel}")) else {
             return;
