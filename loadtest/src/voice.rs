@@ -36,7 +36,8 @@ pub struct VoiceReport {
     pub rooms: u64,
     pub participants: u64,
     pub silent: bool,
-    /// Joins whose first packet arrived, and those that never connected.
+    /// Timed joins whose first packet arrived (each room's opening join is not timed:
+    /// see `Plan::opens_room`), and joins that never connected.
     pub joins: u64,
     pub joins_failed: u64,
     pub join_to_first_packet_us: Percentiles,
@@ -119,6 +120,7 @@ async fn measure(args: &VoiceArgs) -> anyhow::Result<VoiceReport> {
         let plan = Plan {
             channel: format!("lt-{}", i % args.rooms),
             join_at: start + args.stagger * i as u32,
+            opens_room: i < args.rooms,
             talk: !args.silent,
             // After the measured phase, the i-th participant's rejoins, one every
             // `stagger` across all participants and rounds.
@@ -193,6 +195,9 @@ async fn measure(args: &VoiceArgs) -> anyhow::Result<VoiceReport> {
 struct Plan {
     channel: String,
     join_at: Instant,
+    /// The room's first participant: its first join hears nobody until the next one
+    /// joins (`--stagger` later), so that wait is not a join's latency and is not timed.
+    opens_room: bool,
     talk: bool,
     rejoin_at: Vec<Instant>,
 }
@@ -208,6 +213,8 @@ struct Session {
     /// their way (a renegotiation of the session being replaced) find none.
     peer: Option<VoicePeer>,
     joined_at: Instant,
+    /// Whether join → first packet is recorded for this session (see [`Plan::opens_room`]).
+    timed: bool,
     first_recorded: bool,
     connected_counted: bool,
     /// Packets received so far, as last added to the shared count.
@@ -268,6 +275,7 @@ async fn participant(mut ws: Ws, encoding: Encoding, plan: Plan, shared: Arc<Sha
         }
         let now = Instant::now();
         if joins.front().is_some_and(|j| *j <= now) {
+            let first_join = joins.len() == plan.rejoin_at.len() + 1;
             joins.pop_front();
             if let Some(old) = session.take() {
                 if old.connected_counted {
@@ -280,6 +288,7 @@ async fn participant(mut ws: Ws, encoding: Encoding, plan: Plan, shared: Arc<Sha
             session = Some(Session {
                 peer: None,
                 joined_at: now,
+                timed: !(first_join && plan.opens_room),
                 first_recorded: false,
                 connected_counted: false,
                 reported: 0,
@@ -322,8 +331,10 @@ async fn participant(mut ws: Ws, encoding: Encoding, plan: Plan, shared: Arc<Sha
         if !s.first_recorded {
             if let Some(first) = peer.first_heard_at() {
                 s.first_recorded = true;
-                let waited = first.saturating_duration_since(s.joined_at);
-                histo::record(&mut outcome.join_to_first, waited.as_micros() as u64);
+                if s.timed {
+                    let waited = first.saturating_duration_since(s.joined_at);
+                    histo::record(&mut outcome.join_to_first, waited.as_micros() as u64);
+                }
             }
         }
         let received = peer.packets_received();
