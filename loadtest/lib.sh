@@ -3,11 +3,11 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Starts a release gateway (--shards 2, no per-user limit) with the extra arguments,
+# Starts a release gateway (--shards ${SHARDS:-2}, no per-user limit) with the extra arguments,
 # logging to $1; sets GWPID, WS (ws address) and AD (admin address) once it listens.
 start_gateway() {
   local log=$1; shift
-  "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --shards 2 --jwt-secret "$S" \
+  "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --shards "${SHARDS:-2}" --jwt-secret "$S" \
     --max-connections-per-user 0 "$@" >"$log" 2>&1 &
   GWPID=$!
   for _ in $(seq 200); do grep -q '^listening' "$log" && break; sleep 0.05; done

@@ -25,6 +25,10 @@ mod voice;
 
 use config::{Config, ConfigArgs, ConfigError, LogFormat};
 
+/// mimalloc, unless built with `--features system-allocator`: the C library's allocator,
+/// which heap profilers (heaptrack, valgrind) see, to account for every byte a
+/// connection costs (BENCHMARKS.md, issue 17).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
