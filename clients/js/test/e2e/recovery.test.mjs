@@ -59,7 +59,7 @@ test('drain (SIGTERM): reconnect + 1012, back on the successor after retry_after
   const sub = gw.subscribe('channel:1', { recover: true });
   const log = record(sub);
   await state(sub, 'subscribed');
-  await old.publish('channel:1', 'message_new', { text: 'm1' });
+  assert.equal(await old.publish('channel:1', 'message_new', { text: 'm1' }), 202);
   await until(sub, 'publication', () => log.publications.length === 1);
   // The zero-downtime restart of the README: the successor joins the port, then the old node drains.
   const successor = await GatewayProcess.start([...flags, '--reuse-port-with-running'], { listen: old.ws });
@@ -73,7 +73,7 @@ test('drain (SIGTERM): reconnect + 1012, back on the successor after retry_after
   assert.equal(info.code, 1012);
   const advice = await reconnect;
   assert.equal(advice.retry_after_ms, 1000);
-  await successor.publish('channel:1', 'message_new', { text: 'm2 (while away)' });
+  assert.equal(await successor.publish('channel:1', 'message_new', { text: 'm2 (while away)' }), 202);
   await state(gw, 'connected', 5000);
   const away = at.connected - at.disconnected;
   assert.ok(away >= 1000 && away < 1000 * 1.1 + 400, `back after ${away} ms`);

@@ -43,7 +43,9 @@ function exited(child, ms) {
 export class GatewayProcess {
   /**
    * Starts `coregate serve` on free ports (or `listen`), with the test secret, one shard and
-   * `args`; resolves once it printed `listening ws=… admin=…`.
+   * `args`; resolves once it printed `listening ws=… admin=…` and its `/ready` says 200
+   * (with Redis configured, the node listens before its Redis link is up, and `/publish`
+   * answers 503 until it is).
    */
   static async start(args = [], { listen = '127.0.0.1:0' } = {}) {
     const child = spawn(
@@ -64,7 +66,25 @@ export class GatewayProcess {
       if (!found) throw new Error(`no ${key} in ${JSON.stringify(line)}`);
       return found.slice(key.length);
     };
-    return new GatewayProcess(child, field('ws='), field('admin='));
+    const gateway = new GatewayProcess(child, field('ws='), field('admin='));
+    await gateway.ready();
+    return gateway;
+  }
+
+  /** Resolves once `GET /ready` answers 200; rejects after `ms`. */
+  async ready(ms = 10_000) {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const status = await fetch(`http://${this.admin}/ready`)
+        .then(async (response) => {
+          await response.arrayBuffer();
+          return response.status;
+        })
+        .catch(() => 0);
+      if (status === 200) return;
+      if (Date.now() > deadline) throw new Error(`${this.admin}/ready still ${status} after ${ms} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
   }
 
   constructor(child, ws, admin) {
