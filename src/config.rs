@@ -1016,7 +1016,7 @@ mod tests {
         let shard = config.shard_config();
         assert_eq!(shard.handshake_timeout, Duration::from_secs(3));
         assert_eq!(shard.inbox_capacity, 1024);
-        assert_eq!(shard.socket_send_buffer, Some(65536));
+        assert_eq!(shard.socket_send_buffer, 65536);
         assert_eq!(
             shard.flood_close_after,
             ShardConfig::default().flood_close_after

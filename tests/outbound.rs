@@ -224,8 +224,8 @@ async fn slow_reader_is_closed_4010_while_a_healthy_one_gets_everything() {
 
 #[tokio::test]
 async fn a_small_socket_send_buffer_brings_a_stalled_reader_to_4010() {
-    // Without --socket-send-buffer, loopback's autotuned kernel buffers absorb this
-    // whole backlog and the reader is never found slow.
+    // With `--socket-send-buffer 0` (autotuned), loopback's kernel buffers absorb this
+    // whole backlog and the reader is never found slow; 16 KiB is well under the default.
     let gw = Gateway::start(&[
         "--shards",
         "1",

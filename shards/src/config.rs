@@ -67,13 +67,17 @@ macro_rules! shard_settings {
                 /// fewer writes, which is what a loaded shard spends its time on.
                 batch_delay: ::std::time::Duration = Duration::ZERO;
 
-                /// `SO_SNDBUF` of every accepted socket, in bytes; none: the kernel autotunes it.
+                /// `SO_SNDBUF` of every accepted socket, in bytes (the kernel doubles it); 0: the kernel autotunes it.
                 ///
-                /// Autotuning grows it to several MiB per socket on fast paths. Setting it
-                /// bounds the kernel's memory per connection, and makes a stalled
-                /// reader's backlog reach the connection's own queue, where the budget
-                /// and the slow-consumer close apply, that much sooner.
-                socket_send_buffer: ::std::option::Option<usize> = None;
+                /// Autotuning grows it to several MiB per socket on fast paths (loopback,
+                /// a LAN), so a node's kernel memory under load had no bound: 2,000
+                /// subscribers held 1.1 GB in send queues (BENCHMARKS.md, issue 17). 64 KiB
+                /// bounds it to ~128 KiB per connection, beside the outbound budget; a
+                /// stalled reader's backlog reaches the connection's own queue, where the
+                /// budget and the slow-consumer close apply, that much sooner. It caps one
+                /// connection's throughput at ~128 KiB per round trip (1.3 MB/s at 100 ms),
+                /// far above what a real-time client receives.
+                socket_send_buffer: usize = 64 * 1024;
 
                 /// Bytes of queued output a connection may hold before its events are shed.
                 ///

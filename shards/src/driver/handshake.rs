@@ -46,8 +46,8 @@ pub(super) struct Upgraded {
 /// Reads and answers the upgrade request; `None` when it was refused or the peer left.
 async fn upgrade_connection(shard: &LocalShard, mut stream: TcpStream) -> Option<Upgraded> {
     let _ = stream.set_nodelay(true);
-    if let Some(bytes) = shard.config.socket_send_buffer {
-        set_send_buffer(&stream, bytes);
+    if shard.config.socket_send_buffer > 0 {
+        set_send_buffer(&stream, shard.config.socket_send_buffer);
     }
     match admit_upgrade(shard, &mut stream).await {
         Ok((request, slot, start)) => {
