@@ -13,10 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 RATE=${2:-20}
-LT=${LT:-target/release/loadtest}
-GW=${GW:-target/release/coregate}
 OUT=${OUT:-/tmp/encoding-cost}
-S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 . loadtest/lib.sh
 

@@ -12,10 +12,7 @@
 # (cargo build --release -p coregate -p loadtest). Reports stay in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LT=${LT:-target/release/loadtest}
-GW=${GW:-target/release/coregate}
 OUT=${OUT:-/tmp/idle-memory}
-S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 . loadtest/lib.sh
 

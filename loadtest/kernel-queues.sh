@@ -14,10 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
-LT=${LT:-target/release/loadtest}
-GW=${GW:-target/release/coregate}
 OUT=${OUT:-/tmp/kernel-queues}
-S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 . loadtest/lib.sh
 
