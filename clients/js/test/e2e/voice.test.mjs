@@ -111,7 +111,7 @@ test('voice refusals: forbidden, bad_request, not_in_room by the ref of the op; 
   assert.deepEqual(seen.ends, []);
 });
 
-test("voice: the SFU's own refusals (no ref): room_full, and unavailable with voice off", async (t) => {
+test("voice: the SFU's own refusals reject the join: room_full, and unavailable with voice off", async (t) => {
   const small = await GatewayProcess.start(['--voice-room-size', '2']);
   t.after(() => small.kill());
   const [alice, bob, carol] = await Promise.all(['alice', 'bob', 'carol'].map((user) => voiceUser(t, small.url, user)));
