@@ -65,6 +65,14 @@ impl Common {
             (None, None) => anyhow::bail!("give --secret (or LOADTEST_SECRET) or --tokens-file"),
         }
     }
+
+    /// Writes a scenario's report as JSON where `--json` asks for it.
+    pub fn write_report(&self, report: &impl serde::Serialize) -> anyhow::Result<()> {
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The wire encoding to speak.

@@ -33,6 +33,22 @@ pub struct Params {
     pub recv_buffer: Option<u32>,
 }
 
+impl Params {
+    /// The gateway at `--url` (loopback unless `--allow-remote`), in `--encoding`, with the
+    /// kernel's default receive buffer: how the single-process scenarios (`rpc`, `voice`,
+    /// `storm --recover`) reach it.
+    pub async fn for_gateway(common: &crate::cli::Common) -> anyhow::Result<Params> {
+        let target = crate::targets::parse(&common.url, "ws").await?;
+        crate::targets::check_loopback("--url", target.addr.ip(), common.allow_remote)?;
+        Ok(Params {
+            target,
+            encoding: common.encoding.into(),
+            read_buffer: common.read_buffer,
+            recv_buffer: None,
+        })
+    }
+}
+
 /// An open, ready (and possibly subscribed) connection.
 pub struct Opened {
     pub ws: Ws,

@@ -30,7 +30,7 @@ use crate::gaps::{GapStats, SeqTracker};
 use crate::histo::{self, lock, Percentiles};
 use crate::publisher::{self, TopicPick};
 use crate::tokens::Tokens;
-use crate::{decode, procfs, targets};
+use crate::{decode, procfs};
 
 /// What every connection adds to.
 struct Tally {
@@ -100,14 +100,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<()> {
             common.max_per_process
         );
     }
-    let target = targets::parse(&common.url, "ws").await?;
-    targets::check_loopback("--url", target.addr.ip(), common.allow_remote)?;
-    let params = Arc::new(Params {
-        target,
-        encoding: common.encoding.into(),
-        read_buffer: common.read_buffer,
-        recv_buffer: None,
-    });
+    let params = Arc::new(Params::for_gateway(common).await?);
     let sink = crate::scenario::sink_spec(&args.publish, common.allow_remote).await?;
     let tokens = Arc::new(Tokens::new(&common.token_source()?)?);
     let rounds = args.rounds as usize;
@@ -195,10 +188,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<()> {
         cpu_s.map(|(a, b)| b - a),
     );
     print(&report);
-    if let Some(path) = &common.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-    }
-    Ok(())
+    common.write_report(&report)
 }
 
 fn report(

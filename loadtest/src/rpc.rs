@@ -63,23 +63,13 @@ pub async fn run(args: &RpcArgs) -> anyhow::Result<()> {
             .map(|r| format!("; {r:.0} round trips per gateway CPU-second"))
             .unwrap_or_default(),
     );
-    if let Some(path) = &args.common.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-    }
-    Ok(())
+    args.common.write_report(&report)
 }
 
 /// The loop through the gateway: one WebSocket connection per client.
 async fn through_gateway(args: &RpcArgs) -> anyhow::Result<RpcReport> {
     let common = &args.common;
-    let target = targets::parse(&common.url, "ws").await?;
-    targets::check_loopback("--url", target.addr.ip(), common.allow_remote)?;
-    let params = Params {
-        target,
-        encoding: common.encoding.into(),
-        read_buffer: common.read_buffer,
-        recv_buffer: None,
-    };
+    let params = Params::for_gateway(common).await?;
     let tokens = Tokens::new(&common.token_source()?)?;
     let mut opened = Vec::new();
     for i in 0..args.clients {

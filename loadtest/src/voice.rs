@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::cli::VoiceArgs;
 use crate::connect::{self, Params, Ws};
 use crate::histo::{self, Percentiles};
+use crate::procfs;
 use crate::tokens::Tokens;
-use crate::{procfs, targets};
 
 /// The figures of one run.
 #[derive(Debug, Serialize)]
@@ -80,22 +80,12 @@ pub async fn run(args: &VoiceArgs) -> anyhow::Result<()> {
             .map(|b| format!("; {b:.0} B of gateway RSS per participant"))
             .unwrap_or_default(),
     );
-    if let Some(path) = &args.common.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-    }
-    Ok(())
+    args.common.write_report(&report)
 }
 
 async fn measure(args: &VoiceArgs) -> anyhow::Result<VoiceReport> {
     let common = &args.common;
-    let target = targets::parse(&common.url, "ws").await?;
-    targets::check_loopback("--url", target.addr.ip(), common.allow_remote)?;
-    let params = Params {
-        target,
-        encoding: common.encoding.into(),
-        read_buffer: common.read_buffer,
-        recv_buffer: None,
-    };
+    let params = Params::for_gateway(common).await?;
     let tokens = Tokens::new(&common.token_source()?)?;
     let total = args.rooms * args.participants;
     let mut opened = Vec::new();
