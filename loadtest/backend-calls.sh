@@ -18,10 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-2}
 N=${2:-5000}
-LT=${LT:-target/release/loadtest}
-GW=${GW:-target/release/coregate}
 OUT=${OUT:-/tmp/backend-calls}
-S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 
 . loadtest/lib.sh

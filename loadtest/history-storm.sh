@@ -22,10 +22,7 @@ cd "$(dirname "$0")/.."
 N=${1:-5000}
 ROUNDS=${2:-3}
 RATE=${3:-500}
-LT=${LT:-target/release/loadtest}
-GW=${GW:-target/release/coregate}
 OUT=${OUT:-/tmp/history-storm}
-S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 
 . loadtest/lib.sh

@@ -1,9 +1,9 @@
 # Shared by the loadtest/*.sh benchmark scripts: sourced, not run, from the repository's
-# root. GW (the coregate binary), LT (the harness) and S (the JWT secret) keep what the
-# script or the environment set; otherwise the release builds and the harness's secret.
+# root. GW (the coregate binary) and LT (the harness) keep what the script or the
+# environment set, otherwise the release builds; S is the JWT secret both sides use.
 GW=${GW:-target/release/coregate}
 LT=${LT:-target/release/loadtest}
-S=${S:-loadtest-secret-0123456789}
+S=loadtest-secret-0123456789
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

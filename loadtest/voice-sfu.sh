@@ -15,10 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-2}
-LT=${LT:-target/release/loadtest}
-GW=${GW:-target/release/coregate}
 OUT=${OUT:-/tmp/voice-sfu}
-S=loadtest-secret-0123456789
 mkdir -p "$OUT"
 
 . loadtest/lib.sh
