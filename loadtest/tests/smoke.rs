@@ -2,7 +2,8 @@
 //! `idle`, `fanout`, `storm` and `chat` run for a few seconds each with `--json`, and the
 //! figures are checked: connections held, bytes per connection measured, every delivery
 //! made once, everyone back after a storm, chat deliveries and typing seen. `sweep` starts
-//! its own gateways; fanout through Redis runs against a private `redis-server`.
+//! its own gateways; fanout through Redis runs against a private `redis-server`; `fanout`
+//! also runs against the floor program, which stands in for the gateway in BENCHMARKS.md.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -44,7 +45,8 @@ impl Gateway {
     }
 
     fn start_with(extra: &[&str]) -> Gateway {
-        let mut child = Command::new(gateway_binary())
+        let mut command = Command::new(gateway_binary());
+        command
             .args([
                 "serve",
                 "--listen",
@@ -57,10 +59,18 @@ impl Gateway {
                 SECRET,
             ])
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .env("RUST_LOG", "warn");
+        Gateway::spawn(command)
+    }
+
+    /// The floor program (`src/bin/floor.rs`) in the gateway's place.
+    fn floor() -> Gateway {
+        Gateway::spawn(Command::new(env!("CARGO_BIN_EXE_floor")))
+    }
+
+    /// Starts `command` and reads the addresses from its `listening ws=.. admin=..` line.
+    fn spawn(mut command: Command) -> Gateway {
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -194,6 +204,42 @@ fn idle_and_fanout_against_a_real_gateway() {
         msgpack["fanout"]["deliveries"].as_u64().unwrap() > 0,
         "{msgpack}"
     );
+}
+
+/// The floor program speaks enough of the protocol for `fanout`, in both encodings, and
+/// delivers every publication once: its figures in BENCHMARKS.md are of complete runs.
+#[test]
+fn fanout_against_the_floor_program() {
+    let floor = Gateway::floor();
+    let admin = format!("http://{}", floor.admin);
+    for encoding in ["json", "msgpack"] {
+        let run = harness(
+            &floor,
+            encoding,
+            &[
+                "fanout",
+                "--admin",
+                &admin,
+                "-s",
+                "100",
+                "-t",
+                "1",
+                "-r",
+                "50",
+                "--duration",
+                "2s",
+                "--encoding",
+                encoding,
+            ],
+        );
+        let f = &run["fanout"];
+        assert_eq!(run["connect"]["connected"], 100, "{run}");
+        assert!(f["deliveries"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(f["deliveries"], f["expected_deliveries"], "{run}");
+        assert_eq!(f["losses"], 0, "{run}");
+        assert_eq!(f["duplicates"], 0, "{run}");
+        assert_eq!(f["decode_errors"], 0, "{run}");
+    }
 }
 
 #[test]
