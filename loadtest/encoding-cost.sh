@@ -6,9 +6,10 @@
 # Each round, for json then msgpack (the order swapped every other round), a fresh release
 # gateway (--shards 1) and `loadtest fanout -s 2000 -t 1 -r RATE --payload-bytes 60`
 # (2,000 subscribers of one topic, ~60-byte events through the admin API: RATE 20 is
-# 40,000 deliveries a second) for 10 s; prints deliveries per gateway CPU-second, split
+# 40,000 deliveries a second) for 10 s; prints deliveries per server CPU-second, split
 # into user and system time, and p50/p99. Loopback only, bounded; needs a release build
-# (cargo build --release -p coregate -p loadtest). Reports stay in $OUT.
+# (cargo build --release -p coregate -p loadtest). Reports stay in $OUT. SERVER=floor runs
+# the floor program (one plain write loop, the same frames) in the gateway's place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -17,13 +18,10 @@ OUT=${OUT:-/tmp/encoding-cost}
 mkdir -p "$OUT"
 . loadtest/lib.sh
 
-# user and system CPU seconds of a process so far.
-cpu_of() { awk '{ printf "%.2f %.2f\n", $14 / 100, $15 / 100 }' "/proc/$1/stat"; }
-
 for round in $(seq "$ROUNDS"); do
   order="json msgpack"; [ $((round % 2)) -eq 0 ] && order="msgpack json"
   for encoding in $order; do
-    SHARDS=1 start_gateway "$OUT/$round-$encoding.gateway.log"
+    SHARDS=1 start_server "$OUT/$round-$encoding.server.log"
     json="$OUT/$round-$encoding.json"
     read -r u0 s0 < <(cpu_of "$GWPID")
     "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 2000 -t 1 -r "$RATE" \

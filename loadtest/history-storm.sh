@@ -29,7 +29,6 @@ mkdir -p "$OUT"
 # Calls of one command in INFO commandstats.
 calls() { redis-cli -p "$RPORT" INFO commandstats | tr -d '\r' |
   sed -n "s/^cmdstat_$1:calls=\([0-9]*\),.*/\1/p" | head -1; }
-cpu_of() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 metric() { curl -s "http://$AD/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
 start_redis() {
@@ -61,7 +60,7 @@ python3 -c "
 reads, requests = float('$reads'), float('$requests')
 print(f'history reads (coregate_history) per subscribing client: {reads / requests:.3f}'
       f' ({reads:.0f} reads for {requests:.0f} subscribes, fresh and recovering)')"
-echo "Redis CPU: $(cpu_of "$RPID") s"
+echo "Redis CPU: $(cpu_of "$RPID" | awk '{ printf "%.2f", $1 + $2 }') s"
 stop_gateway
 stop_redis
 
@@ -91,7 +90,7 @@ for i in 1 2; do
     "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 1000 -t 10 -r 2000 \
       --duration 10s --gateway-pid "$GWPID" --json "$OUT/fanout-$history-$i.json" \
       | grep -E 'deliveries|gateway CPU|loss|latency' | tee "$OUT/fanout-$history-$i.log"
-    echo "Redis CPU: $(cpu_of "$RPID") s"
+    echo "Redis CPU: $(cpu_of "$RPID" | awk '{ printf "%.2f", $1 + $2 }') s"
     stop_gateway
     stop_redis
   done

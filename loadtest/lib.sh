@@ -1,22 +1,53 @@
 # Shared by the loadtest/*.sh benchmark scripts: sourced, not run, from the repository's
-# root. GW (the coregate binary) and LT (the harness) keep what the script or the
-# environment set, otherwise the release builds; S is the JWT secret both sides use.
+# root. GW (the coregate binary), LT (the harness) and FLOOR (the floor program) keep what
+# the script or the environment set, otherwise the release builds; S is the JWT secret
+# both sides use.
 GW=${GW:-target/release/coregate}
 LT=${LT:-target/release/loadtest}
+FLOOR=${FLOOR:-target/release/floor}
 S=loadtest-secret-0123456789
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts a release gateway (--shards ${SHARDS:-2}, no per-user limit) with the extra arguments,
 # logging to $1; sets GWPID, WS (ws address) and AD (admin address) once it listens.
+# With SERVER_CPUS set (a taskset list), the gateway runs on those CPUs only.
 start_gateway() {
   local log=$1; shift
-  "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --shards "${SHARDS:-2}" --jwt-secret "$S" \
-    --max-connections-per-user 0 "$@" >"$log" 2>&1 &
+  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
+    --shards "${SHARDS:-2}" --jwt-secret "$S" --max-connections-per-user 0 "$@" >"$log" 2>&1 &
   GWPID=$!
+  await_listening "$log"
+}
+
+# Starts the floor program (loadtest/src/bin/floor.rs: one plain write loop, the same
+# frames) in the gateway's place: the same GWPID, WS and AD, and SERVER_CPUS.
+start_floor() {
+  local log=$1; shift
+  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$FLOOR" "$@" >"$log" 2>&1 &
+  GWPID=$!
+  await_listening "$log"
+}
+
+# Waits until the server logging to $1 printed `listening ws=.. admin=..`; sets WS and AD.
+await_listening() {
+  local log=$1
   for _ in $(seq 200); do grep -q '^listening' "$log" && break; sleep 0.05; done
   WS=$(sed -n 's/^listening ws=\([^ ]*\) admin=.*/\1/p' "$log")
   AD=$(sed -n 's/^listening ws=[^ ]* admin=\([^ ]*\).*/\1/p' "$log")
 }
 
 stop_gateway() { kill -TERM "$GWPID"; wait "$GWPID" 2>/dev/null || true; }
+
+# Starts the server SERVER names, logging to $1: `coregate` (default; the gateway with
+# --shards ${SHARDS:-2}) or `floor`. Either way sets GWPID, WS and AD; stop it with stop_gateway.
+start_server() {
+  case ${SERVER:-coregate} in
+    coregate) start_gateway "$@" ;;
+    floor) start_floor "$@" ;;
+    *) echo "SERVER is coregate or floor, not $SERVER" >&2; return 2 ;;
+  esac
+}
+
+# User and system CPU seconds (two numbers) of process $1 so far, its threads included.
+cpu_of() { awk '{ printf "%.2f %.2f\n", $14 / 100, $15 / 100 }' "/proc/$1/stat"; }
