@@ -124,6 +124,19 @@ fn run_harness(name: &str, args: &[&str]) -> Value {
     summary
 }
 
+/// A `fanout` run's summary: every subscriber connected, something was published, and
+/// every delivery it should have made was made, once, and decoded.
+fn assert_every_delivery_once(run: &Value, subscribers: u64) {
+    let f = &run["fanout"];
+    assert_eq!(run["connect"]["connected"], subscribers, "{run}");
+    assert!(f["publications"].as_u64().unwrap() > 0, "{run}");
+    assert!(f["deliveries"].as_u64().unwrap() > 0, "{run}");
+    assert_eq!(f["deliveries"], f["expected_deliveries"], "{run}");
+    assert_eq!(f["losses"], 0, "{run}");
+    assert_eq!(f["duplicates"], 0, "{run}");
+    assert_eq!(f["decode_errors"], 0, "{run}");
+}
+
 #[test]
 fn idle_and_fanout_against_a_real_gateway() {
     let gw = Gateway::start();
@@ -171,14 +184,11 @@ fn idle_and_fanout_against_a_real_gateway() {
             "3s",
         ],
     );
-    let f = &fanout["fanout"];
-    assert_eq!(fanout["connect"]["connected"], 200, "{fanout}");
-    assert!(f["publications"].as_u64().unwrap() > 0, "{fanout}");
-    assert!(f["deliveries"].as_u64().unwrap() > 0, "{fanout}");
-    assert_eq!(f["deliveries"], f["expected_deliveries"], "{fanout}");
-    assert_eq!(f["losses"], 0, "{fanout}");
-    assert_eq!(f["duplicates"], 0, "{fanout}");
-    assert!(f["latency_us"]["p99"].as_u64().unwrap() > 0, "{fanout}");
+    assert_every_delivery_once(&fanout, 200);
+    assert!(
+        fanout["fanout"]["latency_us"]["p99"].as_u64().unwrap() > 0,
+        "{fanout}"
+    );
 
     let msgpack = harness(
         &gw,
@@ -232,13 +242,7 @@ fn fanout_against_the_floor_program() {
                 encoding,
             ],
         );
-        let f = &run["fanout"];
-        assert_eq!(run["connect"]["connected"], 100, "{run}");
-        assert!(f["deliveries"].as_u64().unwrap() > 0, "{run}");
-        assert_eq!(f["deliveries"], f["expected_deliveries"], "{run}");
-        assert_eq!(f["losses"], 0, "{run}");
-        assert_eq!(f["duplicates"], 0, "{run}");
-        assert_eq!(f["decode_errors"], 0, "{run}");
+        assert_every_delivery_once(&run, 100);
     }
 }
 
@@ -453,12 +457,7 @@ fn fanout_through_redis() {
             "2s",
         ],
     );
-    let f = &fanout["fanout"];
-    assert_eq!(fanout["connect"]["connected"], 100, "{fanout}");
-    assert!(f["publications"].as_u64().unwrap() > 0, "{fanout}");
-    assert_eq!(f["deliveries"], f["expected_deliveries"], "{fanout}");
-    assert_eq!(f["losses"], 0, "{fanout}");
-    assert_eq!(f["duplicates"], 0, "{fanout}");
+    assert_every_delivery_once(&fanout, 100);
 }
 
 #[test]
