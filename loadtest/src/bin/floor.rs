@@ -53,35 +53,23 @@ enum Work {
     Publication(Publication),
 }
 
+/// The floor program: coregate's fan-out as one plain write loop (see the module docs).
+#[derive(clap::Parser)]
 struct Args {
+    /// WebSocket listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Admin API listen address (`POST /publish`, `GET /ready`).
+    #[arg(long, default_value = "127.0.0.1:0")]
     admin: String,
+    /// `SO_SNDBUF` of each accepted socket, as the gateway's setting of the same name
+    /// (its default); 0 leaves it to the kernel's autotuning.
+    #[arg(long, default_value_t = 64 * 1024)]
     socket_send_buffer: usize,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        listen: "127.0.0.1:0".into(),
-        admin: "127.0.0.1:0".into(),
-        socket_send_buffer: 64 * 1024,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => args.listen = value,
-            "--admin" => args.admin = value,
-            "--socket-send-buffer" => args.socket_send_buffer = value.parse()?,
-            _ => anyhow::bail!(
-                "unknown flag {flag} (--listen, --admin, --socket-send-buffer BYTES, 0 autotunes)"
-            ),
-        }
-    }
-    Ok(args)
-}
-
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let ws = TcpListener::bind(&args.listen).context("--listen")?;
     let admin = TcpListener::bind(&args.admin).context("--admin")?;
     println!(
