@@ -14,7 +14,8 @@
 #
 # SERVER=coregate (default: the gateway, --shards 1) or SERVER=floor (the floor program:
 # one plain write loop, the same frames); ENCODING=json (default) or msgpack;
-# SERVER_CPUS and HARNESS_CPUS (taskset lists, e.g. 0 and 1) pin the two sides.
+# SERVER_CPUS and HARNESS_CPUS (taskset lists, e.g. 0 and 1) pin the two sides; GW_ARGS
+# are extra arguments for the server (e.g. GW_ARGS="--batch-delay 5ms").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:?usage: loadtest/profile.sh RATE [OUT_PREFIX]}
@@ -23,7 +24,8 @@ ENCODING=${ENCODING:-json}
 OUT=${2:-/tmp/profile-$SERVER-$ENCODING-$RATE}
 . loadtest/lib.sh
 
-SHARDS=1 start_server "$OUT.server.log"
+read -r -a server_args <<<"${GW_ARGS:-}"
+SHARDS=1 start_server "$OUT.server.log" "${server_args[@]}"
 read -r u0 s0 < <(cpu_of "$GWPID")
 ${HARNESS_CPUS:+taskset -c "$HARNESS_CPUS"} "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" \
   --secret $S -s 2000 -t 1 -r "$RATE" --payload-bytes 60 --duration 12s --encoding "$ENCODING" \
