@@ -12,9 +12,10 @@
 //!
 //! The delivery path is one thread and a plain loop: take every publication that is
 //! waiting, pack them into as few WebSocket frames as the gateway would (messages joined
-//! into frames of at most `MAX_FRAME`, as coregate batches), then one blocking `write` of
-//! those bytes per connection, in order. No readiness polling, no per-connection queue, no
-//! budget: with clients that read, that is the floor of the same I/O.
+//! into frames of at most the gateway's `max_frame_size`, behind the gateway's own frame
+//! header), then one blocking `write` of those bytes per connection, in order. No
+//! readiness polling, no per-connection queue, no budget: with clients that read, that is
+//! the floor of the same I/O.
 //!
 //!     floor [--listen 127.0.0.1:0] [--admin 127.0.0.1:0] [--socket-send-buffer 65536]
 //!
@@ -24,26 +25,25 @@ use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, LazyLock};
 use std::thread;
 
 use anyhow::Context;
+use bytes::BytesMut;
 use coregate_protocol::{
-    codec::DEFAULT_MAX_MESSAGE_SIZE, decode_client, encode_server, ClientMessage, Encoding,
-    FrameBuilder, FrameFull, Publication, ServerEnvelope, ServerMessage,
+    decode_client, encode_server, negotiate, ClientMessage, Encoding, FrameBuilder, FrameFull,
+    Publication, ServerEnvelope, ServerMessage,
 };
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use coregate_shards::config::ShardConfig;
+use coregate_shards::ws::put_data_header;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-/// The gateway's default `--max-frame-size`: the most bytes of messages one frame carries.
-const MAX_FRAME: usize = 64 * 1024;
-/// The gateway's limit on a publication's size.
-const MAX_PUBLICATION: usize = 64 * 1024;
-/// The heartbeat announced in `hello` (the gateway's default); never enforced here.
-const HEARTBEAT_MS: u64 = 30_000;
+/// The gateway's defaults, which the floor keeps to: the most bytes of messages in one
+/// frame, the largest client message and publication, the heartbeat announced in `hello`
+/// (never enforced here) and the socket send buffer.
+static GATEWAY: LazyLock<ShardConfig> = LazyLock::new(ShardConfig::default);
 
 /// What the delivery loop is handed.
 enum Work {
@@ -64,7 +64,7 @@ struct Args {
     admin: String,
     /// `SO_SNDBUF` of each accepted socket, as the gateway's setting of the same name
     /// (its default); 0 leaves it to the kernel's autotuning.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = GATEWAY.socket_send_buffer)]
     socket_send_buffer: usize,
 }
 
@@ -108,7 +108,7 @@ fn accept_each(
 fn deliver(inbox: &mpsc::Receiver<Work>) {
     let mut subscribers: Vec<(TcpStream, Encoding)> = Vec::new();
     let mut batch: Vec<Publication> = Vec::new();
-    let mut frames: [Vec<u8>; 2] = Default::default();
+    let mut frames: [BytesMut; 2] = Default::default();
     while let Ok(first) = inbox.recv() {
         for item in std::iter::once(first).chain(inbox.try_iter()) {
             match item {
@@ -132,9 +132,10 @@ fn deliver(inbox: &mpsc::Receiver<Work>) {
     }
 }
 
-/// Appends `batch` to `out` as WebSocket frames of at most [`MAX_FRAME`] bytes of messages.
-fn write_frames(encoding: Encoding, batch: &[Publication], out: &mut Vec<u8>) {
-    let mut frame = FrameBuilder::new(encoding, MAX_FRAME);
+/// Appends `batch` to `out` as WebSocket frames of at most the gateway's `max_frame_size`
+/// bytes of messages.
+fn write_frames(encoding: Encoding, batch: &[Publication], out: &mut BytesMut) {
+    let mut frame = FrameBuilder::new(encoding, GATEWAY.max_frame_size);
     for publication in batch {
         let message = publication.encode(encoding);
         if let Err(FrameFull) = frame.push(&message) {
@@ -146,23 +147,12 @@ fn write_frames(encoding: Encoding, batch: &[Publication], out: &mut Vec<u8>) {
     close_frame(&mut frame, out);
 }
 
-/// Moves what `frame` holds to `out`, after its WebSocket header.
-fn close_frame(frame: &mut FrameBuilder, out: &mut Vec<u8>) {
+/// Moves what `frame` holds to `out`, after its WebSocket header (the gateway's own).
+fn close_frame(frame: &mut FrameBuilder, out: &mut BytesMut) {
     if frame.is_empty() {
         return;
     }
-    let data = if frame.encoding().is_binary() {
-        Data::Binary
-    } else {
-        Data::Text
-    };
-    let header = FrameHeader {
-        opcode: OpCode::Data(data),
-        ..FrameHeader::default()
-    };
-    header
-        .format(frame.len() as u64, out)
-        .expect("writing to a Vec cannot fail");
+    put_data_header(frame.encoding(), frame.len(), out);
     out.extend_from_slice(frame.as_bytes());
     frame.clear();
 }
@@ -184,17 +174,24 @@ fn subscribe(stream: TcpStream, work: mpsc::Sender<Work>, send_buffer: usize) ->
             .headers()
             .get_all("sec-websocket-protocol")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|token| Encoding::from_subprotocol(token.trim()));
-        if let Some(chosen) = offered {
-            record_choice.set(chosen);
-            response.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_static(chosen.subprotocol()),
-            );
+            .filter_map(|v| v.to_str().ok());
+        // The gateway's negotiation, and its answer to offers none of which are ours: 400.
+        match negotiate(offered) {
+            Ok(negotiated) => {
+                record_choice.set(negotiated.encoding);
+                if let Some(echo) = negotiated.echo {
+                    response
+                        .headers_mut()
+                        .insert("sec-websocket-protocol", HeaderValue::from_static(echo));
+                }
+                Ok(response)
+            }
+            Err(refused) => {
+                let mut refusal = ErrorResponse::new(Some(refused.to_string()));
+                *refusal.status_mut() = StatusCode::BAD_REQUEST;
+                Err(refusal)
+            }
         }
-        Ok(response)
     };
     let mut ws = tungstenite::accept_hdr(stream.try_clone()?, choose)
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -207,7 +204,7 @@ fn subscribe(stream: TcpStream, work: mpsc::Sender<Work>, send_buffer: usize) ->
             Message::Binary(bytes) => bytes.to_vec(),
             _ => continue,
         };
-        let Ok(envelope) = decode_client(encoding, &mut data, DEFAULT_MAX_MESSAGE_SIZE) else {
+        let Ok(envelope) = decode_client(encoding, &mut data, GATEWAY.max_message_size) else {
             continue;
         };
         if let ClientMessage::Subscribe { topics, .. } = envelope.message {
@@ -229,7 +226,7 @@ fn subscribe(stream: TcpStream, work: mpsc::Sender<Work>, send_buffer: usize) ->
 fn hello() -> ServerMessage {
     ServerMessage::Hello {
         session_id: "floor".into(),
-        heartbeat_interval_ms: HEARTBEAT_MS,
+        heartbeat_interval_ms: GATEWAY.heartbeat_interval.as_millis() as u64,
     }
 }
 
@@ -280,7 +277,7 @@ fn serve_admin(mut stream: TcpStream, work: mpsc::Sender<Work>) -> io::Result<()
         buf.drain(..head_len + body_len);
         let reply = match (method.as_str(), path.as_str()) {
             ("POST", "/publish") => {
-                match Publication::from_admin_body(&mut body, MAX_PUBLICATION) {
+                match Publication::from_admin_body(&mut body, GATEWAY.max_message_size) {
                     Ok(publication) => {
                         let _ = work.send(Work::Publication(publication));
                         "202 Accepted".to_owned()
