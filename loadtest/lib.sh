@@ -11,27 +11,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # Starts a release gateway (--shards ${SHARDS:-2}, no per-user limit) with the extra arguments,
 # logging to $1; sets GWPID, WS (ws address) and AD (admin address) once it listens.
-# With SERVER_CPUS set (a taskset list), the gateway runs on those CPUs only.
 start_gateway() {
   local log=$1; shift
-  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
-    --shards "${SHARDS:-2}" --jwt-secret "$S" --max-connections-per-user 0 "$@" >"$log" 2>&1 &
-  GWPID=$!
-  await_listening "$log"
+  spawn_server "$log" "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
+    --shards "${SHARDS:-2}" --jwt-secret "$S" --max-connections-per-user 0 "$@"
 }
 
-# Starts the floor program (loadtest/src/bin/floor.rs: one plain write loop, the same
-# frames) in the gateway's place: the same GWPID, WS and AD, and SERVER_CPUS.
-start_floor() {
+# Runs the server command (the rest of the arguments) in the background, logging to $1,
+# on the CPUs SERVER_CPUS lists (a taskset list) when it is set; sets GWPID, and WS and
+# AD once the server printed `listening ws=.. admin=..`.
+spawn_server() {
   local log=$1; shift
-  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$FLOOR" "$@" >"$log" 2>&1 &
+  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$@" >"$log" 2>&1 &
   GWPID=$!
-  await_listening "$log"
-}
-
-# Waits until the server logging to $1 printed `listening ws=.. admin=..`; sets WS and AD.
-await_listening() {
-  local log=$1
   for _ in $(seq 200); do grep -q '^listening' "$log" && break; sleep 0.05; done
   WS=$(sed -n 's/^listening ws=\([^ ]*\) admin=.*/\1/p' "$log")
   AD=$(sed -n 's/^listening ws=[^ ]* admin=\([^ ]*\).*/\1/p' "$log")
@@ -39,12 +31,14 @@ await_listening() {
 
 stop_gateway() { kill -TERM "$GWPID"; wait "$GWPID" 2>/dev/null || true; }
 
-# Starts the server SERVER names, logging to $1: `coregate` (default; the gateway with
-# --shards ${SHARDS:-2}) or `floor`. Either way sets GWPID, WS and AD; stop it with stop_gateway.
+# Starts the server SERVER names, logging to $1, with the extra arguments: `coregate`
+# (default; the gateway with --shards ${SHARDS:-2}) or `floor` (loadtest/src/bin/floor.rs:
+# one plain write loop, the same frames). Either way sets GWPID, WS and AD; stop it with
+# stop_gateway.
 start_server() {
   case ${SERVER:-coregate} in
     coregate) start_gateway "$@" ;;
-    floor) start_floor "$@" ;;
+    floor) spawn_server "$1" "$FLOOR" "${@:2}" ;;
     *) echo "SERVER is coregate or floor, not $SERVER" >&2; return 2 ;;
   esac
 }
