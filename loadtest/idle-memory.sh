@@ -5,7 +5,7 @@
 #
 # For each N and each encoding (ENCODINGS, default "json msgpack"), a fresh release gateway (--shards 1) and
 # `loadtest idle -n N` (over 4 source addresses, at most 5,000 connections per harness
-# process): RSS before the first connection and after the last is ready (+3 s), divided
+# process): RSS before the first connection and after the last is ready (+SETTLE, 3s by default), divided
 # by N. Extra gateway arguments come from GW_ARGS, extra harness arguments from LT_ARGS
 # (e.g. LT_ARGS="--connect-concurrency 20" to open them slowly); the gateway inherits the
 # environment (MIMALLOC_* options). Loopback only, bounded; needs a release build
@@ -23,7 +23,7 @@ for n in "${@:-5000 15000}"; do
     SHARDS=1 start_gateway "$OUT/$n-$encoding.gateway.log" "${gw_args[@]}"
     "$LT" idle --url "ws://$WS/ws" --secret $S -n "$n" --encoding "$encoding" \
       --max-per-process 5000 --source-addrs 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
-      --settle 3s --duration 2s --gateway-pid "$GWPID" --json "$OUT/$n-$encoding.json" \
+      --settle "${SETTLE:-3s}" --duration 2s --gateway-pid "$GWPID" --json "$OUT/$n-$encoding.json" \
       "${lt_args[@]}" >"$OUT/$n-$encoding.log" 2>&1
     stop_gateway
     python3 - "$OUT/$n-$encoding.json" "$n" "$encoding" <<'PY'

@@ -31,6 +31,20 @@ const HIGH_WATER: [(&str, ReadField); 2] = [
     ("inbox_high_water_events", |s| s.inbox_high_water_events),
 ];
 
+/// Shard figures exported per shard, as gauges: (name, help, field).
+const PER_SHARD_GAUGES: [(&str, &str, ReadField); 2] = [
+    (
+        "connections",
+        "Open WebSocket connections per shard.",
+        |s| s.connections,
+    ),
+    (
+        "parked_connections",
+        "Of the open connections, idle ones parked without a task of their own, per shard.",
+        |s| s.parked_connections,
+    ),
+];
+
 /// Renders every shard's and the ingestor's figures.
 pub fn render(
     shard_stats: &[Arc<ShardStats>],
@@ -44,17 +58,16 @@ pub fn render(
     for snapshot in &per_shard {
         total += *snapshot;
     }
-    let _ = writeln!(
-        out,
-        "# HELP coregate_connections Open WebSocket connections per shard."
-    );
-    let _ = writeln!(out, "# TYPE coregate_connections gauge");
-    for (shard, snapshot) in per_shard.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "coregate_connections{{shard=\"{shard}\"}} {}",
-            snapshot.connections
-        );
+    for (name, help, read) in PER_SHARD_GAUGES {
+        let _ = writeln!(out, "# HELP coregate_{name} {help}");
+        let _ = writeln!(out, "# TYPE coregate_{name} gauge");
+        for (shard, snapshot) in per_shard.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "coregate_{name}{{shard=\"{shard}\"}} {}",
+                read(snapshot)
+            );
+        }
     }
     render_shard_counters(&mut out, &total);
     render_high_water(&mut out, &per_shard);
@@ -175,7 +188,9 @@ pub fn render(
 fn render_shard_counters(out: &mut String, total: &StatsSnapshot) {
     let mut family_started = [false; LABELLED.len()];
     for (name, value) in total.fields() {
-        if name == "connections" || HIGH_WATER.iter().any(|(gauge, _)| *gauge == name) {
+        let gauge = PER_SHARD_GAUGES.iter().any(|(gauge, _, _)| *gauge == name)
+            || HIGH_WATER.iter().any(|(gauge, _)| *gauge == name);
+        if gauge {
             continue;
         }
         let labelled = LABELLED

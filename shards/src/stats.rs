@@ -47,6 +47,8 @@ macro_rules! shard_stats {
 shard_stats! {
     /// Connections open now (a gauge).
     connections,
+    /// Of them, idle ones parked without a task of their own (a gauge).
+    parked_connections,
     /// Upgrades that became WebSocket connections.
     upgrades_accepted,
     /// Upgrades refused, by reason (exported as one counter with a `reason` label).

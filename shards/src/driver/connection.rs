@@ -4,7 +4,9 @@
 //! the socket would block, then reads what arrived and feeds it to the session. The
 //! session decides everything else; this task only notices when to stop: the session is
 //! flushed after a close (half-close, then a short linger for the client's close), the
-//! session gave up on a close that did not get out, or the peer went away.
+//! session gave up on a close that did not get out, the peer went away, or the
+//! connection was quiet long enough to park ([`super::parking`]): its task then ends
+//! and a new one is started by [`resume`] when it is unparked.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -16,6 +18,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::handshake::Upgraded;
+use super::parking::Quietness;
 use super::LocalShard;
 use crate::admission::ConnectionSlot;
 use crate::authorizer::MembershipError;
@@ -41,6 +44,8 @@ enum Step {
     Gone,
     /// [`READS_PER_TURN`] reads made: let the others run, then go on.
     Yield,
+    /// Idle and quiet for a whole round: give the task up ([`super::parking`]).
+    Park,
 }
 
 /// A transmit being written, and how much of it is.
@@ -56,8 +61,10 @@ struct Connection {
     writing: Option<Writing>,
     /// The socket's read side has ended (EOF while closing).
     eof: bool,
-    /// The connection's place in the node's maximum, given back when the task ends.
-    _slot: ConnectionSlot,
+    quietness: Quietness,
+    /// The connection's place in the node's maximum, given back when the connection
+    /// ends (kept by the parking lot while it is parked).
+    slot: ConnectionSlot,
 }
 
 /// Registers an upgraded connection with the hub and returns its task. A plain
@@ -78,22 +85,49 @@ pub(super) fn session_task(
         .hub
         .borrow_mut()
         .connect(encoding, start, Now::system());
-    Connection {
-        shard,
-        stream,
-        key,
-        writing: None,
-        eof: false,
-        _slot: slot,
-    }
-    .run()
+    Connection::new(shard, stream, key, slot, Quietness::fresh()).run()
+}
+
+/// The task of a connection taken out of the parking lot: it writes what was queued
+/// for it and reads what woke it, as any connection task does.
+pub(super) fn resume(
+    shard: Rc<LocalShard>,
+    key: ConnKey,
+    stream: TcpStream,
+    slot: ConnectionSlot,
+) -> impl std::future::Future<Output = ()> {
+    Connection::new(shard, stream, key, slot, Quietness::resumed()).run()
 }
 
 impl Connection {
-    /// Runs the connection until it ends, then removes it from the hub.
+    fn new(
+        shard: Rc<LocalShard>,
+        stream: TcpStream,
+        key: ConnKey,
+        slot: ConnectionSlot,
+        quietness: Quietness,
+    ) -> Self {
+        Connection {
+            shard,
+            stream,
+            key,
+            writing: None,
+            eof: false,
+            quietness,
+            slot,
+        }
+    }
+
+    /// Runs the connection until it ends, then removes it from the hub; or until it
+    /// parks, leaving it in the hub.
     async fn run(mut self) {
         loop {
             match poll_fn(|cx| self.poll(cx)).await {
+                Step::Park => match self.park() {
+                    None => return,
+                    // Not parked (no descriptor to spare): wait as before.
+                    Some(this) => self = this,
+                },
                 // Boxed, as the linger: an idle connection's task keeps no timer.
                 Step::Yield => Box::pin(super::yield_to_reactor()).await,
                 Step::Flushed => {
@@ -105,6 +139,24 @@ impl Connection {
             }
         }
         self.shard.hub.borrow_mut().remove(self.key);
+    }
+
+    /// Hands the socket to the parking lot and the hub the waker that unparks it;
+    /// the connection back when it could not be parked.
+    fn park(self) -> Option<Connection> {
+        let Ok(socket) = self.shard.parking.watch(self.key, &self.stream) else {
+            return Some(Connection {
+                // Asked again once quiet for a round.
+                quietness: Quietness::resumed(),
+                ..self
+            });
+        };
+        let Connection {
+            shard, key, slot, ..
+        } = self;
+        let waker = shard.parking.keep(key, socket, slot, &shard.stats);
+        shard.hub.borrow_mut().register_waker(key, &waker);
+        None
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
@@ -146,6 +198,7 @@ impl Connection {
                 }
                 Poll::Ready(Ok(n)) => {
                     reads += 1;
+                    self.quietness.note_io();
                     let waits = {
                         let mut hub = shard.hub.borrow_mut();
                         hub.handle_input(self.key, &buf[..n], Now::system());
@@ -158,7 +211,17 @@ impl Connection {
                     }
                 }
                 Poll::Pending => {
-                    shard.hub.borrow_mut().register_waker(self.key, cx.waker());
+                    drop(buf);
+                    // Waiting for input with nothing to write: idle.
+                    if self.writing.is_none()
+                        && self.quietness.should_park(&self.shard.parking, cx.waker())
+                    {
+                        return Poll::Ready(Step::Park);
+                    }
+                    self.shard
+                        .hub
+                        .borrow_mut()
+                        .register_waker(self.key, cx.waker());
                     return Poll::Pending;
                 }
             }
@@ -190,6 +253,7 @@ impl Connection {
             match Pin::new(&mut self.stream).poll_write(cx, bytes) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Step::Gone),
                 Poll::Ready(Ok(n)) => {
+                    self.quietness.note_io();
                     ShardStats::add(&shard.stats.bytes_out, n as u64);
                     writing.written += n;
                     if n == bytes.len() {

@@ -7,12 +7,15 @@
 //!   the socket and its session in the [`LocalHub`];
 //! - the router, which hands the ingestor's deliveries to the hub;
 //! - the sweeper, which gives the hub the time every `sweep_interval`;
-//! - the batch ticker (with `batch_delay`) and, on a drain, the drain task.
+//! - the batch ticker (with `batch_delay`) and, on a drain, the drain task;
+//! - the parking rounds and the unparker ([`parking`]): connections quiet for a round
+//!   give their task up, and get a new one when their socket or session needs it.
 //!
 //! Nothing here is touched from another thread except through the inbox and the stats.
 
 mod connection;
 mod handshake;
+mod parking;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -102,6 +105,8 @@ pub(crate) struct LocalShard {
     /// never across an `await`.
     pub(crate) hub: RefCell<LocalHub>,
     pub(crate) read_buf: RefCell<Vec<u8>>,
+    /// The idle connections that gave their task up.
+    parking: parking::ParkingLot,
     /// The drain's window, once the node drains; wakes the accept loop so it stops
     /// listening and drains.
     drain_window: Cell<Option<Duration>>,
@@ -246,6 +251,22 @@ async fn run_sweeper(shard: Rc<LocalShard>) {
     }
 }
 
+/// Ends a parking round every [`parking::PARK_ROUND`]: the idle connections look at
+/// whether they were quiet through it.
+async fn run_park_rounds(shard: Rc<LocalShard>) {
+    loop {
+        glommio::timer::sleep(parking::PARK_ROUND).await;
+        shard.parking.end_round();
+    }
+}
+
+/// Starts a task for each connection that is unparked.
+async fn run_unparker(shard: Rc<LocalShard>) {
+    while let Some((key, stream, slot)) = shard.parking.next_unparked(&shard.stats).await {
+        glommio::spawn_local(connection::resume(shard.clone(), key, stream, slot)).detach();
+    }
+}
+
 /// Where each shard runs.
 #[derive(Clone, Debug)]
 pub struct ShardPlacement {
@@ -343,6 +364,13 @@ pub fn start_shards(
                             return;
                         }
                     };
+                    let parking = match parking::ParkingLot::new(shard_id) {
+                        Ok(parking) => parking,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(format!("parking lot: {e}")));
+                            return;
+                        }
+                    };
                     let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                     let backend = links.backend.clone();
                     let hub = LocalHub::new(
@@ -362,6 +390,7 @@ pub fn start_shards(
                         backend: RefCell::new(backend),
                         hub: RefCell::new(hub),
                         read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
+                        parking,
                         drain_window: Cell::new(None),
                         drain_waker: RefCell::new(None),
                     });
@@ -413,6 +442,8 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
     let _ = glommio::spawn_local_into(run_router(shard.clone(), inbox), router_queue)
         .map(|t| t.detach());
     glommio::spawn_local(run_sweeper(shard.clone())).detach();
+    glommio::spawn_local(run_park_rounds(shard.clone())).detach();
+    glommio::spawn_local(run_unparker(shard.clone())).detach();
     if !shard.config.batch_delay.is_zero() {
         glommio::spawn_local(run_batch_ticker(shard.clone())).detach();
     }
@@ -446,6 +477,7 @@ async fn serve_shard(shard: Rc<LocalShard>, listener: TcpListener, inbox: LocalI
     drop(listener);
     drain(&shard, window).await;
     shard.hub.borrow_mut().shut_down();
+    shard.parking.shut_down();
     shard.backend.borrow_mut().take();
     tracing::info!(shard = shard.shard_id, "drained");
 }

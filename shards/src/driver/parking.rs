@@ -1,0 +1,297 @@
+//! Idle connections without a task: their sockets wait in one epoll set per shard.
+//!
+//! glommio's model is one task per connection. An idle connection would keep that task
+//! (its header and the [`Connection`](super::connection) future, ~464 B) and the
+//! stream's io_uring readiness sources (~500 B) for as long as it is open, which is
+//! most of a gateway's connections most of the time. So a connection that had no I/O
+//! for a whole [`PARK_ROUND`] gives its task up: its socket is taken out of glommio's
+//! stream and joins the shard's epoll set (one-shot), and the hub keeps its session
+//! with a waker that unparks it. It is unparked, with a new stream and task, as soon as
+//! its socket is readable (input, or the peer left) or the hub queues something for it
+//! (an event, a reply, a close from the sweeper or the drain). Nothing about the
+//! session changes: parking is the driver's business only.
+//!
+//! glommio offers no way to await an arbitrary descriptor's readiness, so a watcher
+//! thread per shard blocks in `epoll_wait` and hands the keys of readable sockets to
+//! the shard over a channel; it is asleep unless a parked connection becomes readable.
+//! The channel is bounded by the parked connections: a registration is one-shot (one
+//! report per park) and the hub takes a waker when it wakes it (one more), so at most
+//! two keys are queued per parked connection.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+use rustix::event::{epoll, eventfd, EventfdFlags};
+
+use crate::admission::ConnectionSlot;
+use crate::hub::ConnKey;
+use crate::stats::ShardStats;
+
+/// A connection with no I/O for one whole round (after the round it was last active
+/// in) is parked: between one and two rounds after its last byte. Long enough that a
+/// connection fed every few hundred milliseconds keeps its task (unparking costs a new
+/// stream and task, and a few system calls); short next to a heartbeat interval, so
+/// that a connection unparked by its ping is parked again within 1–2 s.
+pub(super) const PARK_ROUND: Duration = Duration::from_secs(1);
+/// Readiness reports taken from the kernel per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 256;
+/// The watcher's own key for the stop signal; no connection's key has both halves
+/// at their maximum (the slab would need 4 billion connections).
+const STOP_KEY: u64 = u64::MAX;
+
+/// A parked connection: its socket, out of glommio, and its place in the node.
+struct Parked {
+    socket: OwnedFd,
+    slot: ConnectionSlot,
+}
+
+/// The shard's parked connections and the rounds that decide when to park.
+pub(super) struct ParkingLot {
+    epoll: Arc<OwnedFd>,
+    /// An eventfd in the epoll set: written once to stop the watcher.
+    stop: OwnedFd,
+    watcher: RefCell<Option<JoinHandle<()>>>,
+    parked: RefCell<HashMap<ConnKey, Parked>>,
+    /// Keys to unpark, from the watcher (readable) and from the hub (output queued).
+    to_unpark: flume::Sender<u64>,
+    unpark_requests: flume::Receiver<u64>,
+    /// Counts the rounds since the shard started.
+    round: Cell<u64>,
+    /// The idle connections to wake when the round ends, so that each can look at
+    /// whether it was quiet through it.
+    idle_this_round: RefCell<Vec<Waker>>,
+}
+
+/// Whether a connection is quiet enough to park, from what it saw of the rounds; the
+/// connection's half of [`ParkingLot`]'s rounds.
+#[derive(Debug)]
+pub(super) struct Quietness {
+    /// A new connection, greeted and not yet waited on: it parks at its first wait.
+    /// Connections arrive in bursts (a deploy, a reconnect storm), and one that waits
+    /// parked for its first message leaves its task's memory to the next one, instead
+    /// of holding it until a round ends, by when a burst's tasks have all been
+    /// allocated at once (and the allocator keeps their pages).
+    fresh: bool,
+    /// The connection read or wrote since it last looked at the round.
+    active: bool,
+    /// The round it last looked at; `u64::MAX` before its first look.
+    round_seen: u64,
+    /// Round ends it saw in a row with no I/O in between.
+    quiet_rounds: u8,
+}
+
+impl Quietness {
+    /// A connection just upgraded: it parks as soon as it waits.
+    pub(super) fn fresh() -> Quietness {
+        Quietness {
+            fresh: true,
+            ..Quietness::resumed()
+        }
+    }
+
+    /// A connection unparked for a reason (input, or output queued for it): it parks
+    /// again once quiet for a round.
+    pub(super) fn resumed() -> Quietness {
+        Quietness {
+            fresh: false,
+            active: true,
+            round_seen: u64::MAX,
+            quiet_rounds: 0,
+        }
+    }
+
+    /// The connection read or wrote something.
+    pub(super) fn note_io(&mut self) {
+        self.active = true;
+    }
+
+    /// Called when the connection is about to wait for input with nothing to write:
+    /// `true` when it has been quiet for a whole round and should park. Otherwise it
+    /// is listed to be woken at the round's end (once per round) to look again.
+    pub(super) fn should_park(&mut self, lot: &ParkingLot, waker: &Waker) -> bool {
+        if std::mem::take(&mut self.fresh) {
+            return true;
+        }
+        let round = lot.round.get();
+        if self.round_seen == round {
+            return false;
+        }
+        if self.round_seen != u64::MAX {
+            // A round ended since the last look: was there I/O in between?
+            self.quiet_rounds = if self.active {
+                0
+            } else {
+                self.quiet_rounds.saturating_add(1)
+            };
+        }
+        // The first look of a round counts the I/O before it as that round's: the
+        // next round end then sees only what came after.
+        self.active = false;
+        self.round_seen = round;
+        // Quiet since a look in the round before last: a whole round without I/O.
+        if self.quiet_rounds >= 2 {
+            return true;
+        }
+        lot.idle_this_round.borrow_mut().push(waker.clone());
+        false
+    }
+}
+
+/// The waker the hub holds for a parked connection: asks the shard to unpark it.
+struct UnparkWaker {
+    key: u64,
+    to_unpark: flume::Sender<u64>,
+}
+
+impl Wake for UnparkWaker {
+    fn wake(self: Arc<Self>) {
+        let _ = self.to_unpark.send(self.key);
+    }
+}
+
+impl ParkingLot {
+    /// The shard's epoll set and its watcher thread.
+    pub(super) fn new(shard_id: usize) -> io::Result<ParkingLot> {
+        let epoll = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
+        let stop = eventfd(0, EventfdFlags::CLOEXEC)?;
+        epoll::add(
+            &*epoll,
+            &stop,
+            epoll::EventData::new_u64(STOP_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let (to_unpark, unpark_requests) = flume::unbounded();
+        let watcher = {
+            let (epoll, to_unpark) = (epoll.clone(), to_unpark.clone());
+            std::thread::Builder::new()
+                .name(format!("shard-{shard_id}-parked"))
+                .spawn(move || report_readable(&epoll, &to_unpark))?
+        };
+        Ok(ParkingLot {
+            epoll,
+            stop,
+            watcher: RefCell::new(Some(watcher)),
+            parked: RefCell::new(HashMap::new()),
+            to_unpark,
+            unpark_requests,
+            round: Cell::new(0),
+            idle_this_round: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Puts `key`'s socket in the epoll set, the first half of parking it: returns a
+    /// duplicate of its descriptor for [`ParkingLot::keep`]. glommio's stream cannot
+    /// give its own up, so the caller drops the stream, which closes the original and
+    /// cancels its pending poll. Fails when no descriptor is to spare for the moment:
+    /// the connection then goes on with its task.
+    pub(super) fn watch(&self, key: ConnKey, stream: &TcpStream) -> io::Result<OwnedFd> {
+        // SAFETY: the stream owns the descriptor and outlives this borrow.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let socket = borrowed.try_clone_to_owned()?;
+        // One-shot: one report per park. Input that came before this call is
+        // reported at once, so none is missed between the last read and now.
+        let interest =
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
+        epoll::add(
+            &*self.epoll,
+            &socket,
+            epoll::EventData::new_u64(key.to_raw()),
+            interest,
+        )?;
+        Ok(socket)
+    }
+
+    /// Keeps a parked connection's socket (from [`ParkingLot::watch`]) and place in
+    /// the node; returns the waker the hub must hold for it.
+    pub(super) fn keep(
+        &self,
+        key: ConnKey,
+        socket: OwnedFd,
+        slot: ConnectionSlot,
+        stats: &ShardStats,
+    ) -> Waker {
+        self.parked
+            .borrow_mut()
+            .insert(key, Parked { socket, slot });
+        ShardStats::add(&stats.parked_connections, 1);
+        Waker::from(Arc::new(UnparkWaker {
+            key: key.to_raw(),
+            to_unpark: self.to_unpark.clone(),
+        }))
+    }
+
+    /// Takes `key` out of the lot, with a new glommio stream for its socket; `None`
+    /// when it is not parked (already unparked by an earlier request).
+    fn unpark(&self, key: ConnKey, stats: &ShardStats) -> Option<(TcpStream, ConnectionSlot)> {
+        let Parked { socket, slot } = self.parked.borrow_mut().remove(&key)?;
+        ShardStats::sub(&stats.parked_connections, 1);
+        // Out of the set before glommio polls it; a report already queued for it
+        // finds it unparked and is ignored.
+        let _ = epoll::delete(&*self.epoll, &socket);
+        // SAFETY: `into_raw_fd` hands over the only owner of a connected TCP socket.
+        let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+        Some((stream, slot))
+    }
+
+    /// The next connection to unpark, with its stream; waits for one. `None` only if
+    /// the channel closed, which it does not while the lot holds a sender.
+    pub(super) async fn next_unparked(
+        &self,
+        stats: &ShardStats,
+    ) -> Option<(ConnKey, TcpStream, ConnectionSlot)> {
+        while let Ok(raw) = self.unpark_requests.recv_async().await {
+            let key = ConnKey::from_raw(raw);
+            if let Some((stream, slot)) = self.unpark(key, stats) {
+                return Some((key, stream, slot));
+            }
+        }
+        None
+    }
+
+    /// Ends a round: every connection that waited through it looks at whether to park.
+    pub(super) fn end_round(&self) {
+        self.round.set(self.round.get() + 1);
+        let idle = std::mem::take(&mut *self.idle_this_round.borrow_mut());
+        for waker in idle {
+            waker.wake();
+        }
+    }
+
+    /// Stops the watcher and closes the sockets still parked: the shard has ended.
+    pub(super) fn shut_down(&self) {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+        if let Some(watcher) = self.watcher.borrow_mut().take() {
+            let _ = watcher.join();
+        }
+        self.parked.borrow_mut().clear();
+    }
+}
+
+/// The watcher thread: reports readable parked sockets to the shard until stopped.
+fn report_readable(epoll: &OwnedFd, to_unpark: &flume::Sender<u64>) {
+    let mut events = Vec::with_capacity(EVENTS_PER_WAIT);
+    loop {
+        events.clear();
+        match epoll::wait(epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "the parked connections' epoll_wait failed");
+                return;
+            }
+        }
+        for event in &events {
+            let key = event.data.u64();
+            if key == STOP_KEY || to_unpark.send(key).is_err() {
+                return;
+            }
+        }
+    }
+}
