@@ -44,7 +44,7 @@ enum Step {
     Gone,
     /// [`READS_PER_TURN`] reads made: let the others run, then go on.
     Yield,
-    /// Idle and quiet for a whole round: give the task up ([`super::parking`]).
+    /// Idle, and new or quiet for a whole round: give the task up ([`super::parking`]).
     Park,
 }
 
@@ -214,7 +214,10 @@ impl Connection {
                     drop(buf);
                     // Waiting for input with nothing to write: idle.
                     if self.writing.is_none()
-                        && self.quietness.should_park(&self.shard.parking, cx.waker())
+                        && self
+                            .shard
+                            .parking
+                            .should_park(&mut self.quietness, cx.waker())
                     {
                         return Poll::Ready(Step::Park);
                     }

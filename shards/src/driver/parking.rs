@@ -112,16 +112,16 @@ impl Quietness {
         self.active = true;
     }
 
-    /// Called when the connection is about to wait for input with nothing to write:
-    /// `true` when it has been quiet for a whole round and should park. Otherwise it
-    /// is listed to be woken at the round's end (once per round) to look again.
-    pub(super) fn should_park(&mut self, lot: &ParkingLot, waker: &Waker) -> bool {
+    /// Called when the connection is about to wait for input with nothing to write,
+    /// in round `round` of the shard's: whether it parks, or waits (listed for the
+    /// round's end or not). Pure, so that the rule is tested with rounds the test
+    /// counts; [`ParkingLot::should_park`] gives it the shard's.
+    fn look(&mut self, round: u64) -> Look {
         if std::mem::take(&mut self.fresh) {
-            return true;
+            return Look::Park;
         }
-        let round = lot.round.get();
         if self.round_seen == round {
-            return false;
+            return Look::Wait;
         }
         if self.round_seen != u64::MAX {
             // A round ended since the last look: was there I/O in between?
@@ -137,11 +137,20 @@ impl Quietness {
         self.round_seen = round;
         // Quiet since a look in the round before last: a whole round without I/O.
         if self.quiet_rounds >= 2 {
-            return true;
+            return Look::Park;
         }
-        lot.idle_this_round.borrow_mut().push(waker.clone());
-        false
+        Look::WaitForRoundEnd
     }
+}
+
+/// What a connection about to wait does, from [`Quietness::look`].
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    Park,
+    /// Wait, and be woken at the round's end to look again.
+    WaitForRoundEnd,
+    /// Wait; already to be woken at the round's end.
+    Wait,
 }
 
 /// The waker the hub holds for a parked connection: asks the shard to unpark it.
@@ -255,6 +264,20 @@ impl ParkingLot {
         None
     }
 
+    /// Whether a connection about to wait for input, with nothing to write, parks now
+    /// ([`Quietness::look`] in this round). If it does not, it is woken at the round's
+    /// end (once per round) to look again.
+    pub(super) fn should_park(&self, quietness: &mut Quietness, waker: &Waker) -> bool {
+        match quietness.look(self.round.get()) {
+            Look::Park => true,
+            Look::WaitForRoundEnd => {
+                self.idle_this_round.borrow_mut().push(waker.clone());
+                false
+            }
+            Look::Wait => false,
+        }
+    }
+
     /// Ends a round: every connection that waited through it looks at whether to park.
     pub(super) fn end_round(&self) {
         self.round.set(self.round.get() + 1);
@@ -293,5 +316,52 @@ fn report_readable(epoll: &OwnedFd, to_unpark: &flume::Sender<u64>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Look, Quietness};
+
+    #[test]
+    fn a_fresh_connection_parks_at_its_first_wait() {
+        let mut quietness = Quietness::fresh();
+        assert_eq!(quietness.look(7), Look::Park);
+    }
+
+    #[test]
+    fn a_resumed_connection_parks_after_a_whole_round_without_io() {
+        let mut quietness = Quietness::resumed();
+        // Its I/O in round 0, then waits: listed once for the round's end.
+        assert_eq!(quietness.look(0), Look::WaitForRoundEnd);
+        assert_eq!(quietness.look(0), Look::Wait);
+        // Round 0 ended with no I/O since its look: quiet for part of a round only.
+        assert_eq!(quietness.look(1), Look::WaitForRoundEnd);
+        // Round 1 passed whole without I/O.
+        assert_eq!(quietness.look(2), Look::Park);
+    }
+
+    #[test]
+    fn io_in_a_round_starts_the_count_again() {
+        let mut quietness = Quietness::resumed();
+        assert_eq!(quietness.look(0), Look::WaitForRoundEnd);
+        assert_eq!(quietness.look(1), Look::WaitForRoundEnd);
+        quietness.note_io();
+        assert_eq!(quietness.look(1), Look::Wait, "looked at round 1 already");
+        // The I/O fell in round 1: round 2 must pass whole before it parks.
+        assert_eq!(quietness.look(2), Look::WaitForRoundEnd);
+        assert_eq!(quietness.look(3), Look::WaitForRoundEnd);
+        assert_eq!(quietness.look(4), Look::Park);
+    }
+
+    #[test]
+    fn a_connection_busy_through_rounds_it_did_not_look_at_does_not_park() {
+        let mut quietness = Quietness::resumed();
+        assert_eq!(quietness.look(0), Look::WaitForRoundEnd);
+        // Writing (not waiting) through rounds 1 to 4: no looks, only I/O.
+        quietness.note_io();
+        assert_eq!(quietness.look(5), Look::WaitForRoundEnd);
+        assert_eq!(quietness.look(6), Look::WaitForRoundEnd);
+        assert_eq!(quietness.look(7), Look::Park);
     }
 }
