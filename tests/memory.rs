@@ -318,14 +318,12 @@ async fn floods_that_are_never_read_leave_memory_bounded_and_the_canaries_served
     names.push("after".to_owned());
     // Every flooder's connection is gone (only the canaries are left) before the
     // memory is read again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.metric("coregate_connections").await != CANARIES as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "the flooders' connections linger"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_metric(
+        "coregate_connections",
+        CANARIES as f64,
+        Duration::from_secs(10),
+    )
+    .await;
     let after = rss_bytes(pid);
     let samples = canaries.finish();
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{token, Client, Gateway, Launch};
 use coregate_protocol::{ClientMessage, Encoding};
@@ -20,18 +20,8 @@ const PARK_LIMIT: Duration = Duration::from_secs(10);
 
 /// Waits until `parked` connections are parked, or fails after [`PARK_LIMIT`].
 async fn wait_parked(gw: &Gateway, parked: f64) {
-    let deadline = Instant::now() + PARK_LIMIT;
-    loop {
-        let now_parked = gw.metric("coregate_parked_connections").await;
-        if now_parked == parked {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{now_parked} parked, waiting for {parked}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_metric("coregate_parked_connections", parked, PARK_LIMIT)
+        .await;
 }
 
 #[tokio::test]
@@ -91,11 +81,8 @@ async fn a_peer_that_leaves_while_parked_is_removed() {
     ];
     wait_parked(&gw, 2.0).await;
     drop(clients);
-    let deadline = Instant::now() + PARK_LIMIT;
-    while gw.metric("coregate_connections").await != 0.0 {
-        assert!(Instant::now() < deadline, "the connections are still open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_metric("coregate_connections", 0.0, PARK_LIMIT)
+        .await;
     assert_eq!(gw.metric("coregate_parked_connections").await, 0.0);
 }
 

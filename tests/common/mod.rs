@@ -292,6 +292,22 @@ impl Gateway {
         }
     }
 
+    /// Waits until the sum of metric `name`'s samples is `value`, at most `limit`.
+    pub async fn wait_metric(&self, name: &str, value: f64, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} is {now}, not {value}, after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sum of a metric's samples in `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
