@@ -9,6 +9,9 @@
 #   fanout0   fanout -s 5000 -t 1 -r 200        -> deliveries per gateway CPU-second
 #   fanout20  the same with --batch-delay 20ms  -> deliveries per gateway CPU-second
 #   p99       fanout -s 2000 -t 10 -r 200       -> publish->receive p99 (us)
+#   sparse    fanout -s 5000 -t 5000 -r 2500    -> deliveries per gateway CPU-second when each
+#             subscriber gets one event every 2 s: idle between them long enough to park, so
+#             every delivery pays an unpark and a park (SPARSE_RATE changes the interval)
 # (SCENARIOS="idle15k p99" runs a subset) and prints one line per run; the JSON reports stay in $OUT (default /tmp/compare-builds).
 # The harness is this checkout's target/release/loadtest. Loopback only, bounded in time.
 set -euo pipefail
@@ -60,6 +63,13 @@ run() {
         --payload-bytes 100 --duration 10s --source-addrs 127.0.0.1,127.0.0.2 \
         --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
       echo "$round $build $name deliveries/cpu-s $(field "$json" "round(r['gateway']['deliveries_per_cpu_s'])") deliveries/s $(field "$json" "round(r['fanout']['deliveries_per_s'])")"
+      ;;
+    sparse)
+      start_gateway "$bin"
+      "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 5000 -t 5000 \
+        -r "${SPARSE_RATE:-2500}" --payload-bytes 100 --duration 20s \
+        --source-addrs 127.0.0.1,127.0.0.2 --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
+      echo "$round $build sparse deliveries/cpu-s $(field "$json" "round(r['gateway']['deliveries_per_cpu_s'])") deliveries/s $(field "$json" "round(r['fanout']['deliveries_per_s'])") p50/p99 us $(field "$json" "r['fanout']['latency_us']['p50']")/$(field "$json" "r['fanout']['latency_us']['p99']")"
       ;;
     p99)
       start_gateway "$bin"
