@@ -10,8 +10,9 @@
 #   fanout20  the same with --batch-delay 20ms  -> deliveries per gateway CPU-second
 #   p99       fanout -s 2000 -t 10 -r 200       -> publish->receive p99 (us)
 #   sparse    fanout -s 5000 -t 5000 -r 2500    -> deliveries per gateway CPU-second when each
-#             subscriber gets one event every 2 s: idle between them long enough to park, so
-#             every delivery pays an unpark and a park (SPARSE_RATE changes the interval)
+#             subscriber gets one event every 2 s: a connection parks after a whole quiet
+#             round (1-2 s), so many deliveries pay an unpark and a park (SPARSE_RATE
+#             changes the interval: 1667 is every 3 s)
 # (SCENARIOS="idle15k p99" runs a subset) and prints one line per run; the JSON reports stay in $OUT (default /tmp/compare-builds).
 # The harness is this checkout's target/release/loadtest. Loopback only, bounded in time.
 set -euo pipefail
@@ -44,6 +45,13 @@ stop_gateway() {
 }
 
 field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+# A fan-out report's figures, as the result lines print them.
+throughput() {
+  echo "deliveries/cpu-s $(field "$1" "round(r['gateway']['deliveries_per_cpu_s'])") deliveries/s $(field "$1" "round(r['fanout']['deliveries_per_s'])")"
+}
+latency() {
+  echo "p50 $(field "$1" "r['fanout']['latency_us']['p50']") p99 $(field "$1" "r['fanout']['latency_us']['p99']")"
+}
 
 run() {
   local name=$1 build=$2 bin=$3; shift 3
@@ -62,20 +70,20 @@ run() {
       "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 5000 -t 1 -r 200 \
         --payload-bytes 100 --duration 10s --source-addrs 127.0.0.1,127.0.0.2 \
         --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
-      echo "$round $build $name deliveries/cpu-s $(field "$json" "round(r['gateway']['deliveries_per_cpu_s'])") deliveries/s $(field "$json" "round(r['fanout']['deliveries_per_s'])")"
+      echo "$round $build $name $(throughput "$json")"
       ;;
     sparse)
       start_gateway "$bin"
       "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 5000 -t 5000 \
         -r "${SPARSE_RATE:-2500}" --payload-bytes 100 --duration 20s \
         --source-addrs 127.0.0.1,127.0.0.2 --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
-      echo "$round $build sparse deliveries/cpu-s $(field "$json" "round(r['gateway']['deliveries_per_cpu_s'])") deliveries/s $(field "$json" "round(r['fanout']['deliveries_per_s'])") p50/p99 us $(field "$json" "r['fanout']['latency_us']['p50']")/$(field "$json" "r['fanout']['latency_us']['p99']")"
+      echo "$round $build sparse $(throughput "$json") latency_us $(latency "$json")"
       ;;
     p99)
       start_gateway "$bin"
       "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" --secret $S -s 2000 -t 10 -r 200 \
         --payload-bytes 100 --duration 10s --gateway-pid "$GWPID" --json "$json" >"$OUT/loadtest.log" 2>&1
-      echo "$round $build p99 latency_us p50 $(field "$json" "r['fanout']['latency_us']['p50']") p99 $(field "$json" "r['fanout']['latency_us']['p99']")"
+      echo "$round $build p99 latency_us $(latency "$json")"
       ;;
   esac
   stop_gateway
