@@ -129,8 +129,9 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// One of a user's connection places; given back on drop. Empty when unlimited.
-#[derive(Debug)]
+/// One of a user's connection places; given back on drop. Empty when unlimited, and
+/// (the default) before a connection has a user.
+#[derive(Debug, Default)]
 pub struct UserSlot(Option<(Arc<Admission>, Box<str>)>);
 
 impl Drop for UserSlot {

@@ -101,7 +101,7 @@ impl Session {
         now: Now,
         ctx: &mut SessionCtx,
     ) -> Option<CloseReason> {
-        self.user_slot = Some(slot);
+        self.user_slot = slot;
         let Ok(user_topic) = Topic::user(&identity.user_id) else {
             return Some(CloseReason::AuthenticationFailed);
         };
@@ -110,6 +110,9 @@ impl Session {
         self.set_identity(identity, now);
         self.lift_pre_ready_limits(ctx.config);
         let automatic = [user_topic, Topic::global()];
+        // Exactly these two, which most connections keep alone: a vector's first
+        // growth would make room for four.
+        self.subscriptions.reserve_exact(automatic.len());
         for topic in &automatic {
             self.hold(topic.clone(), ctx);
         }

@@ -17,6 +17,7 @@
 
 pub mod allowance;
 pub mod close;
+mod codec;
 mod messages;
 pub mod outbox;
 mod queue;
@@ -35,7 +36,6 @@ use coregate_protocol::{
     ServerMessage, Topic,
 };
 use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::WebSocketContext;
 use tungstenite::Message;
 use uuid::Uuid;
 
@@ -51,6 +51,7 @@ use crate::ws::{self, BufferedIo};
 use crate::rate_limit::Rate;
 use allowance::{Allowance, Charge};
 pub use close::CloseReason;
+use codec::Codec;
 use outbox::Outbox;
 pub use queue::{Enqueued, Transmit};
 pub use subscribe::PendingSubscribe;
@@ -269,11 +270,13 @@ pub struct Session {
     deadline: Instant,
     last_seen: Instant,
     identity: Option<Identity>,
-    /// The user's connection place, given back when the session is dropped.
-    user_slot: Option<UserSlot>,
+    /// The user's connection place, given back when the session is dropped; empty
+    /// before `ready`.
+    user_slot: UserSlot,
     subscriptions: Vec<Topic>,
     outbox: Outbox,
-    ws: WebSocketContext,
+    /// The WebSocket parser, held only while a frame or message is open.
+    ws: Codec,
     closing_since: Option<Instant>,
     /// Closing took longer than [`CLOSE_FLUSH_LIMIT`]: drop the socket.
     aborted: bool,
@@ -308,10 +311,10 @@ impl Session {
             deadline: now + config.identify_timeout,
             last_seen: now,
             identity: None,
-            user_slot: None,
+            user_slot: UserSlot::default(),
             subscriptions: Vec::new(),
             outbox: Outbox::default(),
-            ws: ws::server_context(config.max_message_size.min(PRE_READY_MAX_MESSAGE_SIZE)),
+            ws: Codec::default(),
             closing_since: None,
             aborted: false,
             peer_closed: false,
@@ -552,10 +555,12 @@ impl Session {
             input,
             output: &mut control,
         };
+        let max_message_size = self.max_message_size(ctx.config);
+        self.ws.see_input(input, max_message_size);
         let mut close = None;
         while close.is_none() {
             let unread = io.input.len();
-            let read = self.ws.read(&mut io);
+            let read = self.ws.read(&mut io, max_message_size);
             close = self.count_input(unread - io.input.len(), read.is_ok(), ctx.config);
             if close.is_some() {
                 break;
@@ -595,7 +600,7 @@ impl Session {
                 }
             }
         }
-        let _ = self.ws.flush(&mut io);
+        self.ws.flush(&mut io);
         if !control.is_empty() {
             self.outbox.push_priority(Bytes::copy_from_slice(&control));
         }
@@ -606,7 +611,19 @@ impl Session {
             // tungstenite has echoed the peer's close frame: nothing more to say.
             self.mark_closing(now.instant);
         }
+        if !self.is_closing() && !self.parser_failed {
+            self.ws.rest();
+        }
         self.enforce_control_budget(now.instant, ctx);
+    }
+
+    /// The largest message this connection may send now: small before `ready`.
+    fn max_message_size(&self, config: &ShardConfig) -> usize {
+        if self.is_ready() {
+            config.max_message_size
+        } else {
+            config.max_message_size.min(PRE_READY_MAX_MESSAGE_SIZE)
+        }
     }
 
     /// Counts `consumed` bytes taken by the parser (`completed`: they ended a message)
@@ -666,11 +683,7 @@ impl Session {
     /// [`Session::charge`]).
     fn lift_pre_ready_limits(&mut self, config: &ShardConfig) {
         self.input_bytes = 0;
-        let max = config.max_message_size;
-        self.ws.set_config(|c| {
-            c.max_message_size = Some(max);
-            c.max_frame_size = Some(max);
-        });
+        self.ws.set_max_message_size(config.max_message_size);
     }
 
     /// Charges one message, a ping or another, to its allowance.
@@ -810,8 +823,8 @@ impl Session {
             code: code.code().into(),
             reason: code.reason().into(),
         };
-        let _ = self.ws.close(&mut io, Some(close_frame));
-        let _ = self.ws.flush(&mut io);
+        let max_message_size = self.max_message_size(ctx.config);
+        self.ws.close(&mut io, close_frame, max_message_size);
         self.outbox.push_priority(Bytes::copy_from_slice(&frame));
         ctx.scratch.control = frame;
         reason.record(ctx.stats, &self.session_id);
