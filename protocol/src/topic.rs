@@ -179,8 +179,13 @@ impl Topic {
 
     /// The `global` topic every connection is subscribed to.
     pub fn global() -> Topic {
+        thread_local! {
+            /// One name per thread for every connection's `global`, instead of an
+            /// allocation each.
+            static GLOBAL: Arc<str> = Arc::from("global");
+        }
         Topic {
-            name: Arc::from("global"),
+            name: GLOBAL.with(Arc::clone),
             namespace: Namespace::Global,
         }
     }
