@@ -491,7 +491,7 @@ impl Session {
         }
     }
 
-    /// Frees the outbox's buffers if it is empty (see `Outbox::release_idle_buffers`).
+    /// Frees the outbox's lanes or their buffers if empty (see `Outbox::release_idle_buffers`).
     pub fn release_idle_buffers(&mut self) {
         self.outbox.release_idle_buffers();
     }

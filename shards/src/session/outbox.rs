@@ -25,8 +25,10 @@ fn release_if_empty<T>(lane: &mut VecDeque<T>) {
     }
 }
 
+/// The two lanes and their byte counts; boxed, and there only while the connection has
+/// had something to write since the sweeper last found it idle.
 #[derive(Default)]
-pub struct Outbox {
+struct Lanes {
     priority: VecDeque<Bytes>,
     normal: VecDeque<LocalDelivery>,
     /// Bytes queued in both lanes.
@@ -35,23 +37,37 @@ pub struct Outbox {
     priority_bytes: usize,
 }
 
+/// A connection's outbound queue; see the module docs. An idle connection's is one
+/// empty pointer instead of 80 bytes in its session.
+#[derive(Default)]
+pub struct Outbox {
+    lanes: Option<Box<Lanes>>,
+}
+
 impl Outbox {
+    fn lanes(&mut self) -> &mut Lanes {
+        self.lanes.get_or_insert_with(Box::default)
+    }
+
     pub fn push_priority(&mut self, frame: Bytes) {
-        self.queued_bytes += frame.len();
-        self.priority_bytes += frame.len();
-        self.priority.push_back(frame);
+        let lanes = self.lanes();
+        lanes.queued_bytes += frame.len();
+        lanes.priority_bytes += frame.len();
+        lanes.priority.push_back(frame);
     }
 
     /// Queues an event whose encoded size is `len`.
     pub fn push_normal(&mut self, delivery: LocalDelivery, len: usize) {
-        self.queued_bytes += len;
-        self.normal.push_back(delivery);
+        let lanes = self.lanes();
+        lanes.queued_bytes += len;
+        lanes.normal.push_back(delivery);
     }
 
     pub fn pop_priority(&mut self) -> Option<Bytes> {
-        let frame = self.priority.pop_front()?;
-        self.queued_bytes -= frame.len();
-        self.priority_bytes -= frame.len();
+        let lanes = self.lanes.as_mut()?;
+        let frame = lanes.priority.pop_front()?;
+        lanes.queued_bytes -= frame.len();
+        lanes.priority_bytes -= frame.len();
         Some(frame)
     }
 
@@ -60,14 +76,15 @@ impl Outbox {
         &mut self,
         len_of: impl Fn(&LocalDelivery) -> usize,
     ) -> Option<LocalDelivery> {
-        let delivery = self.normal.pop_front()?;
-        self.queued_bytes -= len_of(&delivery);
+        let lanes = self.lanes.as_mut()?;
+        let delivery = lanes.normal.pop_front()?;
+        lanes.queued_bytes -= len_of(&delivery);
         Some(delivery)
     }
 
     /// The queued events, oldest first.
     pub fn normal_iter(&self) -> impl Iterator<Item = &LocalDelivery> {
-        self.normal.iter()
+        self.lanes.iter().flat_map(|lanes| lanes.normal.iter())
     }
 
     /// Drops queued ephemeral events (typing), oldest first, until the queue holds at
@@ -77,9 +94,12 @@ impl Outbox {
         target: usize,
         len_of: impl Fn(&LocalDelivery) -> usize,
     ) -> usize {
-        let before = self.normal.len();
-        let mut queued = self.queued_bytes;
-        self.normal.retain(|delivery| {
+        let Some(lanes) = self.lanes.as_mut() else {
+            return 0;
+        };
+        let before = lanes.normal.len();
+        let mut queued = lanes.queued_bytes;
+        lanes.normal.retain(|delivery| {
             if queued > target && delivery.is_ephemeral() {
                 queued -= len_of(delivery);
                 false
@@ -87,53 +107,66 @@ impl Outbox {
                 true
             }
         });
-        self.queued_bytes = queued;
-        before - self.normal.len()
+        lanes.queued_bytes = queued;
+        before - lanes.normal.len()
     }
 
     /// Drops every queued reply (the connection is not reading them).
     pub fn clear_priority(&mut self) {
-        self.queued_bytes -= self.priority_bytes;
-        self.priority_bytes = 0;
-        self.priority = VecDeque::new();
+        if let Some(lanes) = self.lanes.as_mut() {
+            lanes.queued_bytes -= lanes.priority_bytes;
+            lanes.priority_bytes = 0;
+            lanes.priority = VecDeque::new();
+        }
     }
 
     /// Drops every normal event (the connection is closing).
     pub fn clear_normal(&mut self, len_of: impl Fn(&LocalDelivery) -> usize) {
-        for delivery in self.normal.drain(..) {
-            self.queued_bytes -= len_of(&delivery);
+        if let Some(lanes) = self.lanes.as_mut() {
+            for delivery in lanes.normal.drain(..) {
+                lanes.queued_bytes -= len_of(&delivery);
+            }
         }
     }
 
     pub fn has_priority(&self) -> bool {
-        !self.priority.is_empty()
+        self.lanes.as_ref().is_some_and(|l| !l.priority.is_empty())
     }
     pub fn normal_len(&self) -> usize {
-        self.normal.len()
+        self.lanes.as_ref().map_or(0, |l| l.normal.len())
     }
     pub fn is_empty(&self) -> bool {
-        self.priority.is_empty() && self.normal.is_empty()
+        !self.has_priority() && self.normal_len() == 0
     }
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.lanes.as_ref().map_or(0, |l| l.queued_bytes)
     }
     pub fn priority_bytes(&self) -> usize {
-        self.priority_bytes
+        self.lanes.as_ref().map_or(0, |l| l.priority_bytes)
     }
 
-    /// Frees the buffers of empty lanes. Most connections are idle most of the time, and
-    /// an idle one should not keep the capacity its last burst needed; called by the
-    /// shard's sweeper, not after every write, so that a busy connection keeps its
-    /// buffers instead of reallocating them for each batch.
+    /// Frees the buffers of empty lanes, and the lanes themselves once both are empty.
+    /// Most connections are idle most of the time, and an idle one should not keep the
+    /// capacity its last burst needed; called by the shard's sweeper, not after every
+    /// write, so that a busy connection keeps its buffers instead of reallocating them
+    /// for each batch.
     pub fn release_idle_buffers(&mut self) {
-        release_if_empty(&mut self.priority);
-        release_if_empty(&mut self.normal);
+        if self.is_empty() {
+            self.lanes = None;
+        } else if let Some(lanes) = self.lanes.as_mut() {
+            release_if_empty(&mut lanes.priority);
+            release_if_empty(&mut lanes.normal);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn priority_capacity(outbox: &Outbox) -> usize {
+        outbox.lanes.as_ref().map_or(0, |l| l.priority.capacity())
+    }
 
     #[test]
     fn idle_buffers_are_released_only_when_their_lane_is_empty() {
@@ -143,13 +176,15 @@ mod tests {
         outbox.pop_priority();
         outbox.release_idle_buffers();
         assert!(
-            outbox.priority.capacity() > 0,
+            priority_capacity(&outbox) > 0,
             "a lane still holding a frame"
         );
         outbox.pop_priority();
-        assert!(outbox.priority.capacity() > 0, "writing keeps the buffer");
+        assert!(priority_capacity(&outbox) > 0, "writing keeps the buffer");
         outbox.release_idle_buffers();
-        assert_eq!(outbox.priority.capacity(), 0);
+        assert!(outbox.lanes.is_none(), "both lanes empty: nothing is kept");
         assert_eq!(outbox.queued_bytes(), 0);
+        outbox.push_priority(Bytes::from_static(b"three"));
+        assert_eq!(outbox.queued_bytes(), 5, "lanes come back when needed");
     }
 }
