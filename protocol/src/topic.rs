@@ -329,8 +329,9 @@ impl fmt::Display for TopicPattern {
 }
 
 /// A set of patterns, as carried by one token: a topic is allowed if any pattern matches.
+/// Exactly as long as the claim: every connection keeps its token's set for its life.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopicPatterns(pub Vec<TopicPattern>);
+pub struct TopicPatterns(Box<[TopicPattern]>);
 
 impl TopicPatterns {
     /// Whether any pattern matches `topic`. An empty set allows nothing.
@@ -342,7 +343,7 @@ impl TopicPatterns {
     pub fn parse_list<'a>(it: impl IntoIterator<Item = &'a str>) -> Result<Self, TopicError> {
         it.into_iter()
             .map(TopicPattern::parse)
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Box<[_]>, _>>()
             .map(TopicPatterns)
     }
 }
