@@ -37,9 +37,10 @@ struct UserPresence {
     since_ms: u64,
     /// With no connection left: when `offline` is due.
     offline_at: Option<Instant>,
-    /// Where the user's transitions are announced: `presence:<sub>` and the topics of
-    /// the `presence` claim (of the user's latest connection).
-    topics: Vec<Topic>,
+    /// Where the user's transitions are announced besides `presence:<sub>`: the topics
+    /// of the `presence` claim (of the user's latest connection). Most users have none,
+    /// and `presence:<sub>` is made when announcing rather than kept for every user.
+    elsewhere: Box<[Topic]>,
 }
 
 /// What others see of a chosen status.
@@ -69,7 +70,7 @@ pub fn presence_update(
 #[derive(Debug)]
 pub struct PresenceTable {
     grace: Duration,
-    users: HashMap<String, UserPresence>,
+    users: HashMap<Box<str>, UserPresence>,
     /// Offline deadlines, earliest first; an entry whose user reconnected (or whose
     /// deadline moved) since is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
@@ -104,18 +105,25 @@ impl PresenceTable {
     }
 
     fn connect(&mut self, user_id: String, topics: Vec<Topic>, unix_ms: u64) -> Vec<Publication> {
-        let user = self.users.entry(user_id.clone()).or_insert(UserPresence {
-            connections: 0,
-            chosen: PresenceStatus::Online,
-            announced: PresenceStatus::Offline,
-            since_ms: unix_ms,
-            offline_at: None,
-            topics: Vec::new(),
-        });
+        let own = Topic::presence(&user_id).ok();
+        let user = self
+            .users
+            .entry(user_id.as_str().into())
+            .or_insert(UserPresence {
+                connections: 0,
+                chosen: PresenceStatus::Online,
+                announced: PresenceStatus::Offline,
+                since_ms: unix_ms,
+                offline_at: None,
+                elsewhere: Box::default(),
+            });
         user.connections += 1;
         user.offline_at = None;
         if !topics.is_empty() {
-            user.topics = topics;
+            user.elsewhere = topics
+                .into_iter()
+                .filter(|t| Some(t) != own.as_ref())
+                .collect();
         }
         Self::announce(&user_id, user, unix_ms)
     }
@@ -154,8 +162,10 @@ impl PresenceTable {
         }
         user.announced = status;
         user.since_ms = unix_ms;
-        user.topics
+        Topic::presence(user_id)
+            .ok()
             .iter()
+            .chain(user.elsewhere.iter())
             .map(|topic| presence_update(topic, user_id, status, unix_ms))
             .collect()
     }
@@ -165,7 +175,7 @@ impl PresenceTable {
     pub fn query(&self, viewer: &str, user_ids: &[String]) -> Vec<PresenceEntry> {
         user_ids
             .iter()
-            .map(|user_id| match self.users.get(user_id) {
+            .map(|user_id| match self.users.get(user_id.as_str()) {
                 Some(user) if user_id == viewer && user.connections > 0 => PresenceEntry {
                     user_id: user_id.clone(),
                     status: user.chosen,
@@ -201,13 +211,13 @@ impl PresenceTable {
             let Some(Reverse((at, user_id))) = self.deadlines.pop() else {
                 break;
             };
-            let Some(user) = self.users.get(&user_id) else {
+            let Some(user) = self.users.get(user_id.as_str()) else {
                 continue;
             };
             if user.connections > 0 || user.offline_at != Some(at) {
                 continue; // came back, or a later deadline stands
             }
-            if let Some(mut user) = self.users.remove(&user_id) {
+            if let Some(mut user) = self.users.remove(user_id.as_str()) {
                 user.chosen = PresenceStatus::Offline;
                 out.extend(Self::announce(&user_id, &mut user, unix_ms));
             }
