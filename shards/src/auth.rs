@@ -15,7 +15,7 @@ pub struct Identity {
     pub topics: TopicPatterns,
     /// What few identities carry, behind a thin pointer and `None` when there is none
     /// of it: most connections have none, and the session keeps its identity inline
-    /// within a 640-byte size class.
+    /// within a 320-byte size class.
     pub extras: Option<Box<IdentityExtras>>,
 }
 

@@ -100,8 +100,9 @@ pub fn server_context(max_message_size: usize) -> WebSocketContext {
     WebSocketContext::new(Role::Server, Some(config))
 }
 
-/// tungstenite's initial read buffer per connection: enough for the pings and
-/// subscribes of a typical client; a larger frame makes it reserve the frame's length.
+/// tungstenite's initial read buffer, per connection with a message open: enough for the
+/// pings and subscribes of a typical client; a larger frame makes it reserve the frame's
+/// length.
 pub const READ_BUFFER_SIZE: usize = 128;
 /// Bound on what tungstenite may hold unwritten (control frames only).
 const MAX_CONTROL_WRITE: usize = 64 * 1024;
