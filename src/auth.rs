@@ -3,10 +3,12 @@
 //! RS256 or ES256 with a public key; any other algorithm named by a token,
 //! `none` included, is refused.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coregate_protocol::claims::Audience;
-use coregate_protocol::{Claims, Topic};
+use coregate_protocol::{Claims, Topic, TopicError, TopicPatterns};
 use coregate_shards::{AuthError, Identity, IdentityExtras, TokenVerifier};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -114,8 +116,7 @@ impl JwtVerifier {
                 "`sub` must be 1-128 printable ASCII bytes".into(),
             ));
         }
-        let topics = claims
-            .topic_patterns()
+        let topics = shared_patterns(&claims.topics)
             .map_err(|e| AuthError::BadClaims(format!("`topics`: {e}")))?;
         let presence = presence
             .iter()
@@ -136,6 +137,33 @@ impl TokenVerifier for JwtVerifier {
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         self.verify_at(token, unix_now())
     }
+}
+
+/// How many distinct `topics` claims each thread keeps parsed; past it the set starts
+/// afresh (connections keep their copies).
+const SHARED_PATTERN_SETS: usize = 256;
+
+thread_local! {
+    /// The `topics` claims this thread parsed lately, by their text.
+    static PATTERN_SETS: RefCell<HashMap<Vec<String>, TopicPatterns>> = RefCell::default();
+}
+
+/// The claim's patterns, shared with the connections whose tokens carried the same
+/// claim: a backend's tokens mostly carry a few sets (per role, per plan), and every
+/// connection keeps its set for its life (~80 B each unshared; BENCHMARKS.md, issue 17).
+fn shared_patterns(claim: &[String]) -> Result<TopicPatterns, TopicError> {
+    PATTERN_SETS.with(|sets| {
+        let mut sets = sets.borrow_mut();
+        if let Some(patterns) = sets.get(claim) {
+            return Ok(patterns.clone());
+        }
+        let patterns = TopicPatterns::parse_list(claim.iter().map(String::as_str))?;
+        if sets.len() >= SHARED_PATTERN_SETS {
+            sets.clear();
+        }
+        sets.insert(claim.to_vec(), patterns.clone());
+        Ok(patterns)
+    })
 }
 
 fn unix_now() -> u64 {
@@ -237,6 +265,41 @@ mod tests {
         assert!(identity
             .topics
             .allows(&Topic::parse("channel:9").expect("topic")));
+    }
+
+    #[test]
+    fn tokens_with_the_same_topics_claim_share_one_parsed_copy() {
+        let verifier = JwtVerifier::hs256(SECRET, &Config::default());
+        let verify = |sub: &str, topics: &[&str]| {
+            let request = TokenRequest {
+                sub: sub.into(),
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                ..request(60)
+            };
+            verifier
+                .verify(&mint_hs256(SECRET, &request).expect("signs"))
+                .expect("valid")
+                .topics
+        };
+        let alice = verify("alice", &["channel:*", "voice:*"]);
+        let bob = verify("bob", &["channel:*", "voice:*"]);
+        let carol = verify("carol", &["channel:*"]);
+        assert!(alice.is_same_copy(&bob));
+        assert!(!alice.is_same_copy(&carol));
+        assert!(
+            !carol.allows(&Topic::parse("voice:1").expect("topic")),
+            "her own claim"
+        );
+        let bad = TokenRequest {
+            topics: vec!["channel:*".into(), "bad topic".into()],
+            ..request(60)
+        };
+        let token = mint_hs256(SECRET, &bad).expect("signs");
+        assert!(
+            verifier.verify(&token).is_err(),
+            "a bad claim is refused every time"
+        );
+        assert!(verifier.verify(&token).is_err());
     }
 
     #[test]

@@ -329,9 +329,10 @@ impl fmt::Display for TopicPattern {
 }
 
 /// A set of patterns, as carried by one token: a topic is allowed if any pattern matches.
-/// Exactly as long as the claim: every connection keeps its token's set for its life.
+/// Every connection keeps its token's set for its life, so it is exactly as long as the
+/// claim, and shared: connections whose tokens carry the same claim can hold one copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopicPatterns(Box<[TopicPattern]>);
+pub struct TopicPatterns(Arc<[TopicPattern]>);
 
 impl TopicPatterns {
     /// Whether any pattern matches `topic`. An empty set allows nothing.
@@ -343,8 +344,13 @@ impl TopicPatterns {
     pub fn parse_list<'a>(it: impl IntoIterator<Item = &'a str>) -> Result<Self, TopicError> {
         it.into_iter()
             .map(TopicPattern::parse)
-            .collect::<Result<Box<[_]>, _>>()
+            .collect::<Result<Arc<[_]>, _>>()
             .map(TopicPatterns)
+    }
+
+    /// Whether both are the same shared copy, not only equal.
+    pub fn is_same_copy(&self, other: &TopicPatterns) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
