@@ -8,7 +8,10 @@
 //! frame boundary outside a fragmented message. [`FrameBoundary`] tells that from the
 //! frame headers alone; tungstenite still does all the parsing and every check.
 
-use tungstenite::protocol::frame::CloseFrame;
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::coding::OpCode;
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::WebSocketContext;
 use tungstenite::Message;
 
@@ -16,10 +19,6 @@ use crate::ws::{self, BufferedIo};
 
 /// The largest client frame header: 2 bytes, a 64-bit length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
-const FIN: u8 = 0x80;
-const OPCODE: u8 = 0x0f;
-const MASKED: u8 = 0x80;
-const LENGTH: u8 = 0x7f;
 
 /// Where the input seen so far ends, in terms of frames: mid-header, mid-payload, or
 /// on a boundary, and whether a fragmented message is open (a data frame without FIN
@@ -27,17 +26,22 @@ const LENGTH: u8 = 0x7f;
 /// messages, which is when tungstenite holds no state worth keeping.
 #[derive(Debug, Default)]
 struct FrameBoundary {
+    /// The current frame's header bytes seen so far, while it is incomplete.
     header: [u8; MAX_HEADER],
     header_len: u8,
     /// The current frame's payload bytes still to come.
     payload_left: u64,
     in_message: bool,
+    /// A header tungstenite's own parser refused: it refuses the frame too, and the
+    /// session keeps the parser from then on; the frames are no longer followed.
+    unreadable: bool,
 }
 
 impl FrameBoundary {
-    /// Follows `input`, the bytes after those seen before.
+    /// Follows `input`, the bytes after those seen before. Headers are read with
+    /// tungstenite's `FrameHeader::parse`, as its parser reads them.
     fn see(&mut self, mut input: &[u8]) {
-        while !input.is_empty() {
+        while !input.is_empty() && !self.unreadable {
             if self.payload_left > 0 {
                 let skip = usize::try_from(self.payload_left)
                     .map_or(input.len(), |left| left.min(input.len()));
@@ -46,52 +50,33 @@ impl FrameBoundary {
                 continue;
             }
             let have = usize::from(self.header_len);
-            let want = if have < 2 {
-                2
-            } else {
-                header_size(self.header[1])
-            };
-            let take = (want - have).min(input.len());
+            let take = (MAX_HEADER - have).min(input.len());
             self.header[have..have + take].copy_from_slice(&input[..take]);
-            self.header_len += take as u8;
-            input = &input[take..];
-            let have = usize::from(self.header_len);
-            if have >= 2 && have == header_size(self.header[1]) {
-                self.end_header();
+            let mut cursor = Cursor::new(&self.header[..have + take]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some((header, payload_len))) => {
+                    // What was copied past the header is payload: taken from `input` below.
+                    input = &input[cursor.position() as usize - have..];
+                    self.header_len = 0;
+                    self.payload_left = payload_len;
+                    // Data frames (text, binary, continuation) end a message with FIN;
+                    // control frames come between a message's fragments.
+                    if let OpCode::Data(_) = header.opcode {
+                        self.in_message = !header.is_final;
+                    }
+                }
+                Ok(None) => {
+                    self.header_len += take as u8;
+                    input = &input[take..];
+                }
+                Err(_) => self.unreadable = true,
             }
         }
     }
 
-    /// The header is complete: what follows is its payload.
-    fn end_header(&mut self) {
-        let header = &self.header[..usize::from(self.header_len)];
-        let (first, second) = (header[0], header[1]);
-        self.payload_left = match second & LENGTH {
-            126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-            127 => u64::from_be_bytes(header[2..10].try_into().unwrap_or_default()),
-            len => u64::from(len),
-        };
-        // Text, binary and continuation frames end a message with FIN; control frames
-        // come between a message's fragments and change nothing.
-        if first & OPCODE <= 2 {
-            self.in_message = first & FIN == 0;
-        }
-        self.header_len = 0;
-    }
-
     fn at_rest(&self) -> bool {
-        self.header_len == 0 && self.payload_left == 0 && !self.in_message
+        self.header_len == 0 && self.payload_left == 0 && !self.in_message && !self.unreadable
     }
-}
-
-/// A frame header's size from its second byte: the length's extension and the mask.
-fn header_size(second: u8) -> usize {
-    let extension = match second & LENGTH {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    2 + extension + if second & MASKED != 0 { 4 } else { 0 }
 }
 
 /// tungstenite's parser with the frame boundary it has reached.
@@ -244,7 +229,19 @@ mod tests {
     }
 
     #[test]
+    fn a_header_tungstenite_refuses_is_never_at_rest() {
+        let reserved_opcode = client_frame(3, b"");
+        assert!(!seen(&[&reserved_opcode]).at_rest());
+        let ping = client_frame(9, b"");
+        assert!(
+            !seen(&[&reserved_opcode, &ping]).at_rest(),
+            "whatever follows"
+        );
+    }
+
+    #[test]
     fn a_fragmented_message_is_open_until_its_final_continuation() {
+        const FIN: u8 = 0x80;
         let mut first = client_frame(1, b"hel");
         first[0] &= !FIN;
         let mut middle = client_frame(0, b"l");
