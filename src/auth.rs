@@ -116,8 +116,8 @@ impl JwtVerifier {
                 "`sub` must be 1-128 printable ASCII bytes".into(),
             ));
         }
-        let topics = shared_patterns(&claims.topics)
-            .map_err(|e| AuthError::BadClaims(format!("`topics`: {e}")))?;
+        let topics =
+            shared_patterns(&claims).map_err(|e| AuthError::BadClaims(format!("`topics`: {e}")))?;
         let presence = presence
             .iter()
             .map(|raw| Topic::parse(raw))
@@ -151,17 +151,17 @@ thread_local! {
 /// The claim's patterns, shared with the connections whose tokens carried the same
 /// claim: a backend's tokens mostly carry a few sets (per role, per plan), and every
 /// connection keeps its set for its life (~80 B each unshared; BENCHMARKS.md, issue 17).
-fn shared_patterns(claim: &[String]) -> Result<TopicPatterns, TopicError> {
+fn shared_patterns(claims: &Claims) -> Result<TopicPatterns, TopicError> {
     PATTERN_SETS.with(|sets| {
         let mut sets = sets.borrow_mut();
-        if let Some(patterns) = sets.get(claim) {
+        if let Some(patterns) = sets.get(claims.topics.as_slice()) {
             return Ok(patterns.clone());
         }
-        let patterns = TopicPatterns::parse_list(claim.iter().map(String::as_str))?;
+        let patterns = claims.topic_patterns()?;
         if sets.len() >= SHARED_PATTERN_SETS {
             sets.clear();
         }
-        sets.insert(claim.to_vec(), patterns.clone());
+        sets.insert(claims.topics.clone(), patterns.clone());
         Ok(patterns)
     })
 }
