@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod admin;
+mod allocator;
 mod auth;
 mod config;
 mod ingest;
@@ -24,13 +25,6 @@ mod proxy;
 mod voice;
 
 use config::{Config, ConfigArgs, ConfigError, LogFormat};
-
-/// mimalloc, unless built with `--features system-allocator`: the C library's allocator,
-/// which heap profilers (heaptrack, valgrind) see, to account for every byte a
-/// connection costs (BENCHMARKS.md, issue 17).
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Capacity of the shards → ingestor queue, in commands.
 const INGESTOR_QUEUE: usize = 65_536;
@@ -495,6 +489,7 @@ fn run(config: Config, reuse_port_with_running: bool) -> anyhow::Result<()> {
     let placement = coregate_shards::ShardPlacement {
         nr_shards: config.shard_count(),
         cpus: config.cpu_list()?,
+        release_free_memory: allocator::release_free_memory,
     };
     let shards = coregate_shards::start_shards(
         config.listen,

@@ -24,6 +24,7 @@ use super::log_limit::LogLimit;
 use super::router::Router;
 use super::subscriptions::{RedisSubscriptions, MAX_TOPICS_PER_COMMAND};
 use super::{IngestorStats, RedisSettings};
+use crate::allocator::{release_free_memory, ReleaseAfterWork};
 
 /// First reconnection delay.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -57,6 +58,8 @@ enum Event {
     Retry,
     HealthCheck,
     PublisherBroken,
+    /// A second after a burst of work began: the thread's free pages go back.
+    ReleaseMemory,
 }
 
 /// See the module docs. Returns once every command sender is gone.
@@ -149,6 +152,7 @@ pub async fn run(
         super::history_redis::library(&node.settings.prefix, &node.settings.history).into();
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut release = ReleaseAfterWork::default();
     loop {
         if node.subscriber.is_none() && tokio::time::Instant::now() >= node.retry_at {
             node.connect().await;
@@ -160,10 +164,15 @@ pub async fn run(
             _ = tokio::time::sleep_until(node.retry_at), if !connected => Event::Retry,
             _ = health.tick(), if connected => Event::HealthCheck,
             _ = broken.notified() => Event::PublisherBroken,
+            _ = sleep_until_due(release.poll_timeout()) => Event::ReleaseMemory,
         };
+        if release.handle_timeout(Instant::now()) {
+            release_free_memory();
+        }
         match event {
             Event::Command(None) => return,
             Event::Command(Some(command)) => {
+                release.worked(Instant::now());
                 node.handle(command);
                 for command in commands.try_iter().take(DRAIN_BATCH) {
                     node.handle(command);
@@ -173,6 +182,7 @@ pub async fn run(
             }
             Event::Message(None) => node.lost("the subscriber connection closed"),
             Event::Message(Some(message)) => {
+                release.worked(Instant::now());
                 node.receive(&message);
                 for _ in 0..DRAIN_BATCH {
                     let Some(subscriber) = node.subscriber.as_mut() else {
@@ -185,7 +195,7 @@ pub async fn run(
                     }
                 }
             }
-            Event::Retry => {}
+            Event::Retry | Event::ReleaseMemory => {}
             Event::HealthCheck => node.health_check().await,
             Event::PublisherBroken => node.lost("the publisher connection failed"),
         }
@@ -194,6 +204,14 @@ pub async fn run(
 
 fn router_stats(router: &Router) -> Arc<IngestorStats> {
     router.stats().clone()
+}
+
+/// Sleeps until `due`, or for ever when nothing is due.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next message, or never while disconnected.

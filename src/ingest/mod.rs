@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use coregate_shards::{IngestorCommand, MembershipCheck, PresenceAnswer};
 
+use crate::allocator::{release_free_memory, ReleaseAfterWork};
+
 mod backoff;
 pub mod history;
 pub mod history_redis;
@@ -207,6 +209,7 @@ fn run_embedded(
     let mut presence = presence_grace.map(presence::PresenceTable::new);
     let mut streams = history::HistoryStore::new(history);
     let mut next_sweep = Instant::now() + history::SWEEP_INTERVAL;
+    let mut release = ReleaseAfterWork::default();
     let mut handle = |command,
                       typing: &mut typing::TypingTable,
                       presence: &mut Option<presence::PresenceTable>,
@@ -252,10 +255,15 @@ fn run_embedded(
     };
     loop {
         let presence_deadline = presence.as_ref().and_then(|p| p.poll_timeout());
-        let deadline = [typing.poll_timeout(), presence_deadline, Some(next_sweep)]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            typing.poll_timeout(),
+            presence_deadline,
+            Some(next_sweep),
+            release.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let next = match deadline {
             Some(deadline) => match commands.recv_deadline(deadline) {
                 Ok(command) => Some(command),
@@ -273,6 +281,10 @@ fn run_embedded(
             while let Ok(command) = commands.try_recv() {
                 handle(command, &mut typing, &mut presence, &mut streams);
             }
+            release.worked(Instant::now());
+        }
+        if release.handle_timeout(Instant::now()) {
+            release_free_memory();
         }
         for stop in typing.handle_timeout(Instant::now()) {
             handle(

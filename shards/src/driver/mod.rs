@@ -107,6 +107,8 @@ pub(crate) struct LocalShard {
     pub(crate) read_buf: RefCell<Vec<u8>>,
     /// The idle connections that gave their task up.
     parking: parking::ParkingLot,
+    /// See [`ShardPlacement::release_free_memory`].
+    release_free_memory: fn(),
     /// The drain's window, once the node drains; wakes the accept loop so it stops
     /// listening and drains.
     drain_window: Cell<Option<Duration>>,
@@ -252,11 +254,13 @@ async fn run_sweeper(shard: Rc<LocalShard>) {
 }
 
 /// Ends a parking round every [`parking::PARK_ROUND`]: the idle connections look at
-/// whether they were quiet through it.
+/// whether they were quiet through it, and the allocator gives back the pages freed
+/// since the last round (the tasks of those that parked, a connect storm's buffers).
 async fn run_park_rounds(shard: Rc<LocalShard>) {
     loop {
         glommio::timer::sleep(parking::PARK_ROUND).await;
         shard.parking.end_round();
+        (shard.release_free_memory)();
     }
 }
 
@@ -274,6 +278,12 @@ pub struct ShardPlacement {
     /// CPUs to pin shards to, round-robin; `None`: shard i on CPU i when there are
     /// enough CPUs, unpinned otherwise.
     pub cpus: Option<Vec<usize>>,
+    /// Hands the pages the calling thread's allocator holds free back to the kernel;
+    /// each shard calls it at the end of every parking round. The binary picks the
+    /// allocator, so it says how: mimalloc gives a freed page back only when its thread
+    /// allocates again after a delay, and a shard left quiet after a connect storm
+    /// hardly allocates (BENCHMARKS.md, "Idle connections, one shard").
+    pub release_free_memory: fn(),
 }
 
 impl ShardPlacement {
@@ -353,6 +363,7 @@ pub fn start_shards(
             let stats = stats.clone();
             let links = links.clone();
             let admission = admission.clone();
+            let release_free_memory = placement.release_free_memory;
             LocalExecutorBuilder::new(placement.placement(shard_id))
                 .name(&format!("shard-{shard_id}"))
                 .io_memory(IO_MEMORY)
@@ -391,6 +402,7 @@ pub fn start_shards(
                         hub: RefCell::new(hub),
                         read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
                         parking,
+                        release_free_memory,
                         drain_window: Cell::new(None),
                         drain_waker: RefCell::new(None),
                     });
