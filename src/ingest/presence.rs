@@ -35,12 +35,16 @@ struct UserPresence {
     announced: PresenceStatus,
     /// When `announced` last changed, in ms since the epoch.
     since_ms: u64,
-    /// With no connection left: when `offline` is due.
-    offline_at: Option<Instant>,
+    /// How many times the user's last connection closed: an offline deadline stands
+    /// only if it was set at the latest of them and the user has not come back since.
+    /// A count rather than the deadline itself keeps the entry at 48 bytes (one per
+    /// connected user, in a table at most 7/8 full).
+    last_closes: u32,
     /// Where the user's transitions are announced besides `presence:<sub>`: the topics
-    /// of the `presence` claim (of the user's latest connection). Most users have none,
-    /// and `presence:<sub>` is made when announcing rather than kept for every user.
-    elsewhere: Box<[Topic]>,
+    /// of the `presence` claim (of the user's latest connection). Most users have none
+    /// (behind a thin pointer, for the entry's size), and `presence:<sub>` is made when
+    /// announcing rather than kept for every user.
+    elsewhere: Option<Box<Vec<Topic>>>,
 }
 
 /// What others see of a chosen status.
@@ -71,9 +75,9 @@ pub fn presence_update(
 pub struct PresenceTable {
     grace: Duration,
     users: HashMap<Box<str>, UserPresence>,
-    /// Offline deadlines, earliest first; an entry whose user reconnected (or whose
-    /// deadline moved) since is skipped when it comes up.
-    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Offline deadlines, earliest first, with the user's `last_closes` when set; one
+    /// whose user reconnected (or closed again) since is skipped when it comes up.
+    deadlines: BinaryHeap<Reverse<(Instant, String, u32)>>,
 }
 
 impl PresenceTable {
@@ -114,16 +118,16 @@ impl PresenceTable {
                 chosen: PresenceStatus::Online,
                 announced: PresenceStatus::Offline,
                 since_ms: unix_ms,
-                offline_at: None,
-                elsewhere: Box::default(),
+                last_closes: 0,
+                elsewhere: None,
             });
         user.connections += 1;
-        user.offline_at = None;
         if !topics.is_empty() {
-            user.elsewhere = topics
+            let elsewhere: Vec<Topic> = topics
                 .into_iter()
                 .filter(|t| Some(t) != own.as_ref())
                 .collect();
+            user.elsewhere = (!elsewhere.is_empty()).then(|| Box::new(elsewhere));
         }
         Self::announce(&user_id, user, unix_ms)
     }
@@ -134,9 +138,12 @@ impl PresenceTable {
         };
         user.connections = user.connections.saturating_sub(1);
         if user.connections == 0 {
-            let at = now + self.grace;
-            user.offline_at = Some(at);
-            self.deadlines.push(Reverse((at, user_id.to_owned())));
+            user.last_closes = user.last_closes.wrapping_add(1);
+            self.deadlines.push(Reverse((
+                now + self.grace,
+                user_id.to_owned(),
+                user.last_closes,
+            )));
         }
     }
 
@@ -165,7 +172,7 @@ impl PresenceTable {
         Topic::presence(user_id)
             .ok()
             .iter()
-            .chain(user.elsewhere.iter())
+            .chain(user.elsewhere.iter().flat_map(|topics| topics.iter()))
             .map(|topic| presence_update(topic, user_id, status, unix_ms))
             .collect()
     }
@@ -197,24 +204,24 @@ impl PresenceTable {
 
     /// When [`PresenceTable::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|Reverse((at, _))| *at)
+        self.deadlines.peek().map(|Reverse((at, _, _))| *at)
     }
 
     /// Users whose grace ran out at `now` go `offline` (announced if others saw them
     /// otherwise) and are forgotten.
     pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) -> Vec<Publication> {
         let mut out = Vec::new();
-        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+        while let Some(Reverse((at, _, _))) = self.deadlines.peek() {
             if *at > now {
                 break;
             }
-            let Some(Reverse((at, user_id))) = self.deadlines.pop() else {
+            let Some(Reverse((_, user_id, closes))) = self.deadlines.pop() else {
                 break;
             };
             let Some(user) = self.users.get(user_id.as_str()) else {
                 continue;
             };
-            if user.connections > 0 || user.offline_at != Some(at) {
+            if user.connections > 0 || user.last_closes != closes {
                 continue; // came back, or a later deadline stands
             }
             if let Some(mut user) = self.users.remove(user_id.as_str()) {
@@ -237,6 +244,11 @@ mod tests {
     use super::*;
 
     const GRACE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn an_entry_stays_within_48_bytes() {
+        assert!(std::mem::size_of::<(Box<str>, UserPresence)>() <= 48);
+    }
 
     fn topic(s: &str) -> Topic {
         Topic::parse(s).unwrap()
@@ -364,6 +376,24 @@ mod tests {
         assert_eq!(
             seen(&table.handle_timeout(t2 + GRACE, 9)),
             [on("presence:alice", "offline", 9)]
+        );
+    }
+
+    #[test]
+    fn a_deadline_from_before_a_reconnect_does_not_cut_a_later_grace_short() {
+        let t0 = Instant::now();
+        let mut table = PresenceTable::new(GRACE);
+        table.handle(connect("alice", &["presence:alice"]), t0, 0);
+        table.handle(disconnect("alice"), t0, 0);
+        let second = Duration::from_secs(1);
+        table.handle(connect("alice", &["presence:alice"]), t0 + second, 0);
+        table.handle(disconnect("alice"), t0 + second * 2, 0);
+        // The first close's deadline comes up first, with the user gone again: stale.
+        assert!(table.handle_timeout(t0 + GRACE, 0).is_empty());
+        assert_eq!(table.poll_timeout(), Some(t0 + second * 2 + GRACE));
+        assert_eq!(
+            seen(&table.handle_timeout(t0 + second * 2 + GRACE, 5)),
+            [on("presence:alice", "offline", 5)]
         );
     }
 
