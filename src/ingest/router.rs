@@ -210,6 +210,12 @@ mod tests {
     use coregate_shards::shard_inbox;
 
     #[test]
+    fn an_interest_entry_takes_no_padding() {
+        // One per connection at least (its `user:<sub>`), in a table at most 7/8 full.
+        assert_eq!(std::mem::size_of::<(Topic, [ShardSet; 2])>(), 48);
+    }
+
+    #[test]
     fn node_interest_follows_the_first_and_last_shard() {
         let mut router = Router::new(
             Vec::new(),
