@@ -141,7 +141,7 @@ impl Connection {
         self.shard.hub.borrow_mut().remove(self.key);
     }
 
-    /// Hands the socket to the parking lot and the hub the waker that unparks it;
+    /// Hands the socket to the parking lot and tells the hub the connection is parked;
     /// the connection back when it could not be parked.
     fn park(self) -> Option<Connection> {
         let Ok(socket) = self.shard.parking.watch(self.key, &self.stream) else {
@@ -154,8 +154,8 @@ impl Connection {
         let Connection {
             shard, key, slot, ..
         } = self;
-        let waker = shard.parking.keep(key, socket, slot, &shard.stats);
-        shard.hub.borrow_mut().register_waker(key, &waker);
+        shard.parking.keep(key, socket, slot, &shard.stats);
+        shard.hub.borrow_mut().park(key);
         None
     }
 

@@ -384,7 +384,7 @@ pub fn start_shards(
                     };
                     let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                     let backend = links.backend.clone();
-                    let hub = LocalHub::new(
+                    let mut hub = LocalHub::new(
                         shard_id,
                         config.clone(),
                         stats.clone(),
@@ -392,6 +392,7 @@ pub fn start_shards(
                         admission.clone(),
                         links,
                     );
+                    hub.set_unpark_requests(parking.unpark_requests());
                     let shard = Rc::new(LocalShard {
                         shard_id,
                         config,

@@ -5,25 +5,25 @@
 //! stream's io_uring readiness sources (~500 B) for as long as it is open, which is
 //! most of a gateway's connections most of the time. So a connection that had no I/O
 //! for a whole [`PARK_ROUND`] gives its task up: its socket is taken out of glommio's
-//! stream and joins the shard's epoll set (one-shot), and the hub keeps its session
-//! with a waker that unparks it. It is unparked, with a new stream and task, as soon as
-//! its socket is readable (input, or the peer left) or the hub queues something for it
-//! (an event, a reply, a close from the sweeper or the drain). Nothing about the
-//! session changes: parking is the driver's business only.
+//! stream and joins the shard's epoll set (one-shot), and the hub keeps its session,
+//! marked parked. It is unparked, with a new stream and task, as soon as its socket is
+//! readable (input, or the peer left) or the hub queues something for it (an event, a
+//! reply, a close from the sweeper or the drain: the hub then sends its key here
+//! instead of waking a task, [`LocalHub::park`](crate::hub::LocalHub::park)). Nothing
+//! about the session changes.
 //!
 //! glommio offers no way to await an arbitrary descriptor's readiness, so a watcher
 //! thread per shard blocks in `epoll_wait` and hands the keys of readable sockets to
 //! the shard over a channel; it is asleep unless a parked connection becomes readable.
 //! The channel is bounded by the parked connections: a registration is one-shot (one
-//! report per park) and the hub takes a waker when it wakes it (one more), so at most
-//! two keys are queued per parked connection.
+//! report per park) and the hub clears its parked mark when it sends (one more), so at
+//! most two keys are queued per parked connection.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
-use std::task::{Wake, Waker};
+use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ const STOP_KEY: u64 = u64::MAX;
 /// A parked connection: its socket, out of glommio, and its place in the node.
 struct Parked {
     socket: OwnedFd,
+    /// Its key's generation (the index is its place in [`ParkingLot::parked`]).
+    generation: u32,
     slot: ConnectionSlot,
 }
 
@@ -58,7 +60,9 @@ pub(super) struct ParkingLot {
     /// An eventfd in the epoll set: written once to stop the watcher.
     stop: OwnedFd,
     watcher: RefCell<Option<JoinHandle<()>>>,
-    parked: RefCell<HashMap<ConnKey, Parked>>,
+    /// By the hub's slab index, which is dense: 16 bytes a place, where a hash map
+    /// took 24 a bucket in a table at most 7/8 full.
+    parked: RefCell<Vec<Option<Parked>>>,
     /// Keys to unpark, from the watcher (readable) and from the hub (output queued).
     to_unpark: flume::Sender<u64>,
     unpark_requests: flume::Receiver<u64>,
@@ -153,18 +157,6 @@ enum Look {
     Wait,
 }
 
-/// The waker the hub holds for a parked connection: asks the shard to unpark it.
-struct UnparkWaker {
-    key: u64,
-    to_unpark: flume::Sender<u64>,
-}
-
-impl Wake for UnparkWaker {
-    fn wake(self: Arc<Self>) {
-        let _ = self.to_unpark.send(self.key);
-    }
-}
-
 impl ParkingLot {
     /// The shard's epoll set and its watcher thread.
     pub(super) fn new(shard_id: usize) -> io::Result<ParkingLot> {
@@ -187,7 +179,7 @@ impl ParkingLot {
             epoll,
             stop,
             watcher: RefCell::new(Some(watcher)),
-            parked: RefCell::new(HashMap::new()),
+            parked: RefCell::new(Vec::new()),
             to_unpark,
             unpark_requests,
             round: Cell::new(0),
@@ -217,29 +209,43 @@ impl ParkingLot {
         Ok(socket)
     }
 
+    /// Where the hub sends the keys of parked connections to resume.
+    pub(super) fn unpark_requests(&self) -> flume::Sender<u64> {
+        self.to_unpark.clone()
+    }
+
     /// Keeps a parked connection's socket (from [`ParkingLot::watch`]) and place in
-    /// the node; returns the waker the hub must hold for it.
+    /// the node; the caller tells the hub ([`LocalHub::park`](crate::hub::LocalHub::park)).
     pub(super) fn keep(
         &self,
         key: ConnKey,
         socket: OwnedFd,
         slot: ConnectionSlot,
         stats: &ShardStats,
-    ) -> Waker {
-        self.parked
-            .borrow_mut()
-            .insert(key, Parked { socket, slot });
+    ) {
+        let mut parked = self.parked.borrow_mut();
+        if parked.len() <= key.index() {
+            parked.resize_with(key.index() + 1, || None);
+        }
+        parked[key.index()] = Some(Parked {
+            socket,
+            generation: key.generation(),
+            slot,
+        });
         ShardStats::add(&stats.parked_connections, 1);
-        Waker::from(Arc::new(UnparkWaker {
-            key: key.to_raw(),
-            to_unpark: self.to_unpark.clone(),
-        }))
     }
 
     /// Takes `key` out of the lot, with a new glommio stream for its socket; `None`
     /// when it is not parked (already unparked by an earlier request).
     fn unpark(&self, key: ConnKey, stats: &ShardStats) -> Option<(TcpStream, ConnectionSlot)> {
-        let Parked { socket, slot } = self.parked.borrow_mut().remove(&key)?;
+        let Parked { socket, slot, .. } = {
+            let mut parked = self.parked.borrow_mut();
+            let place = parked.get_mut(key.index())?;
+            if place.as_ref()?.generation != key.generation() {
+                return None;
+            }
+            place.take()?
+        };
         ShardStats::sub(&stats.parked_connections, 1);
         // Out of the set before glommio polls it; a report already queued for it
         // finds it unparked and is ignored.

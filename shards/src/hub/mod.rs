@@ -64,6 +64,16 @@ impl ConnKey {
         }
     }
 
+    /// The connection's place in the shard's slab: dense, reused after it ends.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
+    /// Which of the connections that held [`ConnKey::index`] this is.
+    pub(crate) fn generation(self) -> u32 {
+        self.generation
+    }
+
     /// A key for unit tests that need one without a hub.
     #[cfg(test)]
     pub(crate) fn for_tests(index: u32) -> ConnKey {
@@ -85,14 +95,27 @@ pub struct MembershipWait {
 
 struct Slot {
     generation: u32,
+    /// The driver took the connection's task away ([`LocalHub::park`]): waking it is
+    /// asking the driver for a new one, by key. A flag rather than a waker made for
+    /// each parked connection (an allocation per park, ~30 bytes a connection).
+    parked: bool,
     session: Box<Session>,
     waker: Option<Waker>,
 }
 
 impl Slot {
-    fn wake(&mut self) {
+    /// Wakes the connection's task, or asks for a parked connection to be resumed.
+    fn wake(&mut self, index: usize, unpark_requests: &Option<flume::Sender<u64>>) {
         if let Some(waker) = self.waker.take() {
             waker.wake();
+        } else if std::mem::take(&mut self.parked) {
+            let key = ConnKey {
+                index: index as u32,
+                generation: self.generation,
+            };
+            if let Some(requests) = unpark_requests {
+                let _ = requests.send(key.to_raw());
+            }
         }
     }
 }
@@ -157,6 +180,9 @@ pub struct LocalHub {
     waits: Vec<MembershipWait>,
     /// Connections holding events deferred by `batch_delay`, woken at the next tick.
     deferred: Vec<ConnKey>,
+    /// Where a parked connection's wake goes: the driver's parking lot, which resumes
+    /// it ([`LocalHub::park`]).
+    unpark_requests: Option<flume::Sender<u64>>,
 }
 
 impl LocalHub {
@@ -197,7 +223,13 @@ impl LocalHub {
             next_check_id: 0,
             waits: Vec::new(),
             deferred: Vec::new(),
+            unpark_requests: None,
         }
+    }
+
+    /// Where the keys of parked connections go when something is queued for them.
+    pub fn set_unpark_requests(&mut self, requests: flume::Sender<u64>) {
+        self.unpark_requests = Some(requests);
     }
 
     pub fn config(&self) -> &ShardConfig {
@@ -222,6 +254,7 @@ impl LocalHub {
         session.start(start, now, &mut self.parts.ctx());
         entry.insert(Slot {
             generation,
+            parked: false,
             session,
             waker: None,
         });
@@ -256,6 +289,7 @@ impl LocalHub {
     /// Remembers the task to wake when something is queued for `key`.
     pub fn register_waker(&mut self, key: ConnKey, waker: &Waker) {
         if let Some(slot) = slot_mut(&mut self.slots, key) {
+            slot.parked = false;
             match &slot.waker {
                 Some(current) if current.will_wake(waker) => {}
                 _ => slot.waker = Some(waker.clone()),
@@ -263,11 +297,20 @@ impl LocalHub {
         }
     }
 
+    /// `key` has no task any more: when something is queued for it, its key goes to
+    /// the unpark requests ([`LocalHub::set_unpark_requests`]) instead of a waker.
+    pub fn park(&mut self, key: ConnKey) {
+        if let Some(slot) = slot_mut(&mut self.slots, key) {
+            slot.waker = None;
+            slot.parked = true;
+        }
+    }
+
     /// Closes `key` for `reason` (drain); a connection already closing is left alone.
     pub fn close(&mut self, key: ConnKey, reason: CloseReason, now: Instant) {
         if let Some(slot) = slot_mut(&mut self.slots, key) {
             slot.session.close(reason, now, &mut self.parts.ctx());
-            slot.wake();
+            slot.wake(key.index(), &self.unpark_requests);
         }
     }
 
@@ -357,7 +400,7 @@ impl LocalHub {
             return;
         };
         answer(&mut slot.session, &mut self.parts.ctx());
-        slot.wake();
+        slot.wake(key.index(), &self.unpark_requests);
         self.apply_events(key, now);
     }
 
@@ -379,7 +422,9 @@ impl LocalHub {
             }
             match slot.session.enqueue(&delivery, now, &mut ctx) {
                 Enqueued::First if defer => self.deferred.push(key),
-                Enqueued::First | Enqueued::Closed => slot.wake(),
+                Enqueued::First | Enqueued::Closed => {
+                    slot.wake(key.index(), &self.unpark_requests);
+                }
                 Enqueued::Queued | Enqueued::Dropped => {}
             }
         }
@@ -393,7 +438,7 @@ impl LocalHub {
     pub fn wake_deferred(&mut self) {
         for key in std::mem::take(&mut self.deferred) {
             if let Some(slot) = slot_mut(&mut self.slots, key) {
-                slot.wake();
+                slot.wake(key.index(), &self.unpark_requests);
             }
         }
     }
@@ -403,7 +448,7 @@ impl LocalHub {
     /// could not take.
     pub fn handle_timeouts(&mut self, now: Instant) {
         let mut ctx = self.parts.ctx();
-        for (_, slot) in self.slots.iter_mut() {
+        for (index, slot) in self.slots.iter_mut() {
             let session = &mut slot.session;
             let (closing, aborted) = (session.is_closing(), session.is_aborted());
             if !closing {
@@ -411,7 +456,7 @@ impl LocalHub {
             }
             session.handle_timeout(now, &mut ctx);
             if session.is_closing() != closing || session.is_aborted() != aborted {
-                slot.wake();
+                slot.wake(index, &self.unpark_requests);
             }
         }
         self.flush_commands();
@@ -448,7 +493,7 @@ impl LocalHub {
         };
         slot.session
             .complete_subscribe(request, now, &mut self.parts.ctx());
-        slot.wake();
+        slot.wake(key.index(), &self.unpark_requests);
         self.apply_events(key, now);
     }
 

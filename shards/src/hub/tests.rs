@@ -683,3 +683,33 @@ fn an_rpc_flood_is_refused_by_the_rate_limit_before_it_reaches_the_backend() {
     let read = h.read(a);
     assert_eq!(read.first("error")["d"]["code"], "rate_limited");
 }
+
+#[test]
+fn a_parked_connection_is_asked_for_once_when_something_is_queued_for_it() {
+    let mut h = Harness::new(ShardConfig::default());
+    let (requests, unparks) = flume::unbounded();
+    h.hub.set_unpark_requests(requests);
+    let parked = h.connect_subscribed("alice", "channel:1");
+    let other = h.connect_subscribed("bob", "channel:2");
+    h.hub.park(parked);
+    h.hub.park(other);
+    h.publish("channel:1", "message", serde_json::json!({"n": 1}));
+    h.publish("channel:1", "message", serde_json::json!({"n": 2}));
+    assert_eq!(
+        unparks.try_iter().collect::<Vec<_>>(),
+        [parked.to_raw()],
+        "once, and only the subscriber"
+    );
+    // Resumed: its task's waker is registered again; parked again, asked for again.
+    h.hub.register_waker(parked, std::task::Waker::noop());
+    h.publish("channel:1", "message", serde_json::json!({"n": 3}));
+    assert!(
+        unparks.try_iter().next().is_none(),
+        "a task is woken instead"
+    );
+    h.transmit(parked);
+    h.hub.park(parked);
+    h.hub
+        .close(parked, crate::session::CloseReason::Drain, h.now().instant);
+    assert_eq!(unparks.try_iter().collect::<Vec<_>>(), [parked.to_raw()]);
+}
