@@ -31,8 +31,10 @@ import json, sys
 r = json.load(open(sys.argv[1])); n = int(sys.argv[2])
 g, c = r["gateway"], r["connect"]
 before, after = g["rss_before_bytes"], g["rss_after_bytes"]
+anon = g.get("anon_bytes_per_connection")
 print(f"{n:>6} {sys.argv[3]:<8} {c['connected']} connected at {c['rate_per_s']:>6.0f}/s  "
-      f"RSS {before/2**20:.1f} -> {after/2**20:.1f} MiB  per connection {(after-before)/n:,.0f} B")
+      f"RSS {before/2**20:.1f} -> {after/2**20:.1f} MiB  per connection {(after-before)/n:,.0f} B"
+      + (f"  (anonymous {anon:,.0f} B)" if anon is not None else ""))
 PY
   done
 done

@@ -3,12 +3,23 @@
 
 /// Resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vmrss(&status)
+    status_field(pid, "VmRSS:")
 }
 
-fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// The anonymous part of the resident set (`RssAnon`): the heap and stacks, without
+/// the pages of the binary and libraries, whose share at start varies from run to run
+/// by a megabyte or two (what the page cache holds, which copy of the binary is newest).
+pub fn anon_rss_bytes(pid: u32) -> Option<u64> {
+    status_field(pid, "RssAnon:")
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_kb_field(&status, field)
+}
+
+fn parse_kb_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -85,13 +96,13 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(
-            parse_vmrss("Name:\tx\nVmRSS:\t  2048 kB\nVmSwap: 0 kB\n"),
-            Some(2048 * 1024)
-        );
+        let status = "Name:\tx\nVmRSS:\t  2048 kB\nRssAnon:\t  1024 kB\nVmSwap: 0 kB\n";
+        assert_eq!(parse_kb_field(status, "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(parse_kb_field(status, "RssAnon:"), Some(1024 * 1024));
         let stat = "123 (a b) c) S 1 2 3 4 5 6 7 8 9 10 70 30 0 0 20 0";
         assert_eq!(parse_cpu_ticks(stat), Some(100));
         assert!(rss_bytes(std::process::id()).is_some_and(|r| r > 0));
+        assert!(anon_rss_bytes(std::process::id()).is_some_and(|r| r > 0));
         assert!(self_cpu_seconds().is_some());
     }
 }

@@ -117,6 +117,14 @@ pub struct GatewayFigures {
     /// Idle: RSS delta ÷ open connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_connection: Option<f64>,
+    /// Idle: the anonymous part of the RSS (heap, stacks; `RssAnon`) before and after,
+    /// and its delta ÷ open connections: the same figure without the binary's pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anon_before_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anon_after_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anon_bytes_per_connection: Option<f64>,
     /// Gateway CPU seconds over the measured window.
     pub cpu_s: Option<f64>,
     pub window_s: f64,
@@ -301,6 +309,13 @@ impl Summary {
                 g.bytes_per_connection
                     .map_or(String::new(), |b| format!(", {b:.0} B/connection"))
             ));
+            if let Some(per_connection) = g.anon_bytes_per_connection {
+                line(format!(
+                    "gateway anonymous RSS: {} → {}, {per_connection:.0} B/connection",
+                    mb(g.anon_before_bytes),
+                    mb(g.anon_after_bytes),
+                ));
+            }
             line(format!(
                 "gateway CPU: {} over {:.2}s{}{}",
                 g.cpu_s.map_or("?".into(), |c| format!("{c:.2}s")),

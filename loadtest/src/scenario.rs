@@ -226,10 +226,12 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
     };
     let pid = common.gateway_pid;
     let rss_before = pid.and_then(procfs::rss_bytes);
+    let anon_before = pid.and_then(procfs::anon_rss_bytes);
     let (mut fleets, mut collector, phase_s) = connect_phase(common, &shape).await?;
     collector.phase = "settle";
     collector.pump_for(args.settle).await;
     let rss_after = pid.and_then(procfs::rss_bytes);
+    let anon_after = pid.and_then(procfs::anon_rss_bytes);
     let open_after_settle = collector.open();
     let cpu = CpuWindow::start(pid, &fleets);
     collector.phase = "idle";
@@ -246,15 +248,24 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<Summary> {
 
     let gateway = pid.map(|pid| {
         let delta = rss_after.zip(rss_before).map(|(a, b)| a as i64 - b as i64);
+        let anon_delta = anon_after
+            .zip(anon_before)
+            .map(|(a, b)| a as i64 - b as i64);
+        let per_connection = |delta: Option<i64>| {
+            delta
+                .filter(|_| open_after_settle > 0)
+                .map(|d| d as f64 / open_after_settle as f64)
+        };
         let cpu_s = spent.gateway_s;
         GatewayFigures {
             pid,
             rss_before_bytes: rss_before,
             rss_after_bytes: rss_after,
             rss_delta_bytes: delta,
-            bytes_per_connection: delta
-                .filter(|_| open_after_settle > 0)
-                .map(|d| d as f64 / open_after_settle as f64),
+            bytes_per_connection: per_connection(delta),
+            anon_before_bytes: anon_before,
+            anon_after_bytes: anon_after,
+            anon_bytes_per_connection: per_connection(anon_delta),
             cpu_s,
             window_s,
             cpu_utilization: cpu_s.map(|c| c / window_s),
@@ -476,11 +487,11 @@ async fn publishing(
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         rss_delta_bytes: rss_after.zip(rss_before).map(|(a, b)| a as i64 - b as i64),
-        bytes_per_connection: None,
         cpu_s,
         window_s: cpu_window_s,
         cpu_utilization: cpu_s.map(|c| c / cpu_window_s),
         deliveries_per_cpu_s: cpu_s.filter(|&c| c > 0.0).map(|c| deliveries as f64 / c),
+        ..GatewayFigures::default()
     });
     let fanout = FanoutFigures {
         subscribers: connections,
