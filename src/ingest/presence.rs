@@ -44,6 +44,7 @@ struct UserPresence {
     /// of the `presence` claim (of the user's latest connection). Most users have none
     /// (behind a thin pointer, for the entry's size), and `presence:<sub>` is made when
     /// announcing rather than kept for every user.
+    #[allow(clippy::box_collection)] // a thin pointer, for the entry's size
     elsewhere: Option<Box<Vec<Topic>>>,
 }
 

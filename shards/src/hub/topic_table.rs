@@ -31,6 +31,8 @@ enum Subscribers {
     #[default]
     None,
     One(ConnKey),
+    // Boxed on purpose (see above): a set inline is 48 bytes in every entry.
+    #[allow(clippy::box_collection)]
     Many(Box<HashSet<ConnKey>>),
 }
 
