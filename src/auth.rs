@@ -124,8 +124,8 @@ impl JwtVerifier {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| AuthError::BadClaims(format!("`presence`: {e}")))?;
         Ok(Identity {
-            user_id: claims.sub,
-            name: claims.name,
+            user_id: claims.sub.into(),
+            name: claims.name.map(String::into_boxed_str),
             expires_at: claims.exp,
             topics,
             extras: IdentityExtras::boxed(presence, None),
@@ -260,7 +260,7 @@ mod tests {
         let verifier = JwtVerifier::hs256(SECRET, &Config::default());
         let token = mint_hs256(SECRET, &request(60)).expect("signs");
         let identity = verifier.verify(&token).expect("valid");
-        assert_eq!(identity.user_id, "alice");
+        assert_eq!(&*identity.user_id, "alice");
         assert_eq!(identity.name.as_deref(), Some("Alice"));
         assert!(identity
             .topics
@@ -337,7 +337,7 @@ mod tests {
         let token = sign(serde_json::json!({"sub": "ann", "exp": exp, "aud": ["api", "chat"]}));
         let open = JwtVerifier::hs256(SECRET, &Config::default());
         assert_eq!(
-            open.verify(&token).expect("no audience configured").user_id,
+            &*open.verify(&token).expect("no audience configured").user_id,
             "ann"
         );
         let single = sign(serde_json::json!({"sub": "ann", "exp": exp, "aud": "other"}));
@@ -520,7 +520,10 @@ mod tests {
         let exp = unix_now() + 600;
         let longest = "s".repeat(Claims::MAX_SUB_LEN);
         let token = sign(serde_json::json!({"sub": longest, "exp": exp}));
-        assert_eq!(verifier.verify(&token).expect("128 bytes").user_id, longest);
+        assert_eq!(
+            &*verifier.verify(&token).expect("128 bytes").user_id,
+            longest
+        );
         let too_long = sign(serde_json::json!({"sub": "s".repeat(129), "exp": exp}));
         assert!(matches!(
             verifier.verify(&too_long),

@@ -7,15 +7,17 @@ use coregate_protocol::{Topic, TopicPatterns};
 /// Who a connection is, from a verified token.
 #[derive(Clone, Debug)]
 pub struct Identity {
-    pub user_id: String,
-    pub name: Option<String>,
+    /// Boxed strings (16 bytes each, not 24): the session keeps its identity inline
+    /// within a 256-byte size class.
+    pub user_id: Box<str>,
+    pub name: Option<Box<str>>,
     /// Unix seconds after which the connection is closed 4006 unless refreshed.
     pub expires_at: u64,
     /// The topic patterns the `topics` claim allows.
     pub topics: TopicPatterns,
     /// What few identities carry, behind a thin pointer and `None` when there is none
     /// of it: most connections have none, and the session keeps its identity inline
-    /// within a 320-byte size class.
+    /// within a 256-byte size class.
     pub extras: Option<Box<IdentityExtras>>,
 }
 

@@ -101,8 +101,8 @@ impl ConnectGrant {
             None => (None, u64::MAX, TopicPatterns::default(), Vec::new()),
         };
         let identity = Identity {
-            user_id: self.user_id,
-            name: self.name.or(name),
+            user_id: self.user_id.into(),
+            name: self.name.map(String::into_boxed_str).or(name),
             expires_at,
             topics: self.topics.unwrap_or(topics),
             extras: IdentityExtras::boxed(self.presence.unwrap_or(presence), self.meta),

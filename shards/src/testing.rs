@@ -40,8 +40,8 @@ impl TokenVerifier for TestVerifier {
             None => (token, UNIX_START + 3600),
         };
         Ok(Identity {
-            user_id: user.to_owned(),
-            name: Some(format!("{user}'s name")),
+            user_id: user.into(),
+            name: Some(format!("{user}'s name").into()),
             expires_at: exp,
             topics: TopicPatterns::parse_list(["channel:*", "voice:open-*"]).expect("patterns"),
             extras: None,

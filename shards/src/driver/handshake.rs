@@ -106,7 +106,7 @@ async fn admit_upgrade(
     let backend = shard.backend.borrow().clone();
     let start = match &backend {
         Some(backend) if backend.decides_connects() => {
-            let user_id = token.as_ref().map(|t| t.user_id.clone());
+            let user_id = token.as_ref().map(|t| t.user_id.to_string());
             let forwarded = request.token.clone().filter(|_| backend.forwards_token());
             match ask_backend(shard, backend, &raw, user_id, forwarded).await {
                 Ok(grant) => ready(shard, grant.into_identity(token))?,

@@ -632,8 +632,8 @@ impl LocalHub {
         Some(VoiceRequest {
             shard_id: self.shard_id,
             conn: key,
-            user_id: identity.user_id.clone(),
-            name: identity.name.clone(),
+            user_id: identity.user_id.to_string(),
+            name: identity.name.as_deref().map(str::to_owned),
             channel,
             action,
             r#ref,

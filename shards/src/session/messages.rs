@@ -105,7 +105,7 @@ impl Session {
         let Ok(user_topic) = Topic::user(&identity.user_id) else {
             return Some(CloseReason::AuthenticationFailed);
         };
-        let user_id = identity.user_id.clone();
+        let user_id = identity.user_id.to_string();
         let presence_topics = identity.presence_topics();
         self.set_identity(identity, now);
         self.lift_pre_ready_limits(ctx.config);
@@ -150,7 +150,7 @@ impl Session {
     fn refresh(&mut self, token: &str, r#ref: Option<u64>, now: Now, ctx: &mut SessionCtx) {
         let refused = |reason: &str| format!("refresh refused: {reason}");
         match ctx.verifier.verify(token) {
-            Ok(identity) if self.user_id() != Some(identity.user_id.as_str()) => self.reply_error(
+            Ok(identity) if self.user_id() != Some(&*identity.user_id) => self.reply_error(
                 ErrorCode::InvalidToken,
                 &refused("the token is for another user"),
                 r#ref,
@@ -248,8 +248,8 @@ impl Session {
         };
         ctx.events.push(SessionEvent::Typing(TypingSignal {
             topic,
-            user_id: identity.user_id.clone(),
-            name: identity.name.clone(),
+            user_id: identity.user_id.to_string(),
+            name: identity.name.as_deref().map(str::to_owned),
             action,
         }));
     }
@@ -270,7 +270,7 @@ impl Session {
             return;
         };
         ctx.events.push(SessionEvent::Presence(PresenceSignal::Set {
-            user_id: identity.user_id.clone(),
+            user_id: identity.user_id.to_string(),
             status,
         }));
     }

@@ -234,6 +234,11 @@ struct Occasional {
     /// event rate (the SFU asked for them; a room's churn must not rate-limit its
     /// members), other `voice_answer`s are.
     voice_answers_owed: u32,
+    /// Since when the connection has been closing (for ever after: the end of a
+    /// connection is no one's idle state).
+    closing_since: Option<Instant>,
+    /// Since when the queued output has been over the byte budget.
+    over_budget_since: Option<Instant>,
 }
 
 impl Occasional {
@@ -245,6 +250,8 @@ impl Occasional {
             && self.floors.is_empty()
             && self.history_queries.is_empty()
             && self.voice.is_none()
+            && self.closing_since.is_none()
+            && self.over_budget_since.is_none()
     }
 }
 
@@ -277,7 +284,6 @@ pub struct Session {
     outbox: Outbox,
     /// The WebSocket parser, held only while a frame or message is open.
     ws: Codec,
-    closing_since: Option<Instant>,
     /// Closing took longer than [`CLOSE_FLUSH_LIMIT`]: drop the socket.
     aborted: bool,
     /// The peer sent its close frame: nothing more will come.
@@ -286,8 +292,6 @@ pub struct Session {
     /// error): its parser is left mid-frame and must not be fed again, so whatever the
     /// peer sends from then on is discarded.
     parser_failed: bool,
-    /// Since when the queued output has been over the byte budget.
-    over_budget_since: Option<Instant>,
     /// Input bytes taken by the parser: before `ready` all of them (bounded by
     /// [`PRE_READY_INPUT_BYTES`]), after it those since the last complete message
     /// (bounded by [`MAX_WIRE_BYTES_PER_MESSAGE_FACTOR`]); see [`Session::count_input`].
@@ -315,11 +319,9 @@ impl Session {
             subscriptions: Vec::new(),
             outbox: Outbox::default(),
             ws: Codec::default(),
-            closing_since: None,
             aborted: false,
             peer_closed: false,
             parser_failed: false,
-            over_budget_since: None,
             input_bytes: 0,
             events_allowance: Allowance::new(&rates.events, now),
             pings_allowance: Allowance::new(&rates.pings_before_ready, now),
@@ -362,7 +364,15 @@ impl Session {
         self.identity.is_some()
     }
     pub fn is_closing(&self) -> bool {
-        self.closing_since.is_some()
+        self.closing_since().is_some()
+    }
+
+    fn closing_since(&self) -> Option<Instant> {
+        self.occasional.as_ref().and_then(|o| o.closing_since)
+    }
+
+    fn over_budget_since(&self) -> Option<Instant> {
+        self.occasional.as_ref().and_then(|o| o.over_budget_since)
     }
     /// Closing took too long: the driver drops the socket.
     pub fn is_aborted(&self) -> bool {
@@ -377,7 +387,7 @@ impl Session {
         self.peer_closed
     }
     pub fn user_id(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| i.user_id.as_str())
+        self.identity.as_ref().map(|i| &*i.user_id)
     }
     /// Who the connection runs as, once ready.
     pub fn identity(&self) -> Option<&Identity> {
@@ -398,8 +408,8 @@ impl Session {
             let identity = identity?;
             Some(crate::bus::TypingSignal {
                 topic: topic.clone(),
-                user_id: identity.user_id.clone(),
-                name: identity.name.clone(),
+                user_id: identity.user_id.to_string(),
+                name: identity.name.as_deref().map(str::to_owned),
                 action: crate::bus::TypingAction::Stop,
             })
         })
@@ -409,7 +419,7 @@ impl Session {
     pub fn presence_leave(&self) -> Option<crate::bus::PresenceSignal> {
         let identity = self.identity.as_ref()?;
         Some(crate::bus::PresenceSignal::Disconnect {
-            user_id: identity.user_id.clone(),
+            user_id: identity.user_id.to_string(),
         })
     }
     /// The node's answer to this connection's `presence_query`: `presence_state` with
@@ -498,11 +508,13 @@ impl Session {
 
     /// The next instant at which [`Session::handle_timeout`] has something to do.
     pub fn poll_timeout(&self, config: &ShardConfig) -> Option<Instant> {
-        if let Some(since) = self.closing_since {
+        if let Some(since) = self.closing_since() {
             return (!self.aborted).then_some(since + CLOSE_FLUSH_LIMIT);
         }
         let heartbeat = self.last_seen + config.heartbeat_interval * 2;
-        let slow = self.over_budget_since.map(|s| s + config.slow_client_grace);
+        let slow = self
+            .over_budget_since()
+            .map(|s| s + config.slow_client_grace);
         [Some(heartbeat), Some(self.deadline), slow]
             .into_iter()
             .flatten()
@@ -513,7 +525,7 @@ impl Session {
     /// identify, went silent, outlived its token or stayed over its budget, and gives up
     /// on one whose close is not getting out.
     pub fn handle_timeout(&mut self, now: Instant, ctx: &mut SessionCtx) {
-        if let Some(since) = self.closing_since {
+        if let Some(since) = self.closing_since() {
             if now.saturating_duration_since(since) >= CLOSE_FLUSH_LIMIT {
                 self.aborted = true;
             }
@@ -529,7 +541,7 @@ impl Session {
         } else if now.saturating_duration_since(self.last_seen) >= config.heartbeat_interval * 2 {
             Some(CloseReason::HeartbeatTimeout)
         } else if self
-            .over_budget_since
+            .over_budget_since()
             .is_some_and(|since| now.saturating_duration_since(since) >= config.slow_client_grace)
         {
             Some(CloseReason::SlowConsumer)
@@ -832,7 +844,7 @@ impl Session {
     }
 
     fn mark_closing(&mut self, now: Instant) {
-        self.closing_since = Some(now);
+        self.occasional().closing_since = Some(now);
         let encoding = self.encoding;
         self.outbox
             .clear_normal(|d| d.wire(encoding).message().len());

@@ -102,7 +102,7 @@ impl Session {
         let queued = self.outbox.queued_bytes();
         ShardStats::raise(&ctx.stats.outbox_high_water_bytes, queued as u64);
         if queued > budget {
-            self.over_budget_since.get_or_insert(now);
+            self.occasional().over_budget_since.get_or_insert(now);
             if queued > budget.saturating_mul(2) {
                 self.close(CloseReason::SlowConsumerOverflow, now, ctx);
                 return Enqueued::Closed;
@@ -120,10 +120,13 @@ impl Session {
     /// out as its shared frame, copied nowhere).
     pub fn poll_transmit(&mut self, now: Instant, ctx: &SessionCtx) -> Option<Transmit> {
         let transmit = self.next_transmit(now, ctx);
-        if self.over_budget_since.is_some()
+        if self.over_budget_since().is_some()
             && self.outbox.queued_bytes() <= ctx.config.outbound_budget
         {
-            self.over_budget_since = None;
+            if let Some(occasional) = self.occasional.as_mut() {
+                occasional.over_budget_since = None;
+            }
+            self.release_occasional_if_unused();
         }
         transmit
     }

@@ -94,7 +94,7 @@ impl Session {
         };
         match topic.namespace() {
             Namespace::Global => Rule::Allowed,
-            Namespace::User => allowed(topic.id() == identity.user_id),
+            Namespace::User => allowed(topic.id() == &*identity.user_id),
             // Joined through voice_join only.
             Namespace::Voice => Rule::Forbidden,
             _ if membership && authorizer::is_gated(topic) => {
