@@ -18,7 +18,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::handshake::Upgraded;
-use super::parking::Quietness;
+use super::parking::{self, Quietness};
 use super::LocalShard;
 use crate::admission::ConnectionSlot;
 use crate::authorizer::MembershipError;
@@ -92,11 +92,15 @@ pub(super) fn session_task(
 /// for it and reads what woke it, as any connection task does.
 pub(super) fn resume(
     shard: Rc<LocalShard>,
-    key: ConnKey,
-    stream: TcpStream,
-    slot: ConnectionSlot,
+    unparked: parking::Unparked,
 ) -> impl std::future::Future<Output = ()> {
-    Connection::new(shard, stream, key, slot, Quietness::resumed()).run()
+    let parking::Unparked {
+        key,
+        stream,
+        slot,
+        quietness,
+    } = unparked;
+    Connection::new(shard, stream, key, slot, quietness).run()
 }
 
 impl Connection {

@@ -266,8 +266,8 @@ async fn run_park_rounds(shard: Rc<LocalShard>) {
 
 /// Starts a task for each connection that is unparked.
 async fn run_unparker(shard: Rc<LocalShard>) {
-    while let Some((key, stream, slot)) = shard.parking.next_unparked(&shard.stats).await {
-        glommio::spawn_local(connection::resume(shard.clone(), key, stream, slot)).detach();
+    while let Some(unparked) = shard.parking.next_unparked(&shard.stats).await {
+        glommio::spawn_local(connection::resume(shard.clone(), unparked)).detach();
     }
 }
 
