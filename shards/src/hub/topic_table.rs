@@ -6,6 +6,7 @@
 //! local subscriber — the ingestor subscribes to Redis and encodes lazily from that.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use coregate_protocol::{Encoding, Topic};
 
@@ -22,18 +23,48 @@ struct TopicEntry {
 /// local subscriber (every connection's own `user:<sub>`), so that case is kept inline
 /// instead of in a set's heap allocation, and the set is boxed so that the table's
 /// entries stay small (24 bytes instead of 88: one per connection, at least). The set
-/// is a plain hash set (~9 bytes a member at its fullest, 18 just after it doubled):
-/// `global` holds every connection of the shard, and an insertion-ordered set paid
-/// 16 bytes a member for its entries besides the same index (~80 bytes a connection
-/// at 5,000).
+/// is a hash set of raw keys in slab order ([`SlabOrder`]; ~9 bytes a member at its
+/// fullest, 18 just after it doubled): `global` holds every connection of the shard,
+/// and an insertion-ordered set paid 16 bytes a member for its entries besides the
+/// same index (~80 bytes a connection at 5,000).
 #[derive(Default)]
 enum Subscribers {
     #[default]
     None,
     One(ConnKey),
-    // Boxed on purpose (see above): a set inline is 48 bytes in every entry.
+    // Boxed on purpose (see above): a set inline is 32 bytes in every entry.
     #[allow(clippy::box_collection)]
-    Many(Box<HashSet<ConnKey>>),
+    Many(Box<SubscriberSet>),
+}
+
+/// Raw [`ConnKey`]s, placed and walked in slab order.
+type SubscriberSet = HashSet<u64, BuildHasherDefault<SlabOrder>>;
+
+/// Hashes a raw connection key to its slab index in the low bits, which place it in
+/// the table, so that a set's iteration follows the slab: a fan-out walks the sessions
+/// in the order they were made, mostly the order they sit in memory, as the
+/// insertion-ordered set did, instead of at random (which cost ~7% of the deliveries
+/// per CPU-second at 1M/s). The top seven bits, which the table compares first when it
+/// probes, are mixed from the whole key.
+#[derive(Default)]
+struct SlabOrder(u64);
+
+impl Hasher for SlabOrder {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, raw_key: u64) {
+        self.0 = raw_key;
+    }
+
+    fn finish(&self) -> u64 {
+        const TOP_SEVEN: u64 = 0x7f << 57;
+        let index = self.0 & u64::from(u32::MAX);
+        index | (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TOP_SEVEN)
+    }
 }
 
 impl Subscribers {
@@ -44,12 +75,12 @@ impl Subscribers {
                 *self = Subscribers::One(conn);
                 true
             }
-            Subscribers::Many(set) => set.insert(conn),
+            Subscribers::Many(set) => set.insert(conn.to_raw()),
             Subscribers::One(only) if *only == conn => false,
             Subscribers::One(only) => {
-                let mut set = HashSet::with_capacity(2);
-                set.insert(*only);
-                set.insert(conn);
+                let mut set = SubscriberSet::with_capacity_and_hasher(2, Default::default());
+                set.insert(only.to_raw());
+                set.insert(conn.to_raw());
                 *self = Subscribers::Many(Box::new(set));
                 true
             }
@@ -64,7 +95,7 @@ impl Subscribers {
                 true
             }
             Subscribers::None | Subscribers::One(_) => false,
-            Subscribers::Many(set) => set.remove(&conn),
+            Subscribers::Many(set) => set.remove(&conn.to_raw()),
         }
     }
 
@@ -84,7 +115,7 @@ impl Subscribers {
         let (one, many) = match self {
             Subscribers::None => (None, None),
             Subscribers::One(only) => (Some(*only), None),
-            Subscribers::Many(set) => (None, Some(set.iter().copied())),
+            Subscribers::Many(set) => (None, Some(set.iter().copied().map(ConnKey::from_raw))),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -207,6 +238,22 @@ mod tests {
         // One per connection at least (its `user:<sub>`), in a table kept half full
         // on average: every byte here counts about twice per idle connection.
         assert!(std::mem::size_of::<TopicEntry>() <= 24);
+    }
+
+    #[test]
+    fn a_topics_subscribers_are_walked_in_slab_order() {
+        let mut table = LocalTopicTable::default();
+        let t = topic("global");
+        let keys: Vec<ConnKey> = (0..1000)
+            .map(|index| ConnKey {
+                index,
+                generation: index.wrapping_mul(31),
+            })
+            .collect();
+        for &key in keys.iter().rev() {
+            table.subscribe(&t, key, Encoding::Json);
+        }
+        assert_eq!(table.subscribers(&t).collect::<Vec<_>>(), keys);
     }
 
     #[test]
