@@ -96,6 +96,10 @@ pub(super) struct Quietness {
     /// of holding it until a round ends, by when a burst's tasks have all been
     /// allocated at once (and the allocator keeps their pages).
     fresh: bool,
+    /// Unparked after a long park: it parks at its first wait after it read or wrote
+    /// (not at a wait before any: glommio's first read of a new stream waits for the
+    /// input that woke it).
+    park_after_io: bool,
     /// The connection read or wrote since it last looked at the round.
     active: bool,
     /// The round it last looked at; `u64::MAX` before its first look.
@@ -115,13 +119,17 @@ impl Quietness {
 
     /// A connection unparked after `rounds_parked` round ends. One parked that long
     /// (a client that only sends its heartbeat, a subscriber of a rare event) is most
-    /// likely idle for as long again: it parks as soon as it waits, as a new one does.
+    /// likely idle for as long again: it parks as soon as it has done what woke it.
     /// Waiting a round or two first kept the tasks of the ~7% of idle connections
     /// unparked by their latest ping (~70 bytes a connection, averaged, at 5,000).
     /// One parked briefly is being fed: it parks again once quiet for a round.
     pub(super) fn unparked_after(rounds_parked: u64) -> Quietness {
         if rounds_parked >= LONG_PARK_ROUNDS {
-            Quietness::fresh()
+            Quietness {
+                park_after_io: true,
+                active: false,
+                ..Quietness::resumed()
+            }
         } else {
             Quietness::resumed()
         }
@@ -132,6 +140,7 @@ impl Quietness {
     pub(super) fn resumed() -> Quietness {
         Quietness {
             fresh: false,
+            park_after_io: false,
             active: true,
             round_seen: u64::MAX,
             quiet_rounds: 0,
@@ -148,7 +157,7 @@ impl Quietness {
     /// round's end or not). Pure, so that the rule is tested with rounds the test
     /// counts; [`ParkingLot::should_park`] gives it the shard's.
     fn look(&mut self, round: u64) -> Look {
-        if std::mem::take(&mut self.fresh) {
+        if std::mem::take(&mut self.fresh) || (self.park_after_io && self.active) {
             return Look::Park;
         }
         if self.round_seen == round {
@@ -371,11 +380,16 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_unparked_after_a_long_park_parks_at_its_first_wait() {
+    fn a_connection_unparked_after_a_long_park_parks_at_its_first_wait_after_io() {
         let mut long = Quietness::unparked_after(super::LONG_PARK_ROUNDS);
+        // glommio's first read of the new stream waits for the input that woke it.
+        assert_eq!(long.look(40), Look::WaitForRoundEnd);
+        long.note_io();
         assert_eq!(long.look(40), Look::Park);
         let mut brief = Quietness::unparked_after(super::LONG_PARK_ROUNDS - 1);
         assert_eq!(brief.look(40), Look::WaitForRoundEnd);
+        brief.note_io();
+        assert_eq!(brief.look(40), Look::Wait);
     }
 
     #[test]
