@@ -29,8 +29,8 @@ impl TokenVerifier for FuzzVerifier {
             _ => token.strip_prefix("ok:").ok_or(AuthError::BadSignature)?,
         };
         Ok(Identity {
-            user_id: user.to_owned(),
-            name: Some("Fuzz".to_owned()),
+            user_id: user.into(),
+            name: Some("Fuzz".into()),
             expires_at: UNIX_START + 3600,
             topics: TopicPatterns::parse_list(["channel:*", "voice:*"])
                 .map_err(|_| AuthError::Malformed)?,

@@ -41,7 +41,7 @@ use crate::stats::ShardStats;
 /// that a connection unparked by its ping is parked again within 1–2 s.
 pub(super) const PARK_ROUND: Duration = Duration::from_secs(1);
 /// A connection unparked after this many round ends or more parks again as soon as it
-/// waits (see [`Quietness::unparked_after`]).
+/// has done what woke it (see [`Quietness::unparked_after`]).
 const LONG_PARK_ROUNDS: u64 = 3;
 /// Readiness reports taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
@@ -73,8 +73,8 @@ pub(super) struct ParkingLot {
     /// An eventfd in the epoll set: written once to stop the watcher.
     stop: OwnedFd,
     watcher: RefCell<Option<JoinHandle<()>>>,
-    /// By the hub's slab index, which is dense: 16 bytes a place, where a hash map
-    /// took 24 a bucket in a table at most 7/8 full.
+    /// By the hub's slab index, which is dense: 24 bytes a place, where a hash map
+    /// took 32 a bucket (the key besides) in a table at most 7/8 full.
     parked: RefCell<Vec<Option<Parked>>>,
     /// Keys to unpark, from the watcher (readable) and from the hub (output queued).
     to_unpark: flume::Sender<u64>,
