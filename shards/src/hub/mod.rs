@@ -65,7 +65,7 @@ impl ConnKey {
     }
 
     /// The connection's place in the shard's slab: dense, reused after it ends.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self.index as usize
     }
 
