@@ -23,7 +23,7 @@ use crate::ws;
 pub const MAX_SHARDS: usize = 128;
 
 /// A set of shard ids, as a bitmask: the ingestor keeps one per topic and encoding.
-#[derive(Copy, Clone, Default, PartialEq, Eq, Debug)]
+#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, Debug)]
 pub struct ShardSet(u128);
 
 impl ShardSet {

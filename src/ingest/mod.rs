@@ -8,7 +8,7 @@
 //! every publication made on this node goes out (and comes back to be delivered, so it
 //! is delivered once), and the membership checks of the `redis` authorizer.
 //!
-//! - [`router`]: topic → shard sets, and the fan-out to shard queues;
+//! - [`router`]: topic → shard sets ([`interest`]), and the fan-out to shard queues;
 //! - [`subscriptions`]: which topics Redis must be (un)subscribed to, batched;
 //! - [`link`]: the Redis side: connections, reconnection, decoding what arrives;
 //! - [`publisher`]: PUBLISH, pipelined, in order;
@@ -30,6 +30,7 @@ use crate::allocator::{release_free_memory, ReleaseAfterWork};
 mod backoff;
 pub mod history;
 pub mod history_redis;
+mod interest;
 mod link;
 mod log_limit;
 mod membership;

@@ -12,15 +12,15 @@
 //! elsewhere on the node (`/publish`, typing) arrives with `d` as JSON; MessagePack, if in
 //! use, is converted from it while framing.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use coregate_protocol::{Encoding, EncodingSet, Publication, PublicationError, Topic};
 use coregate_shards::history::HistoryPolicy;
-use coregate_shards::{InterestChange, ShardMessage, ShardSender, ShardSet, SharedDelivery};
+use coregate_shards::{InterestChange, ShardMessage, ShardSender, SharedDelivery};
 
+use super::interest::{InterestTable, Transition, Wanted};
 use super::log_limit::LogLimit;
 use super::IngestorStats;
 
@@ -28,7 +28,7 @@ use super::IngestorStats;
 pub struct Router {
     shards: Vec<ShardSender>,
     /// Per topic, per encoding: the shards with at least one local subscriber.
-    interest: HashMap<Topic, [ShardSet; 2]>,
+    interest: InterestTable,
     stats: Arc<IngestorStats>,
     full_warnings: LogLimit,
     /// `--history`: which topics' publications should come with an offset.
@@ -43,7 +43,7 @@ impl Router {
     ) -> Router {
         Router {
             shards,
-            interest: HashMap::new(),
+            interest: InterestTable::default(),
             stats,
             full_warnings: LogLimit::per_second(),
             history,
@@ -60,22 +60,17 @@ impl Router {
         encoding: Encoding,
         change: InterestChange,
     ) -> Option<(Topic, InterestChange)> {
-        let node_change = match change {
-            InterestChange::Gained => {
-                let known = self.interest.contains_key(&topic);
-                self.interest.entry(topic.clone()).or_default()[encoding.index()].insert(shard_id);
-                (!known).then_some((topic, InterestChange::Gained))
-            }
-            InterestChange::Lost => {
-                let emptied = self.interest.get_mut(&topic).is_some_and(|sets| {
-                    sets[encoding.index()].remove(shard_id);
-                    sets.iter().all(ShardSet::is_empty)
-                });
-                if emptied {
-                    self.interest.remove(&topic);
-                }
-                emptied.then_some((topic, InterestChange::Lost))
-            }
+        let wanted = matches!(change, InterestChange::Gained);
+        let node_change = match self.interest.set(&topic, encoding, shard_id, wanted) {
+            Transition {
+                was_wanted: false,
+                is_wanted: true,
+            } => Some((topic, InterestChange::Gained)),
+            Transition {
+                was_wanted: true,
+                is_wanted: false,
+            } => Some((topic, InterestChange::Lost)),
+            _ => None,
         };
         self.stats
             .topics_of_interest
@@ -90,12 +85,12 @@ impl Router {
 
     /// Whether any local shard wants `topic`.
     pub fn is_wanted(&self, topic: &Topic) -> bool {
-        self.interest.contains_key(topic)
+        self.interest.contains(topic)
     }
 
     /// Every topic some local shard wants.
     pub fn topics(&self) -> impl Iterator<Item = &Topic> {
-        self.interest.keys()
+        self.interest.topics()
     }
 
     /// Decodes a message that Redis delivered on `channel` and delivers it, with `d` made
@@ -116,7 +111,7 @@ impl Router {
             });
         }
         let topic = Publication::topic_of_channel(channel, prefix)?;
-        let Some(sets) = self.interest.get(&topic).copied() else {
+        let Some(sets) = self.interest.get(&topic) else {
             self.stats.publications.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .publications_without_subscribers
@@ -147,7 +142,7 @@ impl Router {
     /// The delivery is made already: the embedded bus's history holds the same one, so
     /// a replay is encoded no more than the live event.
     pub fn deliver_shared(&mut self, delivery: Arc<SharedDelivery>) {
-        let Some(sets) = self.interest.get(delivery.topic()).copied() else {
+        let Some(sets) = self.interest.get(delivery.topic()) else {
             self.stats.publications.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .publications_without_subscribers
@@ -171,12 +166,12 @@ impl Router {
         }
     }
 
-    fn deliver_to(&mut self, publication: Publication, sets: [ShardSet; 2]) {
+    fn deliver_to(&mut self, publication: Publication, sets: Wanted) {
         let delivery = Arc::new(SharedDelivery::new(publication, Instant::now()));
         self.send_delivery(delivery, sets);
     }
 
-    fn send_delivery(&mut self, delivery: Arc<SharedDelivery>, sets: [ShardSet; 2]) {
+    fn send_delivery(&mut self, delivery: Arc<SharedDelivery>, sets: Wanted) {
         self.stats.publications.fetch_add(1, Ordering::Relaxed);
         for encoding in encodings_in(&sets).iter() {
             delivery.wire(encoding);
@@ -196,7 +191,7 @@ impl Router {
 }
 
 /// The encodings with at least one interested shard.
-fn encodings_in(sets: &[ShardSet; 2]) -> EncodingSet {
+fn encodings_in(sets: &Wanted) -> EncodingSet {
     Encoding::ALL
         .into_iter()
         .filter(|e| !sets[e.index()].is_empty())
@@ -208,12 +203,6 @@ mod tests {
     use super::*;
     use coregate_shards::bus::LocalInbox;
     use coregate_shards::shard_inbox;
-
-    #[test]
-    fn an_interest_entry_takes_no_padding() {
-        // One per connection at least (its `user:<sub>`), in a table at most 7/8 full.
-        assert_eq!(std::mem::size_of::<(Topic, [ShardSet; 2])>(), 48);
-    }
 
     #[test]
     fn node_interest_follows_the_first_and_last_shard() {
