@@ -25,6 +25,10 @@ impl Rate {
 #[derive(Clone, Debug)]
 pub struct Bucket {
     tokens: f32,
+    /// Takes refused since the last one granted: what tells a client that slows down
+    /// when told from one that floods. Kept here, beside `tokens`, in what would
+    /// otherwise be the `Instant`'s padding.
+    refused_in_a_row: u32,
     last: Instant,
 }
 
@@ -33,6 +37,7 @@ impl Bucket {
     pub fn full(rate: &Rate, now: Instant) -> Bucket {
         Bucket {
             tokens: rate.capacity as f32,
+            refused_in_a_row: 0,
             last: now,
         }
     }
@@ -49,10 +54,17 @@ impl Bucket {
         self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
             true
         } else {
+            self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
             false
         }
+    }
+
+    /// How many takes in a row were refused, up to now.
+    pub fn refused_in_a_row(&self) -> u32 {
+        self.refused_in_a_row
     }
 
     /// Whether the bucket has refilled completely: its owner has been quiet for long
@@ -89,13 +101,21 @@ mod tests {
         assert_eq!(bucket.retry_after(&rate, t0), Duration::from_millis(500));
         let t1 = t0 + Duration::from_millis(499);
         assert!(!bucket.try_take(&rate, t1));
+        assert_eq!(bucket.refused_in_a_row(), 2);
         let t2 = t0 + Duration::from_millis(500);
         assert!(bucket.try_take(&rate, t2), "one token after half a second");
+        assert_eq!(bucket.refused_in_a_row(), 0);
         assert!(!bucket.try_take(&rate, t2));
         let t3 = t2 + Duration::from_secs(3600);
         for _ in 0..20 {
             assert!(bucket.try_take(&rate, t3));
         }
         assert!(!bucket.try_take(&rate, t3), "refill is capped at the burst");
+    }
+
+    #[test]
+    fn a_bucket_and_its_count_of_refusals_fit_in_24_bytes() {
+        // Two per connection: the count lives in what would be padding.
+        assert_eq!(std::mem::size_of::<Bucket>(), 24);
     }
 }

@@ -18,31 +18,27 @@ pub enum Charge {
     Flood,
 }
 
-/// One connection's tokens for one kind of message, plus the count of refusals in a
-/// row: a client that slows down when told is served again, one that keeps sending is
-/// closed. The rate is the caller's, kept once per shard.
+/// One connection's tokens for one kind of message, with its bucket's count of
+/// refusals in a row: a client that slows down when told is served again, one that
+/// keeps sending is closed. The rate is the caller's, kept once per shard.
 #[derive(Clone, Debug)]
 pub struct Allowance {
     bucket: Bucket,
-    refused_in_a_row: u32,
 }
 
 impl Allowance {
     pub fn new(rate: &Rate, now: Instant) -> Self {
         Allowance {
             bucket: Bucket::full(rate, now),
-            refused_in_a_row: 0,
         }
     }
 
     /// Charges one message at `rate`; past `flood_after` refusals in a row, [`Charge::Flood`].
     pub fn charge(&mut self, rate: &Rate, flood_after: u32, now: Instant) -> Charge {
         if self.bucket.try_take(rate, now) {
-            self.refused_in_a_row = 0;
             return Charge::Allowed;
         }
-        self.refused_in_a_row += 1;
-        if self.refused_in_a_row > flood_after {
+        if self.bucket.refused_in_a_row() > flood_after {
             return Charge::Flood;
         }
         Charge::Refused {
