@@ -3,8 +3,8 @@
 //!
 //! These are the only structures shards share, and they are touched once per
 //! connection (on upgrade, identify and close), never per event, so a short mutex is
-//! cheaper than anything cleverer. Slots are guards: dropping one gives it back, so a
-//! connection that ends in any way cannot leak its place.
+//! cheaper than anything cleverer. Slots and admitted users are guards: dropping one
+//! gives its place back, so a connection that ends in any way cannot leak its place.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::auth::Identity;
 use crate::config::ShardConfig;
 use crate::rate_limit::{Bucket, Rate};
 
@@ -91,18 +92,35 @@ impl Admission {
         }
     }
 
-    /// Claims one of `user_id`'s connection places.
-    pub fn claim_user(self: &Arc<Self>, user_id: &str) -> Result<UserSlot, Denied> {
+    /// Admits `identity`'s connection: claims one of its user's places.
+    pub fn claim_user(self: &Arc<Self>, identity: Identity) -> Result<AdmittedUser, Denied> {
         if self.max_connections_per_user == 0 {
-            return Ok(UserSlot(None));
+            return Ok(AdmittedUser {
+                identity,
+                place_of: None,
+            });
         }
         let mut per_user = lock(&self.per_user);
-        let held = per_user.entry(user_id.into()).or_insert(0);
+        let held = per_user.entry(identity.user_id.clone()).or_insert(0);
         if *held >= self.max_connections_per_user {
             return Err(Denied::UserLimit);
         }
         *held += 1;
-        Ok(UserSlot(Some((self.clone(), user_id.into()))))
+        Ok(AdmittedUser {
+            identity,
+            place_of: Some(self.clone()),
+        })
+    }
+
+    /// Gives back one of `user_id`'s places.
+    fn release_user(&self, user_id: &str) {
+        let mut per_user = lock(&self.per_user);
+        if let Some(held) = per_user.get_mut(user_id) {
+            *held -= 1;
+            if *held == 0 {
+                per_user.remove(user_id);
+            }
+        }
     }
 
     /// Connections admitted and not yet closed, node-wide.
@@ -129,22 +147,37 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// One of a user's connection places; given back on drop. Empty when unlimited, and
-/// (the default) before a connection has a user.
-#[derive(Debug, Default)]
-pub struct UserSlot(Option<(Arc<Admission>, Box<str>)>);
+/// An authenticated connection's user: who it runs as and, under a per-user maximum,
+/// the place it holds among the user's connections, given back when this is dropped.
+/// The place is keyed by the identity's user id, so the id is kept once per connection
+/// and a refreshed identity must be the same user's.
+#[derive(Debug)]
+pub struct AdmittedUser {
+    identity: Identity,
+    /// Where the place is held; `None` when users have no maximum.
+    place_of: Option<Arc<Admission>>,
+}
 
-impl Drop for UserSlot {
+impl AdmittedUser {
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Runs as `identity` from now on (a refreshed token). The place stays the user's:
+    /// another user's identity is refused and handed back.
+    pub fn replace_identity(&mut self, identity: Identity) -> Result<(), Identity> {
+        if identity.user_id != self.identity.user_id {
+            return Err(identity);
+        }
+        self.identity = identity;
+        Ok(())
+    }
+}
+
+impl Drop for AdmittedUser {
     fn drop(&mut self) {
-        let Some((admission, user_id)) = self.0.take() else {
-            return;
-        };
-        let mut per_user = lock(&admission.per_user);
-        if let Some(held) = per_user.get_mut(&user_id) {
-            *held -= 1;
-            if *held == 0 {
-                per_user.remove(&user_id);
-            }
+        if let Some(admission) = self.place_of.take() {
+            admission.release_user(&self.identity.user_id);
         }
     }
 }
@@ -193,18 +226,45 @@ mod tests {
         assert!(admission.admit(one, now + Duration::from_secs(1)).is_ok());
     }
 
+    fn user(user_id: &str) -> Identity {
+        Identity {
+            user_id: user_id.into(),
+            name: None,
+            expires_at: 0,
+            topics: Default::default(),
+            extras: None,
+        }
+    }
+
     #[test]
     fn users_hold_at_most_their_maximum_and_get_places_back() {
         let admission = admission(|c| c.max_connections_per_user = 2);
-        let a = admission.claim_user("alice").unwrap();
-        let _b = admission.claim_user("alice").unwrap();
+        let a = admission.claim_user(user("alice")).unwrap();
+        let _b = admission.claim_user(user("alice")).unwrap();
         assert_eq!(
-            admission.claim_user("alice").unwrap_err(),
+            admission.claim_user(user("alice")).unwrap_err(),
             Denied::UserLimit
         );
-        assert!(admission.claim_user("bob").is_ok());
+        assert!(admission.claim_user(user("bob")).is_ok());
         drop(a);
-        assert!(admission.claim_user("alice").is_ok());
+        assert!(admission.claim_user(user("alice")).is_ok());
+    }
+
+    #[test]
+    fn a_refreshed_identity_keeps_the_place_and_another_users_is_refused() {
+        let admission = admission(|c| c.max_connections_per_user = 1);
+        let mut alice = admission.claim_user(user("alice")).unwrap();
+        let mut renewed = user("alice");
+        renewed.expires_at = 99;
+        assert!(alice.replace_identity(renewed).is_ok());
+        assert_eq!(alice.identity().expires_at, 99);
+        let refused = alice.replace_identity(user("bob")).unwrap_err();
+        assert_eq!(&*refused.user_id, "bob");
+        assert_eq!(&*alice.identity().user_id, "alice");
+        assert!(admission.claim_user(user("alice")).is_err(), "still held");
+        drop(alice);
+        assert!(admission.claim_user(user("alice")).is_ok(), "given back");
+        assert!(admission.claim_user(user("bob")).is_ok());
     }
 
     #[test]
@@ -219,7 +279,7 @@ mod tests {
             .map(|_| admission.admit(ip, Instant::now()).unwrap())
             .collect();
         let users: Vec<_> = (0..100)
-            .map(|_| admission.claim_user("u").unwrap())
+            .map(|_| admission.claim_user(user("u")).unwrap())
             .collect();
         assert_eq!(slots.len() + users.len(), 200);
     }

@@ -8,7 +8,7 @@ use coregate_protocol::{Topic, TopicPatterns};
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// Boxed strings (16 bytes each, not 24): the session keeps its identity inline
-    /// within a 256-byte size class.
+    /// within a 224-byte size class.
     pub user_id: Box<str>,
     pub name: Option<Box<str>>,
     /// Unix seconds after which the connection is closed 4006 unless refreshed.
@@ -17,7 +17,7 @@ pub struct Identity {
     pub topics: TopicPatterns,
     /// What few identities carry, behind a thin pointer and `None` when there is none
     /// of it: most connections have none, and the session keeps its identity inline
-    /// within a 256-byte size class.
+    /// within a 224-byte size class.
     pub extras: Option<Box<IdentityExtras>>,
 }
 

@@ -225,13 +225,9 @@ impl Harness {
     pub fn connect_ready(&mut self, token: &str, encoding: Encoding) -> ConnKey {
         let identity = TestVerifier.verify(token).unwrap();
         let admission = Arc::new(Admission::new(self.hub.config()));
-        let slot = admission.claim_user(&identity.user_id).unwrap();
+        let user = admission.claim_user(identity).unwrap();
         let now = self.now();
-        let start = Start::Ready {
-            identity,
-            slot,
-            data: None,
-        };
+        let start = Start::Ready { user, data: None };
         self.hub.connect(encoding, start, now)
     }
 

@@ -99,14 +99,10 @@ impl Rig {
         );
         let start = if identity {
             let identity = FuzzVerifier.verify("ok").expect("the fuzz token");
-            let slot = admission
-                .claim_user(&identity.user_id)
+            let user = admission
+                .claim_user(identity)
                 .expect("the first connection of its user");
-            Start::Ready {
-                identity,
-                slot,
-                data: None,
-            }
+            Start::Ready { user, data: None }
         } else {
             Start::Identify
         };

@@ -136,15 +136,11 @@ fn ready(
     shard: &LocalShard,
     (identity, data): (Identity, Option<serde_json::Value>),
 ) -> Result<Start, Option<Refusal>> {
-    let slot = shard
+    let user = shard
         .admission
-        .claim_user(&identity.user_id)
+        .claim_user(identity)
         .map_err(|denied| Some(refusal_for(denied)))?;
-    Ok(Start::Ready {
-        identity,
-        slot,
-        data,
-    })
+    Ok(Start::Ready { user, data })
 }
 
 /// The backend's connect call for this upgrade request (`raw`): made by the node's

@@ -10,7 +10,7 @@ use coregate_protocol::{
 };
 
 use super::{dedup, CloseReason, Now, Session, SessionCtx, SessionEvent};
-use crate::admission::UserSlot;
+use crate::admission::AdmittedUser;
 use crate::auth::{Identity, IdentityExtras};
 use crate::bus::{PresenceSignal, TypingAction, TypingSignal};
 use crate::voice::VoiceAction;
@@ -43,10 +43,10 @@ impl Session {
                         return Some(CloseReason::AuthenticationFailed);
                     }
                 };
-                let Ok(slot) = ctx.admission.claim_user(&identity.user_id) else {
+                let Ok(user) = ctx.admission.claim_user(identity) else {
                     return Some(CloseReason::TooManyConnections);
                 };
-                return self.become_ready(identity, slot, r#ref, None, now, ctx);
+                return self.become_ready(user, r#ref, None, now, ctx);
             }
             _ if !ready => return Some(CloseReason::NotAuthenticated),
             ClientMessage::Refresh { token } => self.refresh(&token, r#ref, now, ctx),
@@ -94,20 +94,20 @@ impl Session {
     /// `identify`'s `ref`, carrying the backend's connect `data`).
     pub(super) fn become_ready(
         &mut self,
-        identity: Identity,
-        slot: UserSlot,
+        user: AdmittedUser,
         r#ref: Option<u64>,
         data: Option<serde_json::Value>,
         now: Now,
         ctx: &mut SessionCtx,
     ) -> Option<CloseReason> {
-        self.user_slot = slot;
+        let identity = user.identity();
         let Ok(user_topic) = Topic::user(&identity.user_id) else {
             return Some(CloseReason::AuthenticationFailed);
         };
         let user_id = identity.user_id.to_string();
         let presence_topics = identity.presence_topics();
-        self.set_identity(identity, now);
+        self.deadline = expiry(identity, now);
+        self.user = Some(user);
         self.lift_pre_ready_limits(ctx.config);
         let automatic = [user_topic, Topic::global()];
         // Exactly these two, which most connections keep alone: a vector's first
@@ -136,35 +136,34 @@ impl Session {
         None
     }
 
-    /// Runs as `identity` from now on; its token's `exp` (wall-clock seconds) becomes a
-    /// deadline on the monotonic clock.
-    fn set_identity(&mut self, identity: Identity, now: Now) {
-        // An `exp` centuries away (or none: a backend's connect call) would overflow the
-        // monotonic clock: no connection outlives `MAX_SESSION_LIFETIME` unrefreshed.
-        let left = Duration::from_secs(identity.expires_at.saturating_sub(now.unix_secs))
-            .min(MAX_SESSION_LIFETIME);
-        self.deadline = now.instant + left;
-        self.identity = Some(identity);
-    }
-
     fn refresh(&mut self, token: &str, r#ref: Option<u64>, now: Now, ctx: &mut SessionCtx) {
         let refused = |reason: &str| format!("refresh refused: {reason}");
         match ctx.verifier.verify(token) {
-            Ok(identity) if self.user_id() != Some(&*identity.user_id) => self.reply_error(
-                ErrorCode::InvalidToken,
-                &refused("the token is for another user"),
-                r#ref,
-                ctx,
-            ),
             Ok(mut identity) => {
                 let exp = identity.expires_at;
+                let deadline = expiry(&identity, now);
                 // The connect call's `meta` belongs to the connection, not to a token.
-                if let Some(meta) = self.identity.as_ref().and_then(Identity::meta) {
+                if let Some(meta) = self.identity().and_then(Identity::meta) {
                     let presence = identity.presence_claim().to_vec();
                     identity.extras = IdentityExtras::boxed(presence, Some(meta.clone()));
                 }
-                self.set_identity(identity, now);
-                self.reply(&ServerMessage::Refreshed { exp }, r#ref, ctx);
+                // Ready (refresh is refused before): the user is there.
+                match self
+                    .user
+                    .as_mut()
+                    .map(|user| user.replace_identity(identity))
+                {
+                    Some(Ok(())) => {
+                        self.deadline = deadline;
+                        self.reply(&ServerMessage::Refreshed { exp }, r#ref, ctx);
+                    }
+                    _ => self.reply_error(
+                        ErrorCode::InvalidToken,
+                        &refused("the token is for another user"),
+                        r#ref,
+                        ctx,
+                    ),
+                }
             }
             Err(e) => self.reply_error(
                 ErrorCode::InvalidToken,
@@ -243,7 +242,7 @@ impl Session {
             (TypingAction::Stop, None) if !self.subscriptions.contains(&topic) => return,
             _ => {}
         }
-        let Some(identity) = &self.identity else {
+        let Some(identity) = self.identity() else {
             return;
         };
         ctx.events.push(SessionEvent::Typing(TypingSignal {
@@ -266,7 +265,7 @@ impl Session {
             );
             return;
         }
-        let Some(identity) = &self.identity else {
+        let Some(identity) = self.identity() else {
             return;
         };
         ctx.events.push(SessionEvent::Presence(PresenceSignal::Set {
@@ -316,4 +315,14 @@ impl Session {
         ctx.events
             .push(SessionEvent::PresenceQuery { r#ref, user_ids });
     }
+}
+
+/// When a connection running as `identity` must be closed unless refreshed: its token's
+/// `exp` (wall-clock seconds) as a deadline on the monotonic clock.
+fn expiry(identity: &Identity, now: Now) -> std::time::Instant {
+    // An `exp` centuries away (or none: a backend's connect call) would overflow the
+    // monotonic clock: no connection outlives `MAX_SESSION_LIFETIME` unrefreshed.
+    let left = Duration::from_secs(identity.expires_at.saturating_sub(now.unix_secs))
+        .min(MAX_SESSION_LIFETIME);
+    now.instant + left
 }

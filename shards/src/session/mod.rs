@@ -39,7 +39,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::Message;
 use uuid::Uuid;
 
-use crate::admission::{Admission, UserSlot};
+use crate::admission::{Admission, AdmittedUser};
 use crate::auth::{Identity, TokenVerifier};
 use crate::authorizer::MembershipGate;
 use crate::backend::{RpcAnswer, RpcFailure};
@@ -117,8 +117,7 @@ pub enum Start {
     /// Authenticated at the upgrade (a verified token, or the backend's connect call):
     /// `ready` at once, with the connect call's `data` if any.
     Ready {
-        identity: Identity,
-        slot: UserSlot,
+        user: AdmittedUser,
         data: Option<serde_json::Value>,
     },
     /// The backend's connect call refused the connection, or could not be made:
@@ -276,10 +275,9 @@ pub struct Session {
     /// expires (on the monotonic clock). One field: a connection has one or the other.
     deadline: Instant,
     last_seen: Instant,
-    identity: Option<Identity>,
-    /// The user's connection place, given back when the session is dropped; empty
-    /// before `ready`.
-    user_slot: UserSlot,
+    /// Who the connection runs as, with its place among the user's connections (given
+    /// back when the session is dropped); `None` before `ready`.
+    user: Option<AdmittedUser>,
     subscriptions: Vec<Topic>,
     outbox: Outbox,
     /// The WebSocket parser, held only while a frame or message is open.
@@ -314,8 +312,7 @@ impl Session {
             session_id: Uuid::new_v4(),
             deadline: now + config.identify_timeout,
             last_seen: now,
-            identity: None,
-            user_slot: UserSlot::default(),
+            user: None,
             subscriptions: Vec::new(),
             outbox: Outbox::default(),
             ws: Codec::default(),
@@ -342,11 +339,7 @@ impl Session {
         );
         let close = match start {
             Start::Identify => None,
-            Start::Ready {
-                identity,
-                slot,
-                data,
-            } => self.become_ready(identity, slot, None, data, now, ctx),
+            Start::Ready { user, data } => self.become_ready(user, None, data, now, ctx),
             Start::Close(reason) => Some(reason),
         };
         if let Some(reason) = close {
@@ -361,7 +354,7 @@ impl Session {
         &self.session_id
     }
     pub fn is_ready(&self) -> bool {
-        self.identity.is_some()
+        self.user.is_some()
     }
     pub fn is_closing(&self) -> bool {
         self.closing_since().is_some()
@@ -387,11 +380,11 @@ impl Session {
         self.peer_closed
     }
     pub fn user_id(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| &*i.user_id)
+        self.identity().map(|i| &*i.user_id)
     }
     /// Who the connection runs as, once ready.
     pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
+        self.user.as_ref().map(AdmittedUser::identity)
     }
     pub fn subscriptions(&self) -> &[Topic] {
         &self.subscriptions
@@ -403,7 +396,7 @@ impl Session {
     /// The `typing_stop`s that the connection's end owes: one per open indicator. The
     /// hub sends them when it removes the connection, whatever closed it.
     pub fn typing_stops(&self) -> impl Iterator<Item = crate::bus::TypingSignal> + '_ {
-        let identity = self.identity.as_ref();
+        let identity = self.identity();
         self.typing_topics().iter().filter_map(move |topic| {
             let identity = identity?;
             Some(crate::bus::TypingSignal {
@@ -417,7 +410,7 @@ impl Session {
     /// The `Disconnect` that the end of a ready connection owes the presence table
     /// (none for one that never became ready: it was never counted).
     pub fn presence_leave(&self) -> Option<crate::bus::PresenceSignal> {
-        let identity = self.identity.as_ref()?;
+        let identity = self.identity()?;
         Some(crate::bus::PresenceSignal::Disconnect {
             user_id: identity.user_id.to_string(),
         })

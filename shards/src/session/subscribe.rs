@@ -89,7 +89,7 @@ impl Session {
                 Rule::Forbidden
             }
         };
-        let Some(identity) = &self.identity else {
+        let Some(identity) = self.identity() else {
             return Rule::Forbidden;
         };
         match topic.namespace() {

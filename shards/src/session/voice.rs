@@ -58,8 +58,7 @@ impl Session {
             return self.reply_voice_error(code, message, &channel, r#ref, ctx);
         };
         let allowed = self
-            .identity
-            .as_ref()
+            .identity()
             .is_some_and(|identity| identity.topics.allows(&topic));
         if !allowed {
             let message = format!("not allowed in the voice channel `{channel}`");
