@@ -7,7 +7,9 @@
 # `loadtest idle -n N` (over 4 source addresses, at most 5,000 connections per harness
 # process): RSS before the first connection and after the last is ready (+SETTLE, 3s by default), divided
 # by N. Extra gateway arguments come from GW_ARGS, extra harness arguments from LT_ARGS
-# (e.g. LT_ARGS="--connect-concurrency 20" to open them slowly); the gateway inherits the
+# (e.g. LT_ARGS="--connect-concurrency 20" to open them slowly); the gateway has no
+# per-user maximum unless MAX_CONNECTIONS_PER_USER sets one (10 is the gateway's default,
+# whose per-user counts cost memory too); the gateway inherits the
 # environment (MIMALLOC_* options). Loopback only, bounded; needs a release build
 # (cargo build --release -p coregate -p loadtest). Reports stay in $OUT.
 set -euo pipefail

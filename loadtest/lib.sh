@@ -9,12 +9,14 @@ S=loadtest-secret-0123456789
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Starts a release gateway (--shards ${SHARDS:-2}, no per-user limit) with the extra arguments,
-# logging to $1; sets GWPID, WS (ws address) and AD (admin address) once it listens.
+# Starts a release gateway (--shards ${SHARDS:-2}, no per-user limit unless
+# MAX_CONNECTIONS_PER_USER sets one) with the extra arguments, logging to $1; sets GWPID,
+# WS (ws address) and AD (admin address) once it listens.
 start_gateway() {
   local log=$1; shift
   spawn_server "$log" "$GW" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
-    --shards "${SHARDS:-2}" --jwt-secret "$S" --max-connections-per-user 0 "$@"
+    --shards "${SHARDS:-2}" --jwt-secret "$S" \
+    --max-connections-per-user "${MAX_CONNECTIONS_PER_USER:-0}" "$@"
 }
 
 # Runs the server command (the rest of the arguments) in the background, logging to $1,
