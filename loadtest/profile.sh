@@ -15,7 +15,9 @@
 # SERVER=coregate (default: the gateway, --shards 1) or SERVER=floor (the floor program:
 # one plain write loop, the same frames); ENCODING=json (default) or msgpack;
 # SERVER_CPUS and HARNESS_CPUS (taskset lists, e.g. 0 and 1) pin the two sides; GW_ARGS
-# are extra arguments for the server (e.g. GW_ARGS="--batch-delay 5ms").
+# are extra arguments for the server (e.g. GW_ARGS="--batch-delay 5ms"). PUBLISH=redis
+# (coregate only) publishes through a redis-server of its own on the harness's CPUs, as
+# the issue's set-up does, instead of the admin API, whose thread shares the gateway's CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:?usage: loadtest/profile.sh RATE [OUT_PREFIX]}
@@ -25,9 +27,20 @@ OUT=${2:-/tmp/profile-$SERVER-$ENCODING-$RATE}
 . loadtest/lib.sh
 
 read -r -a server_args <<<"${GW_ARGS:-}"
+redis_pid=
+if [ "${PUBLISH:-admin}" = redis ]; then
+  redis_url=redis://127.0.0.1:$(free_port)
+  ${HARNESS_CPUS:+taskset -c "$HARNESS_CPUS"} redis-server --port "${redis_url##*:}" \
+    --save '' --appendonly no >"$OUT.redis.log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 100); do redis-cli -u "$redis_url" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  server_args+=(--redis-url "$redis_url")
+  publish_args=(--redis-url "$redis_url")
+fi
 SHARDS=1 start_server "$OUT.server.log" "${server_args[@]}"
+[ -n "$redis_pid" ] || publish_args=(--admin "http://$AD")
 read -r u0 s0 < <(cpu_of "$GWPID")
-${HARNESS_CPUS:+taskset -c "$HARNESS_CPUS"} "$LT" fanout --url "ws://$WS/ws" --admin "http://$AD" \
+${HARNESS_CPUS:+taskset -c "$HARNESS_CPUS"} "$LT" fanout --url "ws://$WS/ws" "${publish_args[@]}" \
   --secret $S -s 2000 -t 1 -r "$RATE" --payload-bytes 60 --duration 12s --encoding "$ENCODING" \
   --gateway-pid "$GWPID" --json "$OUT.json" >"$OUT.log" 2>&1 &
 harness=$!
@@ -38,6 +51,7 @@ read -r u1 s1 < <(cpu_of "$GWPID")
 rm -f "$OUT.metrics"
 [ "$SERVER" = coregate ] && curl -s "http://$AD/metrics" >"$OUT.metrics"
 stop_gateway
+[ -z "$redis_pid" ] || kill "$redis_pid"
 perf report -i "$OUT.perf" --no-children --sort dso --stdio -g none 2>/dev/null >"$OUT.dso"
 python3 - "$OUT" "$SERVER" "$ENCODING" "$RATE" "$u0" "$s0" "$u1" "$s1" <<'PY'
 import json, re, sys
