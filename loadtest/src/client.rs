@@ -185,9 +185,14 @@ async fn read_loop(
     );
     let mut ping = tokio::time::interval_at(Instant::now() + offset, heartbeat);
     let ping_bytes = ping_bytes(reader.shared.encoding);
+    // Made once, not once per message: at a million deliveries a second, registering
+    // and dropping a fresh waiter on the stop signal for every frame was a visible share
+    // of the harness's CPU.
+    let stop = stopped(stop);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = async { let _ = stop.wait_for(Option::is_some).await; } => return End::Open,
+            _ = &mut stop => return End::Open,
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => reader.frame(text.as_bytes()),
                 Some(Ok(Message::Binary(bytes))) => reader.frame(&bytes),
