@@ -116,8 +116,8 @@ impl JwtVerifier {
                 "`sub` must be 1-128 printable ASCII bytes".into(),
             ));
         }
-        let topics =
-            shared_patterns(&claims).map_err(|e| AuthError::BadClaims(format!("`topics`: {e}")))?;
+        let topics = shared_patterns(&claims.topics)
+            .map_err(|e| AuthError::BadClaims(format!("`topics`: {e}")))?;
         let presence = presence
             .iter()
             .map(|raw| Topic::parse(raw))
@@ -148,20 +148,21 @@ thread_local! {
     static PATTERN_SETS: RefCell<HashMap<Vec<String>, TopicPatterns>> = RefCell::default();
 }
 
-/// The claim's patterns, shared with the connections whose tokens carried the same
-/// claim: a backend's tokens mostly carry a few sets (per role, per plan), and every
-/// connection keeps its set for its life (~80 B each unshared; BENCHMARKS.md, issue 17).
-fn shared_patterns(claims: &Claims) -> Result<TopicPatterns, TopicError> {
+/// A `topics` claim's patterns (a token's, or the backend's connect answer's), shared
+/// with the connections that were granted the same list: a backend grants mostly a few
+/// sets (per role, per plan), and every connection keeps its set for its life (~80 B
+/// each unshared; BENCHMARKS.md, issue 17).
+pub fn shared_patterns(topics: &[String]) -> Result<TopicPatterns, TopicError> {
     PATTERN_SETS.with(|sets| {
         let mut sets = sets.borrow_mut();
-        if let Some(patterns) = sets.get(claims.topics.as_slice()) {
+        if let Some(patterns) = sets.get(topics) {
             return Ok(patterns.clone());
         }
-        let patterns = claims.topic_patterns()?;
+        let patterns = TopicPatterns::parse_list(topics.iter().map(String::as_str))?;
         if sets.len() >= SHARED_PATTERN_SETS {
             sets.clear();
         }
-        sets.insert(claims.topics.clone(), patterns.clone());
+        sets.insert(topics.to_vec(), patterns.clone());
         Ok(patterns)
     })
 }
@@ -381,6 +382,18 @@ mod tests {
         assert!(matches!(
             verifier.verify(&bad),
             Err(AuthError::BadClaims(reason)) if reason.contains("presence")
+        ));
+    }
+
+    #[test]
+    fn a_bad_pattern_in_the_topics_claim_refuses_the_token() {
+        let verifier = JwtVerifier::hs256(SECRET, &Config::default());
+        let bad = sign(serde_json::json!({
+            "sub": "ann", "exp": unix_now() + 600, "topics": ["channel:*", "nope"]
+        }));
+        assert!(matches!(
+            verifier.verify(&bad),
+            Err(AuthError::BadClaims(reason)) if reason.contains("topics")
         ));
     }
 

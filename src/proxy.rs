@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coregate_protocol::{Topic, TopicPatterns};
+use coregate_protocol::Topic;
 use coregate_shards::stats::LatencyHistogram;
 use coregate_shards::{
     ConnectAnswer, ConnectCall, ConnectGrant, ConnectRefusal, MembershipCheck, MembershipError,
@@ -29,6 +29,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+
+use crate::auth::shared_patterns;
 
 /// How many calls of one kind wait for the backend client at most.
 pub const QUEUE: usize = 4096;
@@ -566,7 +568,7 @@ fn read_connect_answer(answer: Value) -> ConnectAnswer {
         }
     };
     let topics = strings("topics")?
-        .map(TopicPatterns::parse_list)
+        .map(|list| shared_patterns(&list.into_iter().map(str::to_owned).collect::<Vec<_>>()))
         .transpose()
         .map_err(|_| unusable("`topics`"))?;
     let presence = strings("presence")?
@@ -631,10 +633,20 @@ mod tests {
         assert_eq!(grant.name.as_deref(), Some("Alice"));
         assert!(grant
             .topics
+            .as_ref()
             .unwrap()
             .allows(&Topic::parse("channel:9").unwrap()));
         assert_eq!(grant.presence.unwrap(), [Topic::parse("server:1").unwrap()]);
         assert_eq!(grant.data, Some(json!({"servers": [1]})));
+        let again = read_connect_answer(json!({"user_id": "carol", "topics": ["channel:*"]}));
+        assert!(
+            again
+                .unwrap()
+                .topics
+                .unwrap()
+                .is_same_copy(grant.topics.as_ref().unwrap()),
+            "the same list is one shared set, as for tokens"
+        );
         let bare = read_connect_answer(json!({"user_id": "bob"})).unwrap();
         assert!(bare.topics.is_none() && bare.presence.is_none() && bare.data.is_none());
         assert_eq!(

@@ -333,8 +333,19 @@ impl fmt::Display for TopicPattern {
 /// claim, and shared: connections whose tokens carry the same claim can hold one copy.
 /// A thin pointer (8 bytes in each session, not 16): the slice's length is kept once,
 /// in the shared copy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicPatterns(Arc<Box<[TopicPattern]>>);
+
+impl Default for TopicPatterns {
+    /// The empty set, one copy for the process: it is the default of every connection
+    /// the backend's connect call authenticates without a token.
+    fn default() -> Self {
+        static EMPTY: std::sync::OnceLock<TopicPatterns> = std::sync::OnceLock::new();
+        EMPTY
+            .get_or_init(|| TopicPatterns(Arc::new(Box::default())))
+            .clone()
+    }
+}
 
 impl TopicPatterns {
     /// Whether any pattern matches `topic`. An empty set allows nothing.
@@ -385,8 +396,9 @@ mod tests {
         }
         // Held per connection in several tables (its `user:<sub>`): a name and no more.
         assert_eq!(std::mem::size_of::<Topic>(), 16);
-        // And a session keeps its token's patterns.
+        // And a session keeps its token's patterns; the empty set is one shared copy.
         assert_eq!(std::mem::size_of::<TopicPatterns>(), 8);
+        assert!(TopicPatterns::default().is_same_copy(&TopicPatterns::default()));
         let max = format!("channel:{}", "x".repeat(MAX_TOPIC_LEN - 8));
         assert_eq!(t(&max).as_str().len(), MAX_TOPIC_LEN);
     }
