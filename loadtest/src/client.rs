@@ -212,8 +212,8 @@ async fn read_loop(
     }
 }
 
-/// Resolves once the stop signal is given (holding no borrow of it, so the future stays
-/// `Send` inside `select!`).
+/// Resolves once the stop signal is given (holding no guard of the value across an
+/// await, so the future stays `Send` inside `select!`).
 pub async fn stopped(stop: &mut Stop) {
     let _ = stop.wait_for(Option::is_some).await;
 }

@@ -111,7 +111,8 @@ pub fn for_each<'a>(encoding: Encoding, frame: &'a [u8], mut f: impl FnMut(Seen<
 /// another shape (an escape in `op` or `topic`, a `ref`, an `offset`, keys in another
 /// order), which the probe then reads. `,"topic":"` can only be a key, never inside a
 /// string (its quotes would be escaped there), and `}` right before it closes `d`. What
-/// `d` holds after `seq` is not read, so not checked either: the gateway writes JSON.
+/// `d` holds after `seq`'s number is not read, so not checked either: the gateway
+/// writes JSON.
 fn json_event(part: &[u8]) -> Option<Seen<'_>> {
     let rest = part.strip_prefix(b"{\"op\":\"")?;
     let (op, rest) = plain_string(rest)?;
@@ -119,6 +120,9 @@ fn json_event(part: &[u8]) -> Option<Seen<'_>> {
     let (ts, rest) = leading_u64(rest)?;
     let rest = rest.strip_prefix(b",\"seq\":")?;
     let (seq, rest) = leading_u64(rest)?;
+    if !matches!(rest.first(), Some(b',' | b'}')) {
+        return None; // `2.5`, `2e3`: not the publisher's, and not a u64 to the probe
+    }
     const TOPIC_KEY: &[u8] = b"},\"topic\":\"";
     let at = rest
         .windows(TOPIC_KEY.len())
@@ -265,7 +269,7 @@ mod tests {
 
     #[test]
     fn other_shapes_are_left_to_the_probe() {
-        let others: [&[u8]; 8] = [
+        let others: [&[u8]; 9] = [
             br#"{"op":"message_new","d":{"ts":1,"seq":2},"ref":3,"topic":"channel:1"}"#,
             br#"{"op":"message_new","d":{"ts":1,"seq":2},"topic":"channel:1","offset":4,"epoch":"e"}"#,
             br#"{"op":"message_new","d":{"seq":2,"ts":1},"topic":"channel:1"}"#,
@@ -273,6 +277,7 @@ mod tests {
             br#"{"op":"message_new","d":{"ts":1,"seq":2,"topic":"channel:1"}}"#,
             br#"{"op":"message_new","d":{"ts":-1,"seq":2},"topic":"channel:1"}"#,
             br#"{"op":"message_new","d":{"ts":99999999999999999999,"seq":2},"topic":"channel:1"}"#,
+            br#"{"op":"message_new","d":{"ts":1,"seq":2.5},"topic":"channel:1"}"#,
             br#"{"op":"hello","d":{"session_id":"x","heartbeat_interval_ms":30000}}"#,
         ];
         for other in others {
