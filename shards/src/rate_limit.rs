@@ -27,7 +27,7 @@ pub struct Bucket {
     tokens: f32,
     /// Takes refused since the last one granted: what tells a client that slows down
     /// when told from one that floods. Kept here, beside `tokens`, in what would
-    /// otherwise be the `Instant`'s padding.
+    /// otherwise be the struct's padding.
     refused_in_a_row: u32,
     last: Instant,
 }

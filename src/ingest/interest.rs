@@ -1,8 +1,8 @@
 //! The router's table of interest: topic → the shards that want it, per encoding.
 //!
 //! It holds one entry per topic any local connection holds, so at least one per
-//! connected user (each connection's `user:<sub>`): its entry size is paid per
-//! connection. The shard sets themselves repeat: a user's topic is wanted by one shard
+//! connected user (their connections' `user:<sub>`): with most users connected once,
+//! its entry size is paid per connection. The shard sets themselves repeat: a user's topic is wanted by one shard
 //! in one encoding, so a node has few distinct pairs of sets however many topics it
 //! routes. Each distinct pair is kept once, with a count of the topics that have it,
 //! and a topic holds the pair's index: a 24-byte entry instead of 48 (two 16-byte
