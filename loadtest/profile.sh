@@ -17,7 +17,8 @@
 # SERVER_CPUS and HARNESS_CPUS (taskset lists, e.g. 0 and 1) pin the two sides; GW_ARGS
 # are extra arguments for the server (e.g. GW_ARGS="--batch-delay 5ms"). PUBLISH=redis
 # (coregate only) publishes through a redis-server of its own on the harness's CPUs, as
-# the issue's set-up does, instead of the admin API, whose thread shares the gateway's CPU.
+# a backend publishing to a node through Redis does, instead of through the admin API,
+# whose thread shares the gateway's CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:?usage: loadtest/profile.sh RATE [OUT_PREFIX]}
@@ -29,11 +30,14 @@ OUT=${2:-/tmp/profile-$SERVER-$ENCODING-$RATE}
 read -r -a server_args <<<"${GW_ARGS:-}"
 redis_pid=
 if [ "${PUBLISH:-admin}" = redis ]; then
+  [ "$SERVER" = coregate ] || { echo "PUBLISH=redis is for SERVER=coregate" >&2; exit 2; }
   redis_url=redis://127.0.0.1:$(free_port)
   ${HARNESS_CPUS:+taskset -c "$HARNESS_CPUS"} redis-server --port "${redis_url##*:}" \
     --save '' --appendonly no >"$OUT.redis.log" 2>&1 &
   redis_pid=$!
+  trap 'kill "$redis_pid" 2>/dev/null || true' EXIT
   for _ in $(seq 100); do redis-cli -u "$redis_url" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  redis-cli -u "$redis_url" ping >/dev/null 2>&1 || { echo "redis-server did not start: $OUT.redis.log" >&2; exit 1; }
   server_args+=(--redis-url "$redis_url")
   publish_args=(--redis-url "$redis_url")
 fi
@@ -51,7 +55,6 @@ read -r u1 s1 < <(cpu_of "$GWPID")
 rm -f "$OUT.metrics"
 [ "$SERVER" = coregate ] && curl -s "http://$AD/metrics" >"$OUT.metrics"
 stop_gateway
-[ -z "$redis_pid" ] || kill "$redis_pid"
 perf report -i "$OUT.perf" --no-children --sort dso --stdio -g none 2>/dev/null >"$OUT.dso"
 python3 - "$OUT" "$SERVER" "$ENCODING" "$RATE" "$u0" "$s0" "$u1" "$s1" <<'PY'
 import json, re, sys
