@@ -11,7 +11,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Gives the kernel back the pages the calling thread's heap holds free. Called by the
 /// threads that hold the connections' state (each shard at the end of a parking round,
-/// the ingestor once a second): mimalloc purges a freed page only when its thread next
+/// the ingestor a second after a burst of work began, [`ReleaseAfterWork`]): mimalloc
+/// purges a freed page only when its thread next
 /// allocates, so a thread left quiet after a connect storm would keep the storm's
 /// buffers and its tables' outgrown copies resident (BENCHMARKS.md, "Idle connections,
 /// one shard").
